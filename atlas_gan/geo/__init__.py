@@ -1,0 +1,1 @@
+"""Raster side of the pipeline: scene discovery, band-stacked reading, tiling and normalization statistics."""

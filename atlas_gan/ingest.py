@@ -1,0 +1,363 @@
+"""Ingest: scenes -> normalized tiles -> WebDataset shards + manifest.json, incrementally and atomically.
+
+Two passes. Pass 1 (parallel, one process per scene) reads each new scene once, keeps tiles under the nodata
+limit, spools their raw values locally and accumulates per-band statistics. Pass 2 normalizes the spooled tiles
+with the dataset statistics and writes shards in scene order, so the same input always gives the same shards.
+
+Statistics policy on growth: the normalization is fixed by the first ingest that produced tiles. Later runs
+scale new scenes with the same numbers, so every shard of a dataset stays comparable and old shards are never
+rewritten; each scene records its own percentiles (`scenes[].percentiles`) so drift is visible. To renormalize,
+ingest into a new output.
+
+Crash safety: shards appear whole (temp + rename, or a completed upload) and the manifest is written last, in one
+atomic write. A rerun after an interruption starts numbering from the manifest, overwrites shards that the
+interrupted run published but never listed, and deletes any such leftovers it does not reach.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+from rasterio.windows import transform as window_transform
+from tqdm import tqdm
+
+from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
+from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
+from atlas_gan.geo.normalize import Normalization, describe
+from atlas_gan.geo.stats import BandStatistics, new_band_statistics
+from atlas_gan.geo.tiling import SceneScan, read_spool, scan_scene
+from atlas_gan.shards import (
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    ShardRecord,
+    ShardWriter,
+    encode_npy,
+    manifest_url,
+    read_manifest,
+    shard_pattern,
+    write_manifest,
+)
+from atlas_gan.storage import S3Storage, Storage, is_s3, storage_for
+
+
+class IngestRejected(RuntimeError):
+    """`strict` was set and some input was rejected; nothing was written."""
+
+
+class IngestConfigMismatch(ValueError):
+    """The output already holds a dataset made with other tile settings."""
+
+
+@dataclass
+class IngestReport:
+    manifest_url: str
+    added_scenes: list[str] = field(default_factory=list)
+    unchanged_scenes: list[str] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    new_shards: list[str] = field(default_factory=list)
+    new_samples: int = 0
+    dropped_nodata: int = 0
+    wrote: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"manifest: {self.manifest_url}",
+            f"scenes added: {len(self.added_scenes)}, unchanged: {len(self.unchanged_scenes)}, "
+            f"rejected: {len(self.rejected)}",
+            f"tiles written: {self.new_samples} in {len(self.new_shards)} shard(s); "
+            f"dropped for nodata: {self.dropped_nodata}; {self.seconds:.1f} s",
+        ]
+        lines += [f"  rejected {r['file']}: {r['reason']}" for r in self.rejected]
+        if not self.wrote:
+            lines.append("nothing new: no file was written")
+        return "\n".join(lines)
+
+
+def _gdal_options(config: AtlasConfig) -> dict[str, Any]:
+    source = config.ingest.source
+    return S3Storage(config.storage).gdal_options() if is_s3(source) else {}
+
+
+def _scan_all(
+    specs: list[SceneSpec], config: IngestConfig, gdal_options: dict[str, Any], spool_dir: str, progress: bool
+) -> list[SceneScan]:
+    """Pass 1 over every new scene, in worker processes when `workers` > 1; results in scene order."""
+    scan = partial(scan_scene, config=config, gdal_options=gdal_options, spool_dir=spool_dir)
+    bar = tqdm(total=len(specs), desc="scan scenes", unit="scene", disable=not progress, file=sys.stderr)
+    results: list[SceneScan] = []
+    try:
+        workers = min(config.workers, len(specs))
+        if workers <= 1:
+            for spec in specs:
+                results.append(scan(spec))
+                bar.update()
+            return results
+        # fork: workers start in milliseconds; GDAL has opened nothing in this process yet.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            for result in pool.map(scan, specs):
+                results.append(result)
+                bar.update()
+        return results
+    finally:
+        bar.close()
+
+
+def _tile_metadata(scan: SceneScan, row: int, col: int, size: int, fraction: float, tile_dtype: str) -> dict[str, Any]:
+    from affine import Affine
+
+    transform = Affine(*scan.meta["transform"])
+    window = Window(col, row, size, size)
+    return {
+        "scene_id": scan.spec.scene_id,
+        "sources": [f.url for f in scan.spec.files],
+        "bands": scan.bands,
+        "crs": scan.meta["crs"],
+        "epsg": scan.meta["epsg"],
+        "transform": list(window_transform(window, transform))[:6],
+        "bounds": list(window_bounds(window, transform)),
+        "window": {"row": row, "col": col, "height": size, "width": size},
+        "acquired": scan.spec.acquired,
+        "nodata_fraction": round(fraction, 6),
+        "source_dtype": scan.dtype,
+        "tile_dtype": tile_dtype,
+    }
+
+
+def _write_shards(
+    scans: list[SceneScan], norm: Normalization, config: IngestConfig, writer: ShardWriter, progress: bool
+) -> None:
+    """Pass 2: normalize spooled tiles and append them to shards, in scene order."""
+    size, dtype = config.tile_size, np.dtype(config.tile_dtype)
+    total = sum(s.tile_count for s in scans)
+    with tqdm(total=total, desc="write shards", unit="tile", disable=not progress, file=sys.stderr) as bar:
+        for scan in scans:
+            for row, col, fraction, raw, valid in read_spool(scan, size):
+                key = f"{scan.spec.scene_id}_r{row:06d}_c{col:06d}"
+                meta = _tile_metadata(scan, row, col, size, fraction, config.tile_dtype)
+                members = {
+                    "tile.npy": encode_npy(norm.apply(raw, valid, dtype)),
+                    "mask.npy": encode_npy(valid),
+                    "json": json.dumps(meta, separators=(",", ":")).encode(),
+                }
+                writer.add(key, members, scan.spec.scene_id)
+                bar.update()
+        writer.seal()
+
+
+def _scene_entry(scan: SceneScan, config: IngestConfig) -> dict[str, Any]:
+    percentiles = {}
+    for name, stats in zip(scan.bands, scan.stats, strict=True):
+        percentiles[name] = [stats.percentile(config.normalization.low), stats.percentile(config.normalization.high)]
+    return {
+        "id": scan.spec.scene_id,
+        "sources": [{"url": f.url, "band": f.band, "fingerprint": f.fingerprint} for f in scan.spec.files],
+        "fingerprint": scan.spec.fingerprint,
+        "acquired": scan.spec.acquired,
+        **scan.meta,
+        "tiles": scan.tile_count,
+        "dropped_nodata": scan.dropped_nodata,
+        "percentiles": percentiles,
+    }
+
+
+def _merged_statistics(scans: list[SceneScan], bands: int, sample_size: int) -> list[BandStatistics]:
+    merged = new_band_statistics(bands, sample_size)
+    for scan in scans:
+        for total, part in zip(merged, scan.stats, strict=True):
+            total.merge(part)
+    return merged
+
+
+def _clean_leftovers(store: Storage, output: str, name: str, listed: set[str]) -> list[str]:
+    """Delete shards an interrupted run published without listing them, and stale local staging files."""
+    pattern = shard_pattern(name)
+    removed = []
+    for info in store.list(output):
+        base = info.url.rsplit("/", 1)[-1]
+        stale_partial = base.startswith(f".{name}.") and base.endswith(".partial")
+        if (pattern.match(base) and base not in listed) or stale_partial:
+            store.delete(info.url)
+            removed.append(info.url)
+    return removed
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def ingest(
+    config: AtlasConfig, *, progress: bool = True, on_shard: Callable[[ShardRecord], None] | None = None
+) -> IngestReport:
+    """Ingest new scenes from `config.ingest.source` into `config.ingest.output`. Safe to rerun at any time."""
+    started = time.perf_counter()
+    cfg = config.ingest
+    out_store = storage_for(cfg.output, config.storage)
+    src_store = storage_for(cfg.source, config.storage)
+    manifest = read_manifest(out_store, cfg.output)
+    _check_compatible(manifest, cfg)
+    report = IngestReport(manifest_url=manifest_url(cfg.output))
+
+    discovery = discover_scenes(list_source(cfg.source, src_store), cfg.band_file_pattern)
+    known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
+    rejected: list[dict[str, str]] = []
+    new_specs: list[SceneSpec] = []
+    for spec in discovery.scenes:
+        previous = known.get(spec.scene_id)
+        if previous is None:
+            new_specs.append(spec)
+        elif previous["fingerprint"] == spec.fingerprint:
+            report.unchanged_scenes.append(spec.scene_id)
+        else:
+            rejected.append(
+                _rejection(
+                    spec,
+                    "content changed since it was ingested; ingest into a new output to rebuild the dataset with it",
+                )
+            )
+
+    with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
+        scans = _scan_all(new_specs, cfg, _gdal_options(config), spool_dir, progress) if new_specs else []
+        frozen = manifest is not None and manifest["normalization"] is not None
+        bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
+        accepted: list[SceneScan] = []
+        for scan in scans:
+            if scan.reason is None and len(scan.bands) != len(bands):
+                scan.reason = f"has {len(scan.bands)} bands {scan.bands}; the dataset has {len(bands)} {bands}"
+            if scan.reason is not None:
+                rejected.append(_rejection(scan.spec, scan.reason))
+            else:
+                accepted.append(scan)
+        report.rejected = rejected
+        if cfg.strict and rejected:
+            details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
+            raise IngestRejected(f"--strict: {len(rejected)} input(s) rejected, nothing written:\n{details}")
+        if not accepted and manifest is not None and manifest.get("rejected", []) == rejected:
+            report.seconds = time.perf_counter() - started
+            return report  # nothing new: write nothing at all
+
+        if frozen:
+            norm = Normalization.from_manifest(manifest["normalization"])
+            normalization = manifest["normalization"]
+        elif accepted:
+            stats = _merged_statistics(accepted, len(bands), cfg.normalization.float_sample_size)
+            norm = Normalization.from_statistics(stats, cfg.normalization)
+            normalization = describe(stats, norm, bands, cfg.normalization)
+            normalization["computed_from"] = [s.spec.scene_id for s in accepted]
+        else:
+            norm, normalization = None, None
+
+        first_index = len(manifest["shards"]) if manifest else 0
+        writer = ShardWriter(
+            out_store, cfg.output, cfg.name, first_index, cfg.shard_max_samples, cfg.shard_max_bytes, on_shard
+        )
+        try:
+            if accepted and norm is not None:
+                _write_shards(accepted, norm, cfg, writer, progress)
+        except BaseException:
+            writer.abort()
+            raise
+
+    manifest = manifest or _new_manifest(config)
+    manifest["tile"]["bands"] = bands
+    manifest["normalization"] = normalization
+    manifest["shards"] += [vars(record) for record in writer.records]
+    manifest["scenes"] += [_scene_entry(scan, cfg) for scan in accepted]
+    manifest["rejected"] = rejected
+    manifest["updated"] = _now()
+    manifest["runs"].append(
+        {
+            "at": manifest["updated"],
+            "added_scenes": [s.spec.scene_id for s in accepted],
+            "new_shards": [r.url for r in writer.records],
+            "rejected": len(rejected),
+        }
+    )
+    manifest["totals"] = {
+        "scenes": len(manifest["scenes"]),
+        "samples": sum(s["samples"] for s in manifest["shards"]),
+        "shards": len(manifest["shards"]),
+        "dropped_nodata": sum(s["dropped_nodata"] for s in manifest["scenes"]),
+    }
+    write_manifest(out_store, cfg.output, manifest)
+    _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
+
+    report.wrote = True
+    report.added_scenes = [s.spec.scene_id for s in accepted]
+    report.new_shards = [r.url for r in writer.records]
+    report.new_samples = sum(r.samples for r in writer.records)
+    report.dropped_nodata = sum(s.dropped_nodata for s in accepted)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_compatible(manifest: dict[str, Any] | None, cfg: IngestConfig) -> None:
+    """Adding to an existing dataset with another tile geometry or dtype would corrupt it: refuse up front."""
+    if manifest is None:
+        return
+    tile = manifest["tile"]
+    wanted = {"size": cfg.tile_size, "stride": cfg.effective_stride, "dtype": cfg.tile_dtype}
+    clashes = [f"{k} {tile[k]} (config: {v})" for k, v in wanted.items() if tile[k] != v]
+    if clashes:
+        raise IngestConfigMismatch(
+            f"{manifest_url(cfg.output)}: the dataset there has tile {', '.join(clashes)}; "
+            "use the same settings to add to it, or a new output"
+        )
+
+
+def _first_bands(scans: list[SceneScan]) -> list[str]:
+    for scan in scans:
+        if scan.reason is None:
+            return scan.bands
+    return []
+
+
+def _rejection(spec: SceneSpec, reason: str) -> dict[str, str]:
+    files = ", ".join(f.url for f in spec.files)
+    if len(spec.files) == 1:
+        reason = reason.removeprefix(f"{files}: ")  # the file is named once, in `file`
+    return {"scene": spec.scene_id, "file": files, "reason": reason}
+
+
+def _new_manifest(config: AtlasConfig) -> dict[str, Any]:
+    cfg = config.ingest
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "name": cfg.name,
+        "created": _now(),
+        "updated": None,
+        "tile": {
+            "size": cfg.tile_size,
+            "stride": cfg.effective_stride,
+            "bands": [],
+            "dtype": cfg.tile_dtype,
+            "layout": "CHW",
+            "members": {
+                "tile.npy": f"normalized tile, {cfg.tile_dtype}, shape (bands, size, size)",
+                "mask.npy": "bool (size, size), True where every band is valid",
+                "json": "tile metadata: scene, sources, bands, CRS, transform, bounds, acquisition date, nodata",
+            },
+        },
+        "normalization": None,
+        "shards": [],
+        "scenes": [],
+        "rejected": [],
+        "runs": [],
+        "totals": {},
+        "config": config_to_dict(cfg),
+    }
