@@ -29,9 +29,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
-from rasterio.windows import bounds as window_bounds
-from rasterio.windows import transform as window_transform
+from affine import Affine
 from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
@@ -118,18 +116,16 @@ def _scan_all(
 
 
 def _tile_metadata(scan: SceneScan, row: int, col: int, size: int, fraction: float, tile_dtype: str) -> dict[str, Any]:
-    from affine import Affine
-
-    transform = Affine(*scan.meta["transform"])
-    window = Window(col, row, size, size)
+    tile_transform = Affine(*scan.meta["transform"]) @ Affine.translation(col, row)
+    xs, ys = zip(*(tile_transform @ corner for corner in ((0, 0), (size, 0), (0, size), (size, size))), strict=True)
     return {
         "scene_id": scan.spec.scene_id,
         "sources": [f.url for f in scan.spec.files],
         "bands": scan.bands,
         "crs": scan.meta["crs"],
         "epsg": scan.meta["epsg"],
-        "transform": list(window_transform(window, transform))[:6],
-        "bounds": list(window_bounds(window, transform)),
+        "transform": list(tile_transform)[:6],
+        "bounds": [min(xs), min(ys), max(xs), max(ys)],  # left, bottom, right, top in the scene's CRS
         "window": {"row": row, "col": col, "height": size, "width": size},
         "acquired": scan.spec.acquired,
         "nodata_fraction": round(fraction, 6),

@@ -226,6 +226,8 @@ class S3Storage(Storage):
             message = exc.response.get("Error", {}).get("Message", "") or str(exc)
             if code in _CREDENTIAL_CODES:
                 reason = f"S3 at {self.endpoint_url} rejected the credentials ({code}: {message})"
+            elif code in {"403", "Forbidden"}:  # HEAD responses carry no error body
+                reason = f"S3 at {self.endpoint_url} rejected the credentials or their permissions (403 Forbidden)"
             elif code == "NoSuchBucket":
                 reason = f"bucket does not exist on {self.endpoint_url}"
             else:
@@ -291,7 +293,10 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=bucket, Key=key)
 
     def gdal_options(self) -> dict[str, Any]:
-        """GDAL settings so rasterio reads s3:// URLs from the same endpoint with the same credentials."""
+        """Settings for `rasterio_env` so rasterio reads s3:// URLs from this endpoint with the same credentials.
+
+        Plain data (picklable) so worker processes can rebuild the environment; credentials stay in memory.
+        """
         endpoint = urlparse(self.endpoint_url)
         options: dict[str, Any] = {
             "AWS_REGION": self.region,
@@ -305,11 +310,32 @@ class S3Storage(Storage):
         credentials = self._session.get_credentials()  # boto3's normal chain: environment, then config files
         if credentials is not None:
             frozen = credentials.get_frozen_credentials()
-            options["AWS_ACCESS_KEY_ID"] = frozen.access_key
-            options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
-            if frozen.token:
-                options["AWS_SESSION_TOKEN"] = frozen.token
+            options[_CREDENTIALS_KEY] = {
+                "aws_access_key_id": frozen.access_key,
+                "aws_secret_access_key": frozen.secret_key,
+                "aws_session_token": frozen.token,
+            }
         return options
+
+
+_CREDENTIALS_KEY = "_atlas_aws_credentials"
+
+
+def rasterio_env(gdal_options: dict[str, Any] | None) -> Any:
+    """A `rasterio.Env` for the options from `S3Storage.gdal_options` (or an empty one for local files)."""
+    import rasterio
+    from rasterio.session import AWSSession
+
+    options = dict(gdal_options or {})
+    credentials = options.pop(_CREDENTIALS_KEY, None)
+    if credentials is None:
+        return rasterio.Env(**options)
+    session = AWSSession(
+        **credentials,
+        region_name=options.get("AWS_REGION"),
+        endpoint_url=options.get("AWS_S3_ENDPOINT"),
+    )
+    return rasterio.Env(session=session, **options)
 
 
 def storage_for(url: str, settings: StorageConfig | None = None) -> Storage:

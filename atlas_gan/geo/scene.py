@@ -20,6 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from atlas_gan.geo.discovery import SceneSpec
+from atlas_gan.storage import rasterio_env
 
 
 class SceneError(ValueError):
@@ -77,7 +78,7 @@ class SceneReader:
     ) -> None:
         self.spec = spec
         self._stack = contextlib.ExitStack()
-        self._env = rasterio.Env(**(gdal_options or {}))
+        self._env = rasterio_env(gdal_options)
         self._nodata_override = nodata_override
         try:
             self._stack.enter_context(self._env)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real imagery in ../shared/data, a real SeaweedFS S3 server, S3 credentials in env."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from atlas_gan.config import AtlasConfig, load_config
+from tests.servers import SeaweedS3
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`ATLAS_SHARED_DATA` (default ../shared/data): read in place, never copied into the repo."""
+    root = Path(os.environ.get("ATLAS_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+    if not (root / "geotiff").is_dir():
+        pytest.fail(f"real imagery not found at {root}/geotiff: set ATLAS_SHARED_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def geotiff(shared_data: Path) -> Path:
+    return shared_data / "geotiff"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """Build a validated config from the default file plus `key=value` overrides."""
+
+    def build(source: str | Path, output: str | Path | None = None, **ingest: object) -> AtlasConfig:
+        values = {"source": str(source), "output": str(output or tmp_path / "shards"), **ingest}
+        # JSON is valid YAML, which is how override values are parsed
+        return load_config(None, [f"ingest.{key}={json.dumps(value)}" for key, value in values.items()])
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch):
+    """The running server with this test's credentials and endpoint in the standard AWS variables, and a fresh
+    bucket. Restarts the server first if an earlier test stopped it."""
+    if s3_server.process is None or s3_server.process.poll() is not None:
+        s3_server.start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"atlas-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    s3_server.bucket = bucket
+    return s3_server

@@ -1,0 +1,139 @@
+"""Real servers for integration tests, on free loopback ports in temporary folders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class SeaweedS3:
+    """SeaweedFS `weed mini` (master, volume, filer and S3 gateway in one process) with an authenticated S3 API.
+
+    Every port weed would otherwise pick by default is set to a free loopback port, so several servers (or a
+    developer's own) never collide; `stop()` and `start()` keep the data folder and ports, like a real restart.
+    """
+
+    def __init__(self, root: Path, access_key: str = "atlas-test-key", secret_key: str = "atlas-test-secret"):
+        self.root = root
+        self.access_key, self.secret_key = access_key, secret_key
+        self.ports = {
+            name: free_port()
+            for name in (
+                "s3",
+                "s3.grpc",
+                "master",
+                "master.grpc",
+                "volume",
+                "volume.grpc",
+                "filer",
+                "filer.grpc",
+                "admin",
+                "admin.grpc",
+                "debug",
+                "s3.debug",
+                "metrics",
+                "s3.metrics",
+            )
+        }
+        self.endpoint = f"http://{LOOPBACK}:{self.ports['s3']}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "weed.log"
+
+    def command(self) -> list[str]:
+        weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+        p = self.ports
+        return [
+            weed,
+            "mini",
+            f"-dir={self.root / 'data'}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin.grpc']}",
+            f"-debug.port={p['debug']}",
+            f"-s3.debug.port={p['s3.debug']}",
+            f"-metricsPort={p['metrics']}",
+            f"-s3.metricsPort={p['s3.metrics']}",
+            f"-s3.localSocket={self.root / 's3.sock'}",
+            f"-filer.localSocket={self.root / 'filer.sock'}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=256",
+        ]
+
+    def client(self, secret_key: str | None = None):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; log: {self.log_path}")
+            try:
+                client.list_buckets()
+                # the S3 gateway answers before the volume server accepts writes: probe a real write
+                existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+                if "atlas-readiness" not in existing:
+                    client.create_bucket(Bucket="atlas-readiness")
+                client.put_object(Bucket="atlas-readiness", Key="probe", Body=b"ok")
+                return
+            except Exception as exc:  # not ready yet
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"SeaweedFS S3 not ready after {timeout:.0f} s ({exc}); log: {self.log_path}"
+                    ) from exc
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
