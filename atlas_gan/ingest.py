@@ -16,33 +16,30 @@ interrupted run published but never listed, and deletes any such leftovers it do
 
 from __future__ import annotations
 
-import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import numpy as np
-from affine import Affine
 from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
 from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
 from atlas_gan.geo.normalize import Normalization, describe
 from atlas_gan.geo.stats import BandStatistics, new_band_statistics
-from atlas_gan.geo.tiling import SceneScan, read_spool, scan_scene
+from atlas_gan.geo.tiling import SceneScan, encode_scene, scan_scene
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     ShardRecord,
     ShardWriter,
-    encode_npy,
     manifest_url,
     read_manifest,
     shard_pattern,
@@ -90,75 +87,47 @@ def _gdal_options(config: AtlasConfig) -> dict[str, Any]:
     return S3Storage(config.storage).gdal_options() if is_s3(source) else {}
 
 
-def _scan_all(
-    specs: list[SceneSpec], config: IngestConfig, gdal_options: dict[str, Any], spool_dir: str, progress: bool
-) -> list[SceneScan]:
-    """Pass 1 over every new scene, in worker processes when `workers` > 1; results in scene order."""
-    scan = partial(scan_scene, config=config, gdal_options=gdal_options, spool_dir=spool_dir)
-    bar = tqdm(total=len(specs), desc="scan scenes", unit="scene", disable=not progress, file=sys.stderr)
-    results: list[SceneScan] = []
-    try:
-        workers = min(config.workers, len(specs))
-        if workers <= 1:
-            for spec in specs:
-                results.append(scan(spec))
-                bar.update()
-            return results
-        # fork: workers start in milliseconds; GDAL has opened nothing in this process yet.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            for result in pool.map(scan, specs):
-                results.append(result)
-                bar.update()
-        return results
-    finally:
-        bar.close()
+class _SceneRunner:
+    """Runs one function per scene, in order, in a process pool kept for both passes (in-process for 1 worker)."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            # fork: workers start in milliseconds; this process has opened no GDAL dataset yet.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str, progress: bool) -> Iterator[Any]:
+        results = self._pool.map(fn, items) if self._pool is not None else map(fn, items)
+        yield from tqdm(results, total=len(items), desc=desc, unit=unit, disable=not progress, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
-def _tile_metadata(scan: SceneScan, row: int, col: int, size: int, fraction: float, tile_dtype: str) -> dict[str, Any]:
-    tile_transform = Affine(*scan.meta["transform"]) @ Affine.translation(col, row)
-    xs, ys = zip(*(tile_transform @ corner for corner in ((0, 0), (size, 0), (0, size), (size, size))), strict=True)
-    return {
-        "scene_id": scan.spec.scene_id,
-        "sources": [f.url for f in scan.spec.files],
-        "bands": scan.bands,
-        "crs": scan.meta["crs"],
-        "epsg": scan.meta["epsg"],
-        "transform": list(tile_transform)[:6],
-        "bounds": [min(xs), min(ys), max(xs), max(ys)],  # left, bottom, right, top in the scene's CRS
-        "window": {"row": row, "col": col, "height": size, "width": size},
-        "acquired": scan.spec.acquired,
-        "nodata_fraction": round(fraction, 6),
-        "source_dtype": scan.dtype,
-        "tile_dtype": tile_dtype,
-    }
+def _publish(scans: list[SceneScan], fragments: Iterator[tuple[str, list[int]]], writer: ShardWriter) -> None:
+    """Cut the per-scene sample fragments into shards, in scene order, as each fragment is ready."""
+    for scan, (path, lengths) in zip(scans, fragments, strict=True):
+        with open(path, "rb") as fragment:
+            for length in lengths:
+                writer.add(fragment.read(length), scan.spec.scene_id)
+        os.unlink(path)
+    writer.seal()
 
 
-def _write_shards(
-    scans: list[SceneScan], norm: Normalization, config: IngestConfig, writer: ShardWriter, progress: bool
-) -> None:
-    """Pass 2: normalize spooled tiles and append them to shards, in scene order."""
-    size, dtype = config.tile_size, np.dtype(config.tile_dtype)
-    total = sum(s.tile_count for s in scans)
-    with tqdm(total=total, desc="write shards", unit="tile", disable=not progress, file=sys.stderr) as bar:
-        for scan in scans:
-            for row, col, fraction, raw, valid in read_spool(scan, size):
-                key = f"{scan.spec.scene_id}_r{row:06d}_c{col:06d}"
-                meta = _tile_metadata(scan, row, col, size, fraction, config.tile_dtype)
-                members = {
-                    "tile.npy": encode_npy(norm.apply(raw, valid, dtype)),
-                    "mask.npy": encode_npy(valid),
-                    "json": json.dumps(meta, separators=(",", ":")).encode(),
-                }
-                writer.add(key, members, scan.spec.scene_id)
-                bar.update()
-        writer.seal()
+def _encode(scan: SceneScan, norm: Normalization, config: IngestConfig) -> tuple[str, list[int]]:
+    fragment = scan.spool_path + ".samples"
+    lengths = encode_scene(scan, norm, config, fragment)
+    os.unlink(scan.spool_path)
+    return fragment, lengths
 
 
 def _scene_entry(scan: SceneScan, config: IngestConfig) -> dict[str, Any]:
-    percentiles = {}
-    for name, stats in zip(scan.bands, scan.stats, strict=True):
-        percentiles[name] = [stats.percentile(config.normalization.low), stats.percentile(config.normalization.high)]
+    low, high = config.normalization.low, config.normalization.high
+    percentiles = {
+        name: [s.percentile(low), s.percentile(high)] for name, s in zip(scan.bands, scan.stats, strict=True)
+    }
     return {
         "id": scan.spec.scene_id,
         "sources": [{"url": f.url, "band": f.band, "fingerprint": f.fingerprint} for f in scan.spec.files],
@@ -226,53 +195,60 @@ def ingest(
                 )
             )
 
-    with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
-        scans = _scan_all(new_specs, cfg, _gdal_options(config), spool_dir, progress) if new_specs else []
-        frozen = manifest is not None and manifest["normalization"] is not None
-        bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
-        accepted: list[SceneScan] = []
-        for scan in scans:
-            if scan.reason is None and len(scan.bands) != len(bands):
-                scan.reason = f"has {len(scan.bands)} bands {scan.bands}; the dataset has {len(bands)} {bands}"
-            if scan.reason is not None:
-                rejected.append(_rejection(scan.spec, scan.reason))
-            else:
-                accepted.append(scan)
-        report.rejected = rejected
-        if cfg.strict and rejected:
-            details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
-            raise IngestRejected(f"--strict: {len(rejected)} input(s) rejected, nothing written:\n{details}")
-        if not accepted and manifest is not None and manifest.get("rejected", []) == rejected:
-            report.seconds = time.perf_counter() - started
-            return report  # nothing new: write nothing at all
+    runner = _SceneRunner(min(cfg.workers, max(len(new_specs), 1)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
+            scan = partial(scan_scene, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
+            scans = list(runner.map(scan, new_specs, "scan scenes", "scene", progress))
+            frozen = manifest is not None and manifest["normalization"] is not None
+            bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
+            accepted: list[SceneScan] = []
+            for result in scans:
+                if result.reason is None and len(result.bands) != len(bands):
+                    result.reason = (
+                        f"has {len(result.bands)} bands {result.bands}; the dataset has {len(bands)} {bands}"
+                    )
+                if result.reason is not None:
+                    rejected.append(_rejection(result.spec, result.reason))
+                else:
+                    accepted.append(result)
+            report.rejected = rejected
+            if cfg.strict and rejected:
+                details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
+                raise IngestRejected(f"--strict: {len(rejected)} input(s) rejected, nothing written:\n{details}")
+            if not accepted and manifest is not None and manifest.get("rejected", []) == rejected:
+                report.seconds = time.perf_counter() - started
+                return report  # nothing new: write nothing at all
 
-        if frozen:
-            norm = Normalization.from_manifest(manifest["normalization"])
-            normalization = manifest["normalization"]
-        elif accepted:
-            stats = _merged_statistics(accepted, len(bands), cfg.normalization.float_sample_size)
-            norm = Normalization.from_statistics(stats, cfg.normalization)
-            normalization = describe(stats, norm, bands, cfg.normalization)
-            normalization["computed_from"] = [s.spec.scene_id for s in accepted]
-        else:
-            norm, normalization = None, None
+            normalization = manifest["normalization"] if frozen else None
+            if accepted and not frozen:
+                stats = _merged_statistics(accepted, len(bands), cfg.normalization.float_sample_size)
+                norm = Normalization.from_statistics(stats, cfg.normalization)
+                normalization = describe(stats, norm, bands, cfg.normalization)
+                normalization["computed_from"] = [s.spec.scene_id for s in accepted]
+            scene_entries = [_scene_entry(s, cfg) for s in accepted]
 
-        first_index = len(manifest["shards"]) if manifest else 0
-        writer = ShardWriter(
-            out_store, cfg.output, cfg.name, first_index, cfg.shard_max_samples, cfg.shard_max_bytes, on_shard
-        )
-        try:
-            if accepted and norm is not None:
-                _write_shards(accepted, norm, cfg, writer, progress)
-        except BaseException:
-            writer.abort()
-            raise
+            first_index = len(manifest["shards"]) if manifest else 0
+            writer = ShardWriter(
+                out_store, cfg.output, cfg.name, first_index, cfg.shard_max_samples, cfg.shard_max_bytes, on_shard
+            )
+            if accepted:
+                norm = Normalization.from_manifest(normalization)
+                light = [replace(s, stats=[]) for s in accepted]  # histograms are not needed by pass 2
+                encode = partial(_encode, norm=norm, config=cfg)
+                try:
+                    _publish(light, runner.map(encode, light, "write shards", "scene", progress), writer)
+                except BaseException:
+                    writer.abort()
+                    raise
+    finally:
+        runner.close()
 
     manifest = manifest or _new_manifest(config)
     manifest["tile"]["bands"] = bands
     manifest["normalization"] = normalization
     manifest["shards"] += [vars(record) for record in writer.records]
-    manifest["scenes"] += [_scene_entry(scan, cfg) for scan in accepted]
+    manifest["scenes"] += scene_entries
     manifest["rejected"] = rejected
     manifest["updated"] = _now()
     manifest["runs"].append(

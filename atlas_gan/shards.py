@@ -6,24 +6,22 @@ A sample is three tar members sharing a key: `<key>.tile.npy` (channels-first ar
 
 Shards are built in a local temporary file and moved into place whole, so a reader never sees half a shard.
 Members carry fixed owners and timestamps, so re-ingesting the same input produces byte-identical shards.
+The checksum is computed while writing, not by reading the shard back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
-
+from atlas_gan.samples import BLOCK, end_of_archive
 from atlas_gan.storage import Storage, StorageError, is_s3, join_url, make_readable
 
 MANIFEST_NAME = "manifest.json"
@@ -39,12 +37,6 @@ def shard_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar$")
 
 
-def encode_npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
 @dataclass
 class ShardRecord:
     url: str  # relative to the manifest's folder
@@ -55,7 +47,7 @@ class ShardRecord:
 
 
 class ShardWriter:
-    """Append samples; a shard is sealed and published when it reaches the sample or byte bound."""
+    """Append encoded samples; a shard is sealed and published when the next sample would cross a bound."""
 
     def __init__(
         self,
@@ -73,60 +65,55 @@ class ShardWriter:
         self.on_shard = on_shard
         self.records: list[ShardRecord] = []
         # Local outputs stage in their own folder so publishing is a rename; S3 outputs stage in the temp dir.
-        if is_s3(output):
-            self._staging = None
-        else:
+        self._staging: str | None = None
+        if not is_s3(output):
             Path(output).mkdir(parents=True, exist_ok=True)
             self._staging = output
-        self._tar: tarfile.TarFile | None = None
+        self._file: BinaryIO | None = None
         self._path = ""
+        self._size = 0
         self._samples = 0
         self._scenes: list[str] = []
+        self._digest = hashlib.sha256()
 
     def _open(self) -> None:
         fd, self._path = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".partial", dir=self._staging)
         make_readable(self._path)
-        self._tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        self._samples, self._scenes = 0, []
+        self._file = os.fdopen(fd, "wb")
+        self._size, self._samples, self._scenes, self._digest = 0, 0, [], hashlib.sha256()
 
-    def add(self, key: str, members: dict[str, bytes], scene_id: str) -> None:
-        size = sum(len(b) + 512 for b in members.values())
-        if (
-            self._tar is not None
-            and self._samples
-            and (self._samples >= self.max_samples or self._tar.fileobj.tell() + size > self.max_bytes)
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._digest.update(data)
+        self._size += len(data)
+
+    def add(self, sample: bytes, scene_id: str) -> None:
+        """Append one sample: its tar members, as `atlas_gan.samples.encode_sample` returns them."""
+        if self._file is not None and (
+            self._samples >= self.max_samples or self._size + len(sample) + 2 * BLOCK > self.max_bytes
         ):
             self.seal()
-        if self._tar is None:
+        if self._file is None:
             self._open()
-        assert self._tar is not None
-        for suffix, payload in members.items():
-            info = tarfile.TarInfo(f"{key}.{suffix}")
-            info.size, info.mode, info.mtime = len(payload), 0o644, 0
-            self._tar.addfile(info, io.BytesIO(payload))
+        self._write(sample)
         self._samples += 1
         if not self._scenes or self._scenes[-1] != scene_id:
             self._scenes.append(scene_id)
 
     def seal(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        fileobj = self._tar.fileobj
-        self._tar.close()
-        fileobj.close()
-        self._tar = None
-        digest = hashlib.sha256()
-        with open(self._path, "rb") as fh:
-            while chunk := fh.read(4 * 2**20):
-                digest.update(chunk)
-        size = os.path.getsize(self._path)
+        self._write(end_of_archive(self._size))
+        self._file.close()
+        self._file = None
         relative = shard_name(self.name, self.next_index)
         try:
             self.store.move_file(self._path, join_url(self.output, relative))
         finally:
             if os.path.exists(self._path):
                 os.unlink(self._path)
-        record = ShardRecord(relative, self._samples, size, digest.hexdigest(), self._scenes)
+        record = ShardRecord(relative, self._samples, self._size, self._digest.hexdigest(), self._scenes)
         self.records.append(record)
         self.next_index += 1
         if self.on_shard is not None:
@@ -134,10 +121,9 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shard in progress (nothing of it becomes visible)."""
-        if self._tar is not None:
-            fileobj = self._tar.fileobj
-            self._tar = None
-            fileobj.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._path and os.path.exists(self._path):
             os.unlink(self._path)
 

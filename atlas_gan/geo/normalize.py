@@ -36,11 +36,12 @@ class Normalization:
         return cls(np.array([b["offset"] for b in bands], float), np.array([b["scale"] for b in bands], float))
 
     def apply(self, raw: np.ndarray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """raw[bands, h, w] -> normalized array of `dtype`; invalid pixels become 0."""
-        scaled = (raw.astype(np.float32) - self.offsets[:, None, None].astype(np.float32)) / self.scales[
-            :, None, None
-        ].astype(np.float32)
-        scaled[:, ~valid] = 0.0
+        """raw[..., bands, h, w] with valid[..., h, w] -> normalized array of `dtype`; invalid pixels become 0."""
+        offsets = self.offsets.astype(np.float32)[:, None, None]
+        scaled = np.subtract(raw, offsets, dtype=np.float32)
+        scaled /= self.scales.astype(np.float32)[:, None, None]
+        if not valid.all():
+            scaled = np.where(np.expand_dims(valid, -3), scaled, np.float32(0.0))  # NaN nodata must not survive
         if np.dtype(dtype) == np.float16:
             np.clip(scaled, -_FLOAT16_MAX, _FLOAT16_MAX, out=scaled)
         return scaled.astype(dtype)

@@ -167,7 +167,11 @@ class SceneReader:
         valid = np.ones((height, self.width), dtype=bool)
         for i, band in enumerate(self._bands):
             try:
-                values = band.dataset.read(band.index, window=window)
+                if band.dataset.dtypes[band.index - 1] == data.dtype:  # decode straight into the stack
+                    values = band.dataset.read(band.index, window=window, out=data[i])
+                else:
+                    values = band.dataset.read(band.index, window=window)
+                    data[i] = values
                 if band.per_dataset_mask:
                     valid &= band.dataset.read_masks(band.index, window=window) > 0
             except RasterioError as exc:
@@ -176,5 +180,4 @@ class SceneReader:
                 valid &= values != band.nodata if not np.isnan(band.nodata) else ~np.isnan(values)
             if values.dtype.kind == "f":
                 valid &= np.isfinite(values)
-            data[i] = values
         return data, valid

@@ -22,34 +22,38 @@ def _is_histogrammable(dtype: np.dtype) -> bool:
 @dataclass
 class BandStatistics:
     sample_size: int = 1_000_000
-    count: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
-    minimum: float = float("inf")
-    maximum: float = float("-inf")
-    histogram: np.ndarray | None = None  # int64 counts of integer values
+    histogram: np.ndarray | None = None  # int64 counts of integer values, index = value - _HIST_MIN
+    # moments and extremes of the values routed to the sample (histogram values are summarized on demand)
+    sampled_count: int = 0
+    sampled_total: float = 0.0
+    sampled_total_sq: float = 0.0
+    sampled_min: float = float("inf")
+    sampled_max: float = float("-inf")
     sample_values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     sample_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
-    sampled_count: int = 0  # values routed to the sample
 
     def update(self, values: np.ndarray, rng: np.random.Generator) -> None:
         """Add valid pixel values (1-D, any numeric dtype)."""
         if values.size == 0:
             return
-        as_float = values.astype(np.float64, copy=False)
-        self.count += values.size
-        self.total += float(as_float.sum())
-        self.total_sq += float(np.square(as_float).sum())
-        self.minimum = min(self.minimum, float(as_float.min()))
-        self.maximum = max(self.maximum, float(as_float.max()))
         if _is_histogrammable(values.dtype):
-            counts = np.bincount((values.astype(np.int64) - _HIST_MIN), minlength=_HIST_BINS)
-            self.histogram = counts if self.histogram is None else self.histogram + counts
-        else:
-            self._add_sample(as_float, rng.random(values.size))
+            if self.histogram is None:
+                self.histogram = np.zeros(_HIST_BINS, np.int64)
+            if values.dtype.kind == "u":
+                counts = np.bincount(values, minlength=1 << (8 * values.dtype.itemsize))
+                self.histogram[-_HIST_MIN : -_HIST_MIN + counts.size] += counts
+            else:
+                self.histogram += np.bincount(values.astype(np.int32) - _HIST_MIN, minlength=_HIST_BINS)
+            return
+        as_float = values.astype(np.float64, copy=False)
+        self.sampled_total += float(as_float.sum())
+        self.sampled_total_sq += float(np.square(as_float).sum())
+        self.sampled_min = min(self.sampled_min, float(as_float.min()))
+        self.sampled_max = max(self.sampled_max, float(as_float.max()))
+        self.sampled_count += values.size
+        self._add_sample(as_float, rng.random(values.size))
 
     def _add_sample(self, values: np.ndarray, keys: np.ndarray) -> None:
-        self.sampled_count += values.size
         all_values = np.concatenate([self.sample_values, values])
         all_keys = np.concatenate([self.sample_keys, keys])
         if all_keys.size > self.sample_size:
@@ -58,31 +62,55 @@ class BandStatistics:
         self.sample_values, self.sample_keys = all_values, all_keys
 
     def merge(self, other: BandStatistics) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.total_sq += other.total_sq
-        self.minimum = min(self.minimum, other.minimum)
-        self.maximum = max(self.maximum, other.maximum)
         if other.histogram is not None:
             self.histogram = other.histogram.copy() if self.histogram is None else self.histogram + other.histogram
         if other.sampled_count:
-            sampled_before = self.sampled_count
+            self.sampled_count += other.sampled_count
+            self.sampled_total += other.sampled_total
+            self.sampled_total_sq += other.sampled_total_sq
+            self.sampled_min = min(self.sampled_min, other.sampled_min)
+            self.sampled_max = max(self.sampled_max, other.sampled_max)
             self._add_sample(other.sample_values, other.sample_keys)
-            self.sampled_count = sampled_before + other.sampled_count
+
+    def _histogram_moments(self) -> tuple[int, float, float, float, float]:
+        """count, sum, sum of squares, min, max of the histogram's values."""
+        if self.histogram is None or not self.histogram.any():
+            return 0, 0.0, 0.0, float("inf"), float("-inf")
+        nonzero = np.flatnonzero(self.histogram)
+        values = (nonzero + _HIST_MIN).astype(np.float64)
+        counts = self.histogram[nonzero].astype(np.float64)
+        return int(counts.sum()), float(values @ counts), float(values**2 @ counts), values[0], values[-1]
 
     @property
     def exact(self) -> bool:
         return self.sampled_count == 0
 
     @property
+    def count(self) -> int:
+        return self._histogram_moments()[0] + self.sampled_count
+
+    @property
+    def minimum(self) -> float:
+        return min(self._histogram_moments()[3], self.sampled_min)
+
+    @property
+    def maximum(self) -> float:
+        return max(self._histogram_moments()[4], self.sampled_max)
+
+    @property
     def mean(self) -> float:
-        return self.total / self.count if self.count else float("nan")
+        count, total, _, _, _ = self._histogram_moments()
+        count, total = count + self.sampled_count, total + self.sampled_total
+        return total / count if count else float("nan")
 
     @property
     def std(self) -> float:
-        if not self.count:
+        count, total, total_sq, _, _ = self._histogram_moments()
+        count += self.sampled_count
+        if not count:
             return float("nan")
-        return float(np.sqrt(max(self.total_sq / self.count - self.mean**2, 0.0)))
+        mean = (total + self.sampled_total) / count
+        return float(np.sqrt(max((total_sq + self.sampled_total_sq) / count - mean**2, 0.0)))
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0-100) of every value seen; exact for integer data, sampled otherwise."""

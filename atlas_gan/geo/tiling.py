@@ -1,26 +1,32 @@
-"""Cut a scene into tiles, strip by strip: keep tiles under the nodata limit, spool them raw, count the rest.
+"""Cut a scene into tiles (pass 1) and turn the kept tiles into encoded samples (pass 2).
 
 This is the first of ingest's two passes and runs in worker processes, one scene at a time. It reads every source
 pixel once, in strips `tile_size` rows tall (memory is bounded by a strip, never a whole scene), accumulates the
 per-band statistics of the kept tiles, and writes the kept tiles' raw values to a local spool file that the second
-pass normalizes once the dataset-wide statistics are known.
+pass normalizes once the dataset-wide statistics are known. Both passes run in worker processes, one scene each.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from atlas_gan.config import IngestConfig
 from atlas_gan.geo.discovery import SceneSpec
+from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
 from atlas_gan.geo.stats import BandStatistics, new_band_statistics
+from atlas_gan.samples import NpyEncoder, encode_sample
+
+# Source pixels fetched per windowed read: bounds a worker's memory whatever the scene's size, while keeping
+# per-call overhead (GDAL, Python) small for ordinary scenes.
+READ_BUDGET_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -67,6 +73,38 @@ def scan_scene(spec: SceneSpec, config: IngestConfig, gdal_options: dict[str, An
     return scan
 
 
+def _cut_strip(
+    scan: SceneScan,
+    row: int,
+    data: np.ndarray,
+    valid: np.ndarray,
+    size: int,
+    stride: int,
+    limit: float,
+    spool: BinaryIO,
+    rng: np.random.Generator,
+) -> None:
+    """Tiles of one tile row: drop those over the nodata limit, spool and count the rest."""
+    # (bands, size, cols, size) -> (cols, bands, size, size): every tile of this row, as views.
+    tiles = sliding_window_view(data, size, axis=2)[:, :, ::stride].transpose(2, 0, 1, 3)
+    masks = sliding_window_view(valid, size, axis=1)[:, ::stride].transpose(1, 0, 2)
+    fractions = 1.0 - masks.mean(axis=(1, 2))
+    keep = (fractions <= limit) & (fractions < 1.0)
+    scan.dropped_nodata += int((~keep).sum())
+    if not keep.any():
+        return
+    kept_tiles, kept_masks = np.ascontiguousarray(tiles[keep]), np.ascontiguousarray(masks[keep])
+    spool.write(memoryview(kept_tiles))
+    spool.write(memoryview(np.packbits(kept_masks, axis=None)))
+    cols = [int(c) for c in np.flatnonzero(keep) * stride]
+    scan.strips.append((row, cols, [float(f) for f in fractions[keep]]))
+    scan.tile_count += len(cols)
+    all_valid = bool(kept_masks.all())
+    for band, stats in enumerate(scan.stats):
+        values = kept_tiles[:, band]
+        stats.update(values.ravel() if all_valid else values[kept_masks], rng)
+
+
 def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir: str) -> None:
     size, stride = config.tile_size, config.effective_stride
     scan.dtype = np.dtype(reader.dtype).name
@@ -86,25 +124,17 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
     rng = np.random.default_rng(zlib.crc32(scan.spec.scene_id.encode()))
     scan.spool_path = os.path.join(spool_dir, f"{scan.spec.scene_id}.spool")
     limit = config.max_nodata_fraction
+    tile_rows = list(range(0, reader.height - size + 1, stride))
+    row_bytes = reader.width * len(reader.band_names) * np.dtype(reader.dtype).itemsize
+    per_read = max(1, READ_BUDGET_BYTES // (row_bytes * max(stride, 1)))  # tile rows per windowed read
     with open(scan.spool_path, "wb") as spool:
-        for row in range(0, reader.height - size + 1, stride):
-            data, valid = reader.read_strip(row, size)
-            # (bands, size, cols, size) -> (cols, bands, size, size): every tile of this strip, as views.
-            tiles = sliding_window_view(data, size, axis=2)[:, :, ::stride].transpose(2, 0, 1, 3)
-            masks = sliding_window_view(valid, size, axis=1)[:, ::stride].transpose(1, 0, 2)
-            fractions = 1.0 - masks.mean(axis=(1, 2))
-            keep = (fractions <= limit) & (fractions < 1.0)
-            scan.dropped_nodata += int((~keep).sum())
-            if not keep.any():
-                continue
-            kept_tiles, kept_masks = np.ascontiguousarray(tiles[keep]), np.ascontiguousarray(masks[keep])
-            spool.write(kept_tiles.tobytes())
-            spool.write(np.packbits(kept_masks, axis=None).tobytes())
-            cols = [int(c) for c in np.flatnonzero(keep) * stride]
-            scan.strips.append((row, cols, [float(f) for f in fractions[keep]]))
-            scan.tile_count += len(cols)
-            for band, stats in enumerate(scan.stats):
-                stats.update(kept_tiles[:, band][kept_masks], rng)
+        for first in range(0, len(tile_rows), per_read):
+            group = tile_rows[first : first + per_read]
+            top = group[0]
+            block, block_valid = reader.read_strip(top, group[-1] + size - top)
+            for row in group:
+                data, valid = block[:, row - top : row - top + size], block_valid[row - top : row - top + size]
+                _cut_strip(scan, row, data, valid, size, stride, limit, spool, rng)
     if scan.tile_count == 0:
         raise SceneError(
             f"no usable tile: all {scan.dropped_nodata} tiles of {size} px have more than "
@@ -112,16 +142,61 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
         )
 
 
-def read_spool(scan: SceneScan, tile_size: int) -> Iterator[tuple[int, int, float, np.ndarray, np.ndarray]]:
-    """Yield (row, col, nodata fraction, raw tile, valid mask) for every tile spooled by `scan_scene`."""
-    bands, dtype = len(scan.bands), np.dtype(scan.dtype)
-    pixels = tile_size * tile_size
-    with open(scan.spool_path, "rb") as spool:
+def _scene_json_prefix(scan: SceneScan, tile_dtype: str) -> str:
+    """The JSON of the metadata every tile of the scene shares, without its closing brace."""
+    shared = {
+        "scene_id": scan.spec.scene_id,
+        "sources": [file.url for file in scan.spec.files],
+        "bands": scan.bands,
+        "crs": scan.meta["crs"],
+        "epsg": scan.meta["epsg"],
+        "acquired": scan.spec.acquired,
+        "source_dtype": scan.dtype,
+        "tile_dtype": tile_dtype,
+    }
+    return json.dumps(shared, separators=(",", ":"))[:-1]
+
+
+def tile_metadata_json(prefix: str, transform: list[float], row: int, col: int, size: int, fraction: float) -> bytes:
+    """One tile's metadata: the scene's shared fields plus its transform, bounds, window and nodata fraction."""
+    a, b, c, d, e, f = transform
+    c, f = c + a * col + b * row, f + d * col + e * row  # the tile's own affine transform
+    xs = [c + a * i + b * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
+    ys = [f + d * i + e * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
+    own = {
+        "transform": [a, b, c, d, e, f],
+        "bounds": [min(xs), min(ys), max(xs), max(ys)],  # left, bottom, right, top in the scene's CRS
+        "window": {"row": row, "col": col, "height": size, "width": size},
+        "nodata_fraction": round(fraction, 6),
+    }
+    return (prefix + "," + json.dumps(own, separators=(",", ":"))[1:]).encode()
+
+
+def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig, fragment_path: str) -> list[int]:
+    """Pass 2 over one scene: normalize its spooled tiles and write their encoded samples to `fragment_path`.
+
+    Returns each sample's length in bytes, in order, so samples can be cut into shards without re-parsing.
+    """
+    size, bands = config.tile_size, len(scan.bands)
+    raw_dtype, tile_dtype = np.dtype(scan.dtype), np.dtype(config.tile_dtype)
+    tile_npy = NpyEncoder(tile_dtype, (bands, size, size))
+    mask_npy = NpyEncoder(np.dtype(bool), (size, size))
+    pixels = size * size
+    prefix, transform = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"]
+    lengths: list[int] = []
+    with open(scan.spool_path, "rb") as spool, open(fragment_path, "wb") as fragment:
         for row, cols, fractions in scan.strips:
             count = len(cols)
-            tiles = np.frombuffer(spool.read(count * bands * pixels * dtype.itemsize), dtype=dtype)
-            tiles = tiles.reshape(count, bands, tile_size, tile_size)
+            raw = np.frombuffer(spool.read(count * bands * pixels * raw_dtype.itemsize), dtype=raw_dtype)
             packed = np.frombuffer(spool.read((count * pixels + 7) // 8), dtype=np.uint8)
-            masks = np.unpackbits(packed, count=count * pixels).astype(bool).reshape(count, tile_size, tile_size)
+            masks = np.unpackbits(packed, count=count * pixels).astype(bool).reshape(count, size, size)
+            tiles = norm.apply(raw.reshape(count, bands, size, size), masks, tile_dtype)
             for col, fraction, tile, mask in zip(cols, fractions, tiles, masks, strict=True):
-                yield row, col, fraction, tile, mask
+                meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
+                sample = encode_sample(
+                    f"{scan.spec.scene_id}_r{row:06d}_c{col:06d}",
+                    {"tile.npy": tile_npy.encode(tile), "mask.npy": mask_npy.encode(mask), "json": meta},
+                )
+                fragment.write(sample)
+                lengths.append(len(sample))
+    return lengths
