@@ -1,6 +1,6 @@
 """The `atlas-gan` command line: thin wrappers over the library, with clear errors and exit codes.
 
-Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration, 3 storage failure.
+Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration or source, 3 storage failure.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def ingest(
     Incremental: scenes already in the output's manifest are skipped, new ones add shards. Rejected inputs
     (unreadable files, missing bands, all-nodata scenes, ...) are listed with the reason in the manifest.
     """
-    from atlas_gan.ingest import IngestConfigMismatch, IngestRejected
+    from atlas_gan.ingest import IngestConfigMismatch, IngestRejected, SourceEmpty
     from atlas_gan.ingest import ingest as run_ingest
 
     flags = [
@@ -65,7 +65,7 @@ def ingest(
         report = run_ingest(cfg, progress=not quiet)
     except IngestRejected as exc:
         _fail(str(exc), 1)
-    except IngestConfigMismatch as exc:
+    except (IngestConfigMismatch, SourceEmpty) as exc:
         _fail(str(exc), 2)
     except StorageError as exc:
         _fail(f"storage error: {exc}", 3)

@@ -56,6 +56,10 @@ class IngestConfigMismatch(ValueError):
     """The output already holds a dataset made with other tile settings."""
 
 
+class SourceEmpty(ValueError):
+    """The source names no file at all (a typo in the path or prefix, usually)."""
+
+
 @dataclass
 class IngestReport:
     manifest_url: str
@@ -177,7 +181,10 @@ def ingest(
     _check_compatible(manifest, cfg)
     report = IngestReport(manifest_url=manifest_url(cfg.output))
 
-    discovery = discover_scenes(list_source(cfg.source, src_store), cfg.band_file_pattern)
+    files = list_source(cfg.source, src_store)
+    if not files:
+        raise SourceEmpty(f"{cfg.source}: no files found (check the folder, glob or s3:// prefix)")
+    discovery = discover_scenes(files, cfg.band_file_pattern)
     known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
     rejected: list[dict[str, str]] = []
     new_specs: list[SceneSpec] = []

@@ -362,3 +362,5 @@ def test_cli_ingest_strict_exit_code_and_summary(geotiff, tmp_path):
     )
     assert result.exit_code == 2 and "ingest.tile_size: Input should be greater than or equal to 8" in result.output
     assert "Tile and normalize" in runner.invoke(app, ["ingest", "--help"]).output
+    result = runner.invoke(app, ["ingest", "-s", str(tmp_path / "typo"), "-o", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "typo: no files found" in result.output
