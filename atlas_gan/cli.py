@@ -74,5 +74,28 @@ def ingest(
         report_json.write_text(json.dumps(vars(report), indent=2) + "\n")
 
 
+@app.command()
+def preview(
+    dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
+    out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),
+    count: int = typer.Option(64, "-n", min=1, max=4096, help="How many tiles (the first ones, in shard order)."),
+    bands: str = typer.Option(None, "--bands", help="Display bands as R,G,B (or one for grey), e.g. B4,B3,B2."),
+    columns: int = typer.Option(8, "--columns", min=1, max=256, help="Tiles per row."),
+) -> None:
+    """Write a PNG grid of tiles from an ingested dataset, to look at what the GAN will learn from."""
+    from atlas_gan.preview import write_preview
+    from atlas_gan.storage import storage_for
+
+    wanted = [b.strip() for b in bands.split(",")] if bands else None
+    try:
+        png = write_preview(storage_for(dataset), dataset, count, wanted, columns)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except StorageError as exc:
+        _fail(f"storage error: {exc}", 3)
+    out.write_bytes(png)
+    typer.echo(f"wrote {out} ({len(png):,} bytes)")
+
+
 if __name__ == "__main__":
     app()

@@ -364,3 +364,49 @@ def test_cli_ingest_strict_exit_code_and_summary(geotiff, tmp_path):
     assert "Tile and normalize" in runner.invoke(app, ["ingest", "--help"]).output
     result = runner.invoke(app, ["ingest", "-s", str(tmp_path / "typo"), "-o", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "typo: no files found" in result.output
+
+
+def test_float_raster_with_nan_nodata(geotiff, make_config, tmp_path):
+    """Reflectance as float32 with NaN where the source had no data: NaN is nodata, percentiles are sampled."""
+    with rasterio.open(geotiff / "tests" / "mosaic_cog1.tif") as src:  # uint16, nodata 0
+        raw = src.read().astype(np.float32)
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtype": "float32",
+            "crs": src.crs,
+            "transform": src.transform,
+        }
+    reflectance = np.where(raw == 0, np.nan, raw / 10000.0).astype(np.float32)
+    scene = tmp_path / "reflectance.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(reflectance)
+    output = tmp_path / "out"
+    report = ingest(make_config(scene, output, nodata=None, tile_dtype="float32", workers=1), progress=False)
+    assert report.rejected == [] and report.dropped_nodata > 0
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["scenes"][0]["dtype"] == "float32" and manifest["normalization"]["exact"] is False
+    samples = read_samples(output)
+    assert all(np.isfinite(s["tile"]).all() for s in samples)  # NaN never reaches a shard
+    norm = Normalization.from_manifest(manifest["normalization"])
+    kept = np.concatenate([norm.invert(s["tile"])[:, s["mask"]] for s in samples], axis=1)
+    for b, band in enumerate(manifest["normalization"]["bands"]):
+        assert band["offset"] == pytest.approx(np.percentile(kept[b], 2), rel=1e-3)
+        assert band["offset"] + band["scale"] == pytest.approx(np.percentile(kept[b], 98), rel=1e-3)
+
+
+def test_small_read_windows_and_overlapping_strides_give_the_same_tiles(geotiff, make_config, tmp_path, monkeypatch):
+    from atlas_gan.geo import tiling
+
+    scene = geotiff / "tests" / "RGB.byte.tif"
+    ingest(make_config(scene, tmp_path / "big", stride=48, workers=1), progress=False)
+    monkeypatch.setattr(tiling, "READ_BUDGET_BYTES", 1)  # one tile row per read
+    ingest(make_config(scene, tmp_path / "small", stride=48, workers=1), progress=False)
+    big, small = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("big", "small"))
+    assert [s["sha256"] for s in big["shards"]] == [s["sha256"] for s in small["shards"]]
+    with rasterio.open(scene) as ds:
+        columns, rows = (ds.width - 64) // 48 + 1, (ds.height - 64) // 48 + 1
+    assert big["totals"]["samples"] + big["totals"]["dropped_nodata"] == rows * columns
+    assert big["tile"]["stride"] == 48
