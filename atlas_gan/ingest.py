@@ -1,6 +1,7 @@
 """Ingest: scenes -> normalized tiles -> WebDataset shards + manifest.json, incrementally and atomically.
 
-Two passes. Pass 1 (parallel, one process per scene) reads each new scene once, keeps tiles under the nodata
+Two passes. Pass 1 (parallel: one process per scene, or per part of a scene when scenes are fewer than
+workers) reads each new scene once, keeps tiles under the nodata
 limit, spools their raw values locally and accumulates per-band statistics. Pass 2 normalizes the spooled tiles
 with the dataset statistics and writes shards in scene order, so the same input always gives the same shards.
 
@@ -34,7 +35,7 @@ from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
 from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
 from atlas_gan.geo.normalize import Normalization, describe
 from atlas_gan.geo.stats import BandStatistics, new_band_statistics
-from atlas_gan.geo.tiling import SceneScan, encode_scene, scan_scene
+from atlas_gan.geo.tiling import SceneScan, encode_scene, merge_parts, scan_scene
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -120,6 +121,11 @@ def _publish(scans: list[SceneScan], fragments: Iterator[tuple[str, list[int]]],
     writer.seal()
 
 
+def _scan_task(task: tuple[SceneSpec, int, int], **kwargs: Any) -> SceneScan:
+    spec, part, parts = task
+    return scan_scene(spec, part=part, parts=parts, **kwargs)
+
+
 def _encode(scan: SceneScan, norm: Normalization, config: IngestConfig) -> tuple[str, list[int]]:
     fragment = scan.spool_path + ".samples"
     lengths = encode_scene(scan, norm, config, fragment)
@@ -202,11 +208,16 @@ def ingest(
                 )
             )
 
-    runner = _SceneRunner(min(cfg.workers, max(len(new_specs), 1)))
+    # Few scenes on many workers: split each into parts (bands of tile rows) so every worker has work.
+    parts = 1 if cfg.workers == 1 or not new_specs else min(64, -(-2 * cfg.workers // len(new_specs)))
+    tasks = [(spec, part, parts) for spec in new_specs for part in range(parts)]
+    runner = _SceneRunner(min(cfg.workers, max(len(tasks), 1)))
     try:
         with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
-            scan = partial(scan_scene, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
-            scans = list(runner.map(scan, new_specs, "scan scenes", "scene", progress))
+            scan = partial(_scan_task, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
+            pieces = list(runner.map(scan, tasks, "scan scenes", "part", progress))
+            pieces_of = {spec.scene_id: pieces[i * parts : (i + 1) * parts] for i, spec in enumerate(new_specs)}
+            scans = [merge_parts(pieces_of[spec.scene_id], cfg) for spec in new_specs]
             frozen = manifest is not None and manifest["normalization"] is not None
             bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
             accepted: list[SceneScan] = []
@@ -241,10 +252,15 @@ def ingest(
             )
             if accepted:
                 norm = Normalization.from_manifest(normalization)
-                light = [replace(s, stats=[]) for s in accepted]  # histograms are not needed by pass 2
+                light = [  # pass 2 works part by part, and needs no histograms
+                    replace(piece, stats=[])
+                    for scene in accepted
+                    for piece in pieces_of[scene.spec.scene_id]
+                    if piece.tile_count
+                ]
                 encode = partial(_encode, norm=norm, config=cfg)
                 try:
-                    _publish(light, runner.map(encode, light, "write shards", "scene", progress), writer)
+                    _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
                 except BaseException:
                     writer.abort()
                     raise

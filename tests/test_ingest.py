@@ -246,13 +246,18 @@ def test_incremental_growth_keeps_statistics_and_old_shards(geotiff, make_config
     assert len(manifest2["runs"]) == 2
 
 
-def test_same_input_gives_identical_shards(geotiff, make_config, tmp_path):
+@pytest.mark.parametrize(
+    "source",
+    ["landsat-pucallpa", "tests/RGB.byte.tif", "tests/bigearthnet_S2A_MSIL2A_20170613T101031_87_48"],
+    ids=["8 scenes", "1 scene split in parts", "resampled group in parts"],
+)
+def test_same_input_gives_identical_shards_for_any_worker_count(geotiff, make_config, tmp_path, source):
     digests = []
-    for run, workers in enumerate((1, 2)):
-        output = tmp_path / f"run{run}"
-        ingest(make_config(geotiff / "landsat-pucallpa", output, workers=workers), progress=False)
+    for workers in (1, 2, 3):
+        output = tmp_path / f"workers{workers}"
+        ingest(make_config(geotiff / source, output, workers=workers, tile_size=32), progress=False)
         digests.append([s["sha256"] for s in json.loads((output / "manifest.json").read_text())["shards"]])
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1] == digests[2]
 
 
 class Interrupt(Exception):
@@ -395,6 +400,14 @@ def test_float_raster_with_nan_nodata(geotiff, make_config, tmp_path):
     for b, band in enumerate(manifest["normalization"]["bands"]):
         assert band["offset"] == pytest.approx(np.percentile(kept[b], 2), rel=1e-3)
         assert band["offset"] + band["scale"] == pytest.approx(np.percentile(kept[b], 98), rel=1e-3)
+    # the sample is seeded per tile row, so splitting the scene across workers changes nothing
+    ingest(make_config(scene, tmp_path / "parts", nodata=None, tile_dtype="float32", workers=2), progress=False)
+    in_parts = json.loads((tmp_path / "parts" / "manifest.json").read_text())
+
+    def mapping(m):
+        return [(b["offset"], b["scale"], b["valid_pixels"]) for b in m["normalization"]["bands"]]
+
+    assert mapping(in_parts) == mapping(manifest)
 
 
 def test_small_read_windows_and_overlapping_strides_give_the_same_tiles(geotiff, make_config, tmp_path, monkeypatch):

@@ -31,9 +31,12 @@ READ_BUDGET_BYTES = 32 * 2**20
 
 @dataclass
 class SceneScan:
-    """What pass 1 learned about one scene; `reason` is set when the scene is rejected."""
+    """What pass 1 learned about one scene, or one part of it (a contiguous band of tile rows);
+    `reason` is set when the scene is rejected."""
 
     spec: SceneSpec
+    part: int = 0
+    parts: int = 1
     reason: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     tile_count: int = 0
@@ -56,9 +59,11 @@ def _epsg(crs: Any) -> int | None:
         return None
 
 
-def scan_scene(spec: SceneSpec, config: IngestConfig, gdal_options: dict[str, Any], spool_dir: str) -> SceneScan:
-    """Pass 1 over one scene. Never raises for bad input: the reason is returned instead."""
-    scan = SceneScan(spec)
+def scan_scene(
+    spec: SceneSpec, config: IngestConfig, gdal_options: dict[str, Any], spool_dir: str, part: int = 0, parts: int = 1
+) -> SceneScan:
+    """Pass 1 over part `part` of `parts` of a scene. Never raises for bad input: the reason is returned instead."""
+    scan = SceneScan(spec, part, parts)
     try:
         with SceneReader(spec, config.bands, config.resampling, config.nodata, gdal_options) as reader:
             _scan(reader, config, scan, spool_dir)
@@ -82,7 +87,7 @@ def _cut_strip(
     stride: int,
     limit: float,
     spool: BinaryIO,
-    rng: np.random.Generator,
+    seed: int,
 ) -> None:
     """Tiles of one tile row: drop those over the nodata limit, spool and count the rest."""
     # (bands, size, cols, size) -> (cols, bands, size, size): every tile of this row, as views.
@@ -100,6 +105,8 @@ def _cut_strip(
     scan.strips.append((row, cols, [float(f) for f in fractions[keep]]))
     scan.tile_count += len(cols)
     all_valid = bool(kept_masks.all())
+    # Seeded by scene and row, so float samples do not depend on how the scene was split into parts.
+    rng = np.random.default_rng((seed, row))
     for band, stats in enumerate(scan.stats):
         values = kept_tiles[:, band]
         stats.update(values.ravel() if all_valid else values[kept_masks], rng)
@@ -121,10 +128,11 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
     if reader.width < size or reader.height < size:
         raise SceneError(f"scene is {reader.width}x{reader.height} px, smaller than one {size} px tile")
     scan.stats = new_band_statistics(len(reader.band_names), config.normalization.float_sample_size)
-    rng = np.random.default_rng(zlib.crc32(scan.spec.scene_id.encode()))
-    scan.spool_path = os.path.join(spool_dir, f"{scan.spec.scene_id}.spool")
+    seed = zlib.crc32(scan.spec.scene_id.encode())
+    scan.spool_path = os.path.join(spool_dir, f"{scan.spec.scene_id}.{scan.part}.spool")
     limit = config.max_nodata_fraction
-    tile_rows = list(range(0, reader.height - size + 1, stride))
+    all_rows = range(0, reader.height - size + 1, stride)
+    tile_rows = [all_rows[i] for i in np.array_split(np.arange(len(all_rows)), scan.parts)[scan.part]]
     row_bytes = reader.width * len(reader.band_names) * np.dtype(reader.dtype).itemsize
     per_read = max(1, READ_BUDGET_BYTES // (row_bytes * max(stride, 1)))  # tile rows per windowed read
     with open(scan.spool_path, "wb") as spool:
@@ -134,12 +142,27 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
             block, block_valid = reader.read_strip(top, group[-1] + size - top)
             for row in group:
                 data, valid = block[:, row - top : row - top + size], block_valid[row - top : row - top + size]
-                _cut_strip(scan, row, data, valid, size, stride, limit, spool, rng)
-    if scan.tile_count == 0:
-        raise SceneError(
-            f"no usable tile: all {scan.dropped_nodata} tiles of {size} px have more than "
-            f"{limit:.0%} nodata (or none is valid)"
-        )
+                _cut_strip(scan, row, data, valid, size, stride, limit, spool, seed)
+
+
+def merge_parts(parts: list[SceneScan], config: IngestConfig) -> SceneScan:
+    """One scene's summary from its parts: counts and statistics added up, the first rejection reason kept."""
+    first = parts[0]
+    merged = SceneScan(first.spec, reason=next((p.reason for p in parts if p.reason), None), meta=first.meta)
+    merged.dtype = first.dtype
+    merged.tile_count = sum(p.tile_count for p in parts)
+    merged.dropped_nodata = sum(p.dropped_nodata for p in parts)
+    if merged.reason is None:
+        merged.stats = new_band_statistics(len(first.stats), config.normalization.float_sample_size)
+        for part in parts:
+            for total, piece in zip(merged.stats, part.stats, strict=True):
+                total.merge(piece)
+        if merged.tile_count == 0:
+            merged.reason = (
+                f"no usable tile: all {merged.dropped_nodata} tiles of {config.tile_size} px have more than "
+                f"{config.max_nodata_fraction:.0%} nodata (or none is valid)"
+            )
+    return merged
 
 
 def _scene_json_prefix(scan: SceneScan, tile_dtype: str) -> str:
