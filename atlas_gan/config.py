@@ -138,11 +138,80 @@ class IngestConfig(_Strict):
         return self.stride or self.tile_size
 
 
+class AugmentConfig(_Strict):
+    """Geometric augmentations that are valid for overhead imagery (no 'up' direction)."""
+
+    flips: bool = True
+    rot90: bool = True
+
+
+class TrainConfig(_Strict):
+    """GAN training: what torchrun runs on every rank. Batch sizes are per rank: global = batch_size x world size."""
+
+    model: str = Field("dcgan", description="model family from the registry: dcgan, wgan-gp, sngan")
+    data: str | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
+    run_dir: str = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
+    image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128 or 256")
+    latent_dim: int = Field(128, ge=1, le=4096)
+    g_width: int = Field(64, ge=4, le=1024, description="generator channels at the last layer (doubles per level up)")
+    d_width: int = Field(64, ge=4, le=1024, description="discriminator channels at the first layer")
+    batch_size: int = Field(64, ge=1, le=65536, description="per rank")
+    steps: int = Field(10_000, ge=1, description="generator updates to train for (resumed runs count from their step)")
+    lr_g: float | None = Field(None, gt=0, le=1, description="null: the family's default")
+    lr_d: float | None = Field(None, gt=0, le=1, description="null: the family's default")
+    n_critic: int | None = Field(None, ge=1, le=100, description="discriminator steps per G step; null: family default")
+    ema_half_life_kimg: float = Field(
+        10.0, ge=0, description="EMA of G weights, half-life in thousands of images; 0 off"
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    channels_last: bool = Field(True, description="NHWC memory format on GPU")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per rank")
+    shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="samples held for shuffling, per worker")
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    evaluate_every: int = Field(0, ge=0, description="call evaluation hooks every N steps; 0 never")
+    sample_count: int = Field(64, ge=1, le=1024, description="tiles in each fixed-latent sample grid")
+    rgb_bands: list[str | int] | None = Field(
+        None, description="three bands shown as red, green, blue (names or 1-based indexes); null: the first three"
+    )
+    nan_patience: int = Field(3, ge=1, le=1000, description="non-finite steps in a row before rolling back")
+    max_rollbacks: int = Field(3, ge=0, le=100, description="rollbacks to the last checkpoint before giving up")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="newest checkpoints kept in run_dir")
+
+    @field_validator("run_dir", "data")
+    @classmethod
+    def _urls_supported(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value not in (32, 64, 128, 256):
+            raise ValueError("must be 32, 64, 128 or 256")
+        return value
+
+    @field_validator("rgb_bands")
+    @classmethod
+    def _three_bands(cls, value: list[str | int] | None) -> list[str | int] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError(f"needs exactly three bands (red, green, blue); got {value}")
+        return value
+
+
 class AtlasConfig(_Strict):
     """The whole pipeline's configuration; later stages add their sections here."""
 
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def dataset_url(self) -> str:
+        """Where training reads shards from: `train.data`, else what ingest writes."""
+        return self.train.data or self.ingest.output
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:

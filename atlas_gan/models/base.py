@@ -1,0 +1,60 @@
+"""What every GAN family provides: its networks for a given image spec, its loss and its optimizer settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import log2
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of the problem: any band count, square images of 32-256 px."""
+
+    bands: int
+    image_size: int
+    latent_dim: int = 128
+    g_width: int = 64
+    d_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (32, 64, 128, 256):
+            raise ValueError(f"image_size must be 32, 64, 128 or 256; got {self.image_size}")
+        if self.bands < 1:
+            raise ValueError(f"bands must be at least 1; got {self.bands}")
+
+    @property
+    def levels(self) -> int:
+        """Resolution doublings from the 4x4 base to image_size."""
+        return int(log2(self.image_size)) - 2
+
+
+@dataclass(frozen=True)
+class GANFamily:
+    """A model family: builders, loss kind and the optimizer defaults of its paper."""
+
+    name: str
+    generator: Callable[[ModelSpec], nn.Module]
+    discriminator: Callable[[ModelSpec], nn.Module]
+    loss: str  # a key of atlas_gan.losses.LOSSES
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    n_critic: int = 1
+    gradient_penalty: float = 0.0  # weight of the WGAN-GP penalty; 0 = none
+    description: str = ""
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """Radford et al. 2015: conv weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, 0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+            nn.init.zeros_(layer.bias)

@@ -1,0 +1,1 @@
+"""Training: the torchrun entry point, the loop, distributed helpers, checkpoints and the data stream."""

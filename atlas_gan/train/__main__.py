@@ -1,0 +1,50 @@
+"""`torchrun ... -m atlas_gan.train --config configs/satellite.yaml --set train.steps=100`: one rank of training."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from atlas_gan.config import ConfigError, load_config
+from atlas_gan.train import distributed
+from atlas_gan.train.trainer import Trainer, TrainingDiverged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atlas_gan.train", description=__doc__)
+    parser.add_argument("--config", help="YAML config (default: configs/satellite.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=100 (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    ctx = distributed.setup()
+    try:
+        summary = Trainer(config, ctx, progress=not args.quiet).run()
+    except (TrainingDiverged, ValueError) as exc:
+        print(f"rank {ctx.rank}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown(ctx)
+    if ctx.is_main:
+        print(
+            f"trained to step {summary['step']} ({summary['images_seen']} images); "
+            f"ranks in sync: {summary['ranks_in_sync']}; checkpoint: {summary['checkpoint']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Stream training tiles from an ingest manifest's shards with webdataset, split over ranks and loader workers.
+
+Every rank and every DataLoader worker is one *consumer*. Each epoch the shard list is shuffled with a seed that
+depends only on (seed, epoch), so all consumers agree on it; then each consumer takes every n-th shard. When a
+dataset has fewer shards than consumers (small datasets, many GPUs), every consumer reads all shards and keeps
+every n-th sample instead, so no rank ever waits on an empty split. The stream is endless: after the last shard it
+moves to the next epoch, and it starts at `start_epoch` when a run resumes.
+
+Tiles arrive normalized by ingest (the 2nd..98th percentile of each band spans 0..1); the trainer sees
+`clip(2 * tile - 1, -1, 1)`, the range of the generator's tanh. Nodata pixels (0 in the tile) become -1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from atlas_gan.config import AugmentConfig, StorageConfig
+from atlas_gan.storage import is_s3, register_webdataset_s3
+
+
+def augment(tile: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Flips and 90-degree rotations: the dihedral group, valid for overhead imagery."""
+    if config.rot90:
+        tile = np.rot90(tile, k=int(rng.integers(4)), axes=(1, 2))
+    if config.flips and rng.random() < 0.5:
+        tile = tile[:, :, ::-1]
+    return tile
+
+
+def to_training_range(tile: np.ndarray, image_size: int) -> np.ndarray:
+    """Normalized tile -> float32 in [-1, 1], average-pooled down to `image_size` when the tile is larger."""
+    x = tile.astype(np.float32)
+    factor = x.shape[-1] // image_size
+    if factor > 1:
+        c, h, w = x.shape
+        x = x.reshape(c, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    return np.clip(x * 2.0 - 1.0, -1.0, 1.0)
+
+
+class TileStream(IterableDataset):
+    """Endless stream of (tile tensor, epoch) for one rank; DataLoader workers split it further."""
+
+    def __init__(
+        self,
+        shard_urls: list[str],
+        rank: int,
+        world_size: int,
+        image_size: int,
+        seed: int,
+        start_epoch: int,
+        shuffle_buffer: int,
+        augment_config: AugmentConfig,
+        storage: StorageConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if not shard_urls:
+            raise ValueError("the dataset has no shards: run `atlas-gan ingest` first")
+        self.shard_urls = list(shard_urls)
+        self.rank, self.world_size = rank, world_size
+        self.image_size, self.seed, self.start_epoch = image_size, seed, start_epoch
+        self.shuffle_buffer, self.augment_config = shuffle_buffer, augment_config
+        self.storage = storage
+
+    def _consumer(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _samples(self, urls: list[str]) -> Iterator[dict[str, Any]]:
+        pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode())
+        yield from pipeline
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        if any(is_s3(url) for url in self.shard_urls):
+            register_webdataset_s3(self.storage)  # in this worker process
+        me, consumers = self._consumer()
+        for epoch in itertools.count(self.start_epoch):
+            order = list(self.shard_urls)
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+            rng = np.random.default_rng((self.seed, epoch, me))
+            if len(order) >= consumers:
+                samples = self._samples(order[me::consumers])
+            else:
+                samples = itertools.islice(self._samples(order), me, None, consumers)
+            yield from self._shuffled(samples, rng, epoch)
+
+    def _shuffled(
+        self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, int]]:
+        buffer: list[np.ndarray] = []
+        for sample in samples:
+            tile = to_training_range(augment(sample["tile.npy"], rng, self.augment_config), self.image_size)
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(tile)
+                continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], tile = tile, buffer[i]
+            yield torch.from_numpy(tile), epoch
+        rng.shuffle(buffer)
+        for tile in buffer:
+            yield torch.from_numpy(tile), epoch
+
+
+def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        drop_last=True,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
