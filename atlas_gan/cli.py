@@ -75,6 +75,47 @@ def ingest(
 
 
 @app.command()
+def train(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.steps=2000."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", min=1, help="Processes (GPUs) on this machine; >1 launches torchrun --standalone."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train the configured GAN on the ingested shards; resumes from run_dir's newest checkpoint.
+
+    The global batch is train.batch_size x the number of processes. For several machines run torchrun yourself:
+    torchrun --nnodes=N --nproc-per-node=G --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m atlas_gan.train --set ...
+    """
+    import subprocess
+    import sys
+
+    args = (
+        ([f"--config={config}"] if config else []) + [f"--set={o}" for o in overrides] + (["--quiet"] if quiet else [])
+    )
+    try:
+        load_config(config, overrides)  # fail fast, before any process starts
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    if nproc_per_node == 1:
+        from atlas_gan.train.__main__ import main as train_main
+
+        raise typer.Exit(train_main(args))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "atlas_gan.train",
+        *args,
+    ]
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
     out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),

@@ -8,6 +8,7 @@ and the resolved config. Files are `run_dir/checkpoints/step-00001000.pt`; the n
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import re
 from typing import Any
@@ -69,7 +70,7 @@ def load_checkpoint(store: Storage, url: str, map_location: str | torch.device =
     """Read with `weights_only=True`: a checkpoint cannot run code when it is loaded."""
     try:
         payload = torch.load(io.BytesIO(store.read_bytes(url)), map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as exc:  # corrupt, truncated, or holding non-tensor objects
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:  # corrupt, or arbitrary objects
         raise StorageError(f"{url}: not a readable atlas-gan checkpoint ({exc})") from exc
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise StorageError(f"{url}: not an atlas-gan checkpoint (format {payload.get('format')!r})")

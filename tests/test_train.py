@@ -1,0 +1,188 @@
+"""Training on real shards (Landsat, 4 bands, 32 px tiles) in one process: data stream, resume, NaN rollback."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_gan.config import load_config
+from atlas_gan.ingest import ingest
+from atlas_gan.shards import read_manifest, shard_urls
+from atlas_gan.storage import LocalStorage, StorageError
+from atlas_gan.train import distributed
+from atlas_gan.train.checkpoint import list_checkpoints, load_checkpoint
+from atlas_gan.train.data import TileStream, augment, to_training_range
+from atlas_gan.train.sample_grid import band_triplets
+from atlas_gan.train.trainer import Trainer, TrainHooks, load_generator
+
+SMALL = [
+    "train.latent_dim=16",
+    "train.g_width=8",
+    "train.d_width=8",
+    "train.batch_size=8",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "train.sample_every=2",
+    "train.checkpoint_every=2",
+    "train.shuffle_buffer=64",
+    "train.sample_count=9",
+]
+
+
+@pytest.fixture(scope="session")
+def train_data(geotiff, tmp_path_factory):
+    """The Pucallpa time series (8 scenes, 4 bands, uint8) as 32 px tiles in 2 shards."""
+    output = tmp_path_factory.mktemp("train-data") / "shards"
+    config = load_config(
+        None,
+        [
+            f"ingest.source={geotiff / 'landsat-pucallpa'}",
+            f"ingest.output={output}",
+            "ingest.tile_size=32",
+            "ingest.workers=2",
+            "ingest.shard_max_samples=1000",
+        ],
+    )
+    ingest(config, progress=False)
+    return output
+
+
+def small_config(train_data, run_dir, *overrides):
+    return load_config(None, [f"ingest.output={train_data}", f"train.run_dir={run_dir}", *SMALL, *overrides])
+
+
+def test_stream_splits_an_epoch_exactly_over_consumers(train_data):
+    manifest = read_manifest(LocalStorage(), str(train_data))
+    urls = shard_urls(manifest, str(train_data))
+    assert len(urls) == 2
+    total = manifest["totals"]["samples"]
+    off = load_config().train.augment.model_copy(update={"flips": False, "rot90": False})
+    for world in (2, 4):  # 2 consumers: one shard each; 4 consumers: every 4th sample of all shards
+        seen = []
+        for rank in range(world):
+            tiles = []
+            for tile, epoch in TileStream(
+                urls, rank, world, 32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off
+            ):
+                if epoch != 3:
+                    break
+                tiles.append(tile.numpy().tobytes())
+            seen.append(tiles)
+        assert sum(len(t) for t in seen) == total
+        assert len(set().union(*map(set, seen))) == total  # disjoint, and everything once
+
+
+def test_training_range_and_augmentations():
+    tile = np.linspace(-0.2, 1.3, 4 * 8 * 8, dtype=np.float16).reshape(4, 8, 8)
+    x = to_training_range(tile, 8)
+    assert x.dtype == np.float32 and x.min() == -1.0 and x.max() == 1.0
+    pooled = to_training_range(np.full((4, 8, 8), 0.25, np.float16), 4)
+    assert pooled.shape == (4, 4, 4) and np.allclose(pooled, -0.5)
+    config = load_config().train.augment
+    rng = np.random.default_rng(0)
+    base = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    variants = {augment(base, rng, config).tobytes() for _ in range(200)}
+    assert len(variants) == 8  # the dihedral group: 4 rotations x optional flip
+    for variant in variants:  # each band moves the same way: pixels stay aligned across bands
+        arr = np.frombuffer(variant, dtype=base.dtype).reshape(2, 4, 4)
+        assert np.array_equal(arr[1] - arr[0], np.full((4, 4), 16))
+
+
+def test_sample_grid_triplets():
+    assert band_triplets(["B2", "B3", "B4", "B8"], ["B4", "B3", "B2"]) == [("rgb", [2, 1, 0]), ("B8", [3, 3, 3])]
+    assert band_triplets(["1", "2", "3", "4"], [4, 3, 2]) == [("rgb", [3, 2, 1]), ("1", [0, 0, 0])]
+    assert band_triplets(["x"], None) == [("rgb", [0, 0, 0])]
+
+
+def test_train_resume_restores_everything(train_data, tmp_path):
+    ctx = distributed.setup()
+    run_dir = tmp_path / "run"
+    first = Trainer(
+        small_config(train_data, run_dir, "train.steps=4", "train.ema_half_life_kimg=0.05"), ctx, progress=False
+    )
+    summary = first.run()
+    assert summary["step"] == 4 and summary["images_seen"] == 32
+    store = LocalStorage()
+    assert [step for step, _ in list_checkpoints(store, str(run_dir))] == [2, 4]
+    saved = load_checkpoint(store, str(run_dir / "checkpoints" / "step-00000004.pt"))
+
+    resumed = Trainer(
+        small_config(train_data, run_dir, "train.steps=6", "train.ema_half_life_kimg=0.05"), ctx, progress=False
+    )
+    assert (resumed.step, resumed.images_seen, resumed.resumed_from) == (4, 32, 4)
+    for name, model in (("G", resumed.G), ("D", resumed.D), ("G_ema", resumed.ema.model)):
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, saved[name][key]), (name, key)
+    for opt_name, opt in (("opt_g", resumed.opt_g), ("opt_d", resumed.opt_d)):
+        state = opt.state_dict()["state"]
+        for index, entry in saved[opt_name]["state"].items():
+            assert torch.equal(state[index]["exp_avg"], entry["exp_avg"])
+            assert torch.equal(state[index]["exp_avg_sq"], entry["exp_avg_sq"])
+            assert float(state[index]["step"]) == float(entry["step"])
+    assert torch.equal(torch.get_rng_state(), saved["rng"][0]["torch"])
+    assert not all(
+        torch.equal(a, b) for a, b in zip(resumed.G.parameters(), resumed.ema.model.parameters(), strict=True)
+    )  # EMA is its own average, not a copy of G
+    assert resumed.run()["step"] == 6
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e.get("event") == "start"]
+    assert [s["resumed_from"] for s in starts] == [None, 4]
+    losses = [e for e in events if "loss_d" in e]
+    assert [e["step"] for e in losses] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in losses)
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        f"step-0000000{s}-{label}.png" for s in (2, 4, 6) for label in ("4", "rgb")
+    ]
+    generator, meta = load_generator(store, str(run_dir / "checkpoints" / "step-00000006.pt"))
+    assert meta["bands"] == ["1", "2", "3", "4"] and generator(torch.randn(2, 16)).shape == (2, 4, 32, 32)
+
+
+class PoisonOnce(TrainHooks):
+    """Turns G's weights to NaN once, at step 3: a real divergence, as bad data or a bad LR would cause."""
+
+    def __init__(self):
+        self.done = False
+
+    def on_step_start(self, trainer):
+        if trainer.step == 3 and not self.done:
+            self.done = True
+            with torch.no_grad():
+                next(trainer.G.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_losses_roll_back_to_the_last_checkpoint(train_data, tmp_path, caplog):
+    ctx = distributed.setup()
+    config = small_config(train_data, tmp_path / "run", "train.steps=5", "train.nan_patience=2")
+    summary = Trainer(config, ctx, hooks=[PoisonOnce()], progress=False).run()
+    assert summary["step"] == 5
+    assert "rolled back to the checkpoint of step 2" in caplog.text
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "rollback", "step": 2, "rollback": 1} in events
+    assert all(np.isfinite(e["loss_g"]) for e in events if "loss_g" in e)
+    assert all(torch.isfinite(p).all() for p in load_generator(LocalStorage(), summary["checkpoint"])[0].parameters())
+
+
+class ArbitraryObject:
+    """Unpickling this would run code of the file's choosing; weights_only loading must refuse it."""
+
+
+def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path):
+    torch.save({"format": "atlas-gan/checkpoint", "evil": ArbitraryObject()}, tmp_path / "bad.pt")
+    with pytest.raises(StorageError, match="not a readable atlas-gan checkpoint"):
+        load_checkpoint(LocalStorage(), str(tmp_path / "bad.pt"))
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(StorageError, match="not an atlas-gan checkpoint"):
+        load_checkpoint(LocalStorage(), str(tmp_path / "other.pt"))
+
+
+def test_resuming_with_another_model_is_refused(train_data, tmp_path):
+    ctx = distributed.setup()
+    Trainer(small_config(train_data, tmp_path / "run", "train.steps=2"), ctx, progress=False).run()
+    with pytest.raises(ValueError, match="checkpoint is dcgan .* the config asks for sngan"):
+        Trainer(small_config(train_data, tmp_path / "run", "train.model=sngan"), ctx, progress=False)
+
+
+def test_image_size_must_divide_the_tile_size(train_data, tmp_path):
+    with pytest.raises(ValueError, match="image_size 64 must divide the dataset's tile size 32"):
+        Trainer(small_config(train_data, tmp_path / "run", "train.image_size=64"), distributed.setup())
