@@ -205,14 +205,17 @@ class Trainer:
         """n_critic D updates and one G update; None when a non-finite loss made every rank skip it."""
         batch = self.config.train.batch_size
         loss_d_total = 0.0
-        for _ in range(self.n_critic):
+        for critic_step in range(self.n_critic):
             real = self._real(batches)
-            with torch.no_grad(), self._autocast():
+            # The last critic step's fakes keep their graph and serve the G update too (one G forward per step,
+            # as pytorch/examples' DCGAN does); D only ever sees them detached.
+            with torch.set_grad_enabled(critic_step == self.n_critic - 1), self._autocast():
                 fake = self.G(self._latents(batch))
+            detached = fake.detach()
             with self._autocast():
-                loss_d = discriminator_loss(self.family.loss, self.D(real), self.D(fake))
+                loss_d = discriminator_loss(self.family.loss, self.D(real), self.D(detached))
             if self.family.gradient_penalty:
-                loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(self.D, real, fake)
+                loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(self.D, real, detached)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             dist_utils.average_gradients(self.D, self.ctx)
@@ -224,7 +227,7 @@ class Trainer:
 
         self.D.requires_grad_(False)
         with self._autocast():
-            loss_g = generator_loss(self.family.loss, self.D(self.G(self._latents(batch))))
+            loss_g = generator_loss(self.family.loss, self.D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
