@@ -186,3 +186,44 @@ def test_resuming_with_another_model_is_refused(train_data, tmp_path):
 def test_image_size_must_divide_the_tile_size(train_data, tmp_path):
     with pytest.raises(ValueError, match="image_size 64 must divide the dataset's tile size 32"):
         Trainer(small_config(train_data, tmp_path / "run", "train.image_size=64"), distributed.setup())
+
+
+@pytest.mark.integration
+def test_shards_and_run_dir_on_s3(s3, geotiff, tmp_path):
+    """Data streamed from S3 through webdataset's in-process boto3 opener; checkpoints, samples, log on S3."""
+    data, run_dir = f"s3://{s3.bucket}/shards", f"s3://{s3.bucket}/runs/one"
+    ingest(
+        load_config(
+            None,
+            [
+                f"ingest.source={geotiff / 'landsat-pucallpa' / 'landsat_2020.tif'}",
+                f"ingest.output={data}",
+                "ingest.tile_size=32",
+                "ingest.workers=1",
+            ],
+        ),
+        progress=False,
+    )
+    ctx = distributed.setup()
+    config = load_config(None, [f"ingest.output={data}", f"train.run_dir={run_dir}", *SMALL, "train.steps=2"])
+    assert Trainer(config, ctx, progress=False).run()["step"] == 2
+    resumed = Trainer(
+        config.model_copy(update={"train": config.train.model_copy(update={"steps": 3})}), ctx, progress=False
+    )
+    assert resumed.resumed_from == 2
+    assert resumed.run()["ranks_in_sync"] is True
+    keys = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="runs/one/")["Contents"])
+    assert "runs/one/checkpoints/step-00000003.pt" in keys and "runs/one/log.jsonl" in keys
+    assert "runs/one/samples/step-00000002-rgb.png" in keys and "runs/one/config.json" in keys
+    log = s3.client().get_object(Bucket=s3.bucket, Key="runs/one/log.jsonl")["Body"].read().decode().splitlines()
+    assert json.loads(log[-1])["step"] == 3
+
+
+def test_bf16_autocast_path_runs_on_cpu(train_data, tmp_path):
+    """The GPU default (bf16 autocast) exercised on CPU, where CI runs: finite losses, fp32 weights."""
+    config = small_config(train_data, tmp_path / "run", "train.steps=2", "train.precision=bf16", "train.model=wgan-gp")
+    trainer = Trainer(config, distributed.setup(), progress=False)
+    assert trainer.autocast_dtype == torch.bfloat16
+    summary = trainer.run()
+    assert summary["step"] == 2
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.G.parameters())

@@ -46,7 +46,13 @@ def setup(timeout_s: float = 600.0) -> DistributedContext:
         return DistributedContext(0, 0, 1, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        # A restarted worker group (torchrun --max-restarts) may meet in the same store as the group it replaces;
+        # a per-attempt prefix keeps it from reading the dead workers' addresses.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"atlas-gan/attempt-{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
 
 

@@ -88,6 +88,7 @@ class Trainer:
         if tile_size % image_size or tile_size < image_size:
             raise ValueError(f"train.image_size {image_size} must divide the dataset's tile size {tile_size}")
         self.spec = ModelSpec(len(self.bands), image_size, cfg.latent_dim, cfg.g_width, cfg.d_width)
+        torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
         family, generator, discriminator = build(cfg.model, self.spec)
         self.family: GANFamily = family
         self.n_critic = cfg.n_critic or family.n_critic
