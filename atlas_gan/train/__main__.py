@@ -31,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     ctx = distributed.setup()
+    hooks = []
+    if config.train.evaluate_every:
+        from atlas_gan.metrics.hook import EvaluationHook
+
+        hooks.append(EvaluationHook())
     try:
-        summary = Trainer(config, ctx, progress=not args.quiet).run()
-    except (TrainingDiverged, ValueError) as exc:
+        summary = Trainer(config, ctx, hooks=hooks, progress=not args.quiet).run()
+    except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
         print(f"rank {ctx.rank}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -259,12 +259,12 @@ class Trainer:
                 self.rollbacks,
                 self.config.train.max_rollbacks,
             )
-            self._append_log({"event": "rollback", "step": self.step, "rollback": self.rollbacks})
+            self.log_event({"event": "rollback", "step": self.step, "rollback": self.rollbacks})
 
     # ---- outputs ---------------------------------------------------------------------------------------------------
 
-    def _append_log(self, record: dict[str, Any]) -> None:
-        """Rank 0: add a JSON line to run_dir/log.jsonl (rewritten whole, so S3 run dirs work too)."""
+    def log_event(self, record: dict[str, Any]) -> None:
+        """Rank 0 (hooks too): add a JSON line to run_dir/log.jsonl (rewritten whole, so S3 run dirs work too)."""
         self._log_lines.append(json.dumps(record))
         text = "\n".join(self._log_lines) + "\n"
         self.store.write_bytes(join_url(self.config.train.run_dir, "log.jsonl"), text.encode())
@@ -273,6 +273,10 @@ class Trainer:
         url = join_url(self.config.train.run_dir, "log.jsonl")
         if self.store.exists(url):
             self._log_lines = [line for line in self.store.read_bytes(url).decode().splitlines() if line.strip()]
+
+    def generator_meta(self) -> dict[str, Any]:
+        """What evaluation needs to know about the generator being trained."""
+        return {"step": self.step, "model": self.family.name, "spec": asdict(self.spec), "bands": self.bands}
 
     def write_samples(self) -> list[str]:
         """Rank 0: fixed-latent grids from the EMA generator (RGB triplet, then the other bands in threes)."""
@@ -298,7 +302,7 @@ class Trainer:
             self.store.write_bytes(
                 join_url(cfg.run_dir, "config.json"), json.dumps(config_to_dict(self.config), indent=2).encode()
             )
-            self._append_log(
+            self.log_event(
                 {
                     "event": "start",
                     "step": self.step,
@@ -378,7 +382,7 @@ class Trainer:
             "time": time.time(),
         }
         if self.ctx.is_main:
-            self._append_log(record)
+            self.log_event(record)
             for hook in self.hooks:
                 hook.on_log(self, record)
 
@@ -393,7 +397,7 @@ class Trainer:
             "ranks_in_sync": len(set(fingerprints)) == 1,
         }
         if self.ctx.is_main:
-            self._append_log(summary)
+            self.log_event(summary)
             for hook in self.hooks:
                 hook.on_end(self, summary)
         return summary

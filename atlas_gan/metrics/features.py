@@ -1,0 +1,105 @@
+"""Inception features of real tiles (from the dataset's shards) and of generated images, batched.
+
+Both sides are shown to Inception the same way: a band triplet of values in [0, 1] (ingest's normalization for
+real tiles, (G(z) + 1) / 2 for generated ones), clipped, 8-bit quantized, scaled to [-1, 1], resized to 299.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atlas_gan.metrics.inception import FIDInception, preprocess
+from atlas_gan.storage import Storage, join_url
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, bf16: bool) -> Iterator[None]:
+    if bf16:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+@torch.no_grad()
+def embed(
+    model: FIDInception, images: torch.Tensor, device: torch.device, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RGB images in [0, 1] -> (features float32 (N, 2048), softmax probabilities (N, 1008) or None)."""
+    with _autocast(device, bf16):
+        features, logits = model(preprocess(images.to(device)))
+    probabilities = torch.softmax(logits.float(), dim=1).cpu() if logits is not None else None
+    return features.float().cpu(), probabilities
+
+
+def embed_batches(
+    model: FIDInception,
+    batches: Iterator[torch.Tensor],
+    total: int,
+    device: torch.device,
+    bf16: bool,
+    desc: str,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    features, probabilities = [], []
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar:
+        for batch in batches:
+            f, p = embed(model, batch, device, bf16)
+            features.append(f)
+            if p is not None:
+                probabilities.append(p)
+            bar.update(batch.shape[0])
+    return torch.cat(features), (torch.cat(probabilities) if probabilities else None)
+
+
+def real_tile_batches(
+    store: Storage, dataset: str, manifest: dict[str, Any], positions: list[int], n: int, batch_size: int, seed: int
+) -> Iterator[torch.Tensor]:
+    """A seeded random subset of n tiles of the dataset, as (batch, 3, h, w) in [0, 1], in shard order."""
+    total = manifest["totals"]["samples"]
+    chosen = set(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
+    index, batch = 0, []
+    for shard in manifest["shards"]:
+        with store.open_read(join_url(dataset, shard["url"])) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.name.endswith(".tile.npy"):
+                    continue
+                if index in chosen:
+                    tile = np.load(io.BytesIO(tar.extractfile(member).read()))
+                    batch.append(torch.from_numpy(tile[positions].astype(np.float32)))
+                    if len(batch) == batch_size:
+                        yield torch.stack(batch)
+                        batch = []
+                index += 1
+    if batch:
+        yield torch.stack(batch)
+
+
+def generated_batches(
+    generator: torch.nn.Module,
+    latent_dim: int,
+    n: int,
+    batch_size: int,
+    positions: list[int],
+    device: torch.device,
+    seed: int,
+) -> Iterator[torch.Tensor]:
+    """n generator samples as band-triplet images in [0, 1]; latents from a seeded generator."""
+    rng = torch.Generator(device="cpu").manual_seed(seed)
+    done = 0
+    while done < n:
+        count = min(batch_size, n - done)
+        z = torch.randn(count, latent_dim, generator=rng).to(device)
+        with torch.no_grad():
+            images = generator(z).float()
+        yield ((images[:, positions] + 1.0) / 2.0).cpu()
+        done += count

@@ -1,0 +1,45 @@
+"""Evaluate while training: a trainer hook that scores the EMA generator every `train.evaluate_every` steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atlas_gan.metrics.evaluate import evaluate_generator
+from atlas_gan.metrics.weights import resolve_weights
+from atlas_gan.train.trainer import Trainer, TrainHooks
+
+
+class EvaluationHook(TrainHooks):
+    """FID/KID (IS with a classifier head) into log.jsonl and run_dir/eval/; other hooks see them via on_log."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n
+        self.results: list[dict[str, Any]] = []
+
+    def on_start(self, trainer: Trainer) -> None:
+        resolve_weights(trainer.config.evaluate.inception_weights)  # no weights: fail now, not mid-run
+
+    def on_evaluate(self, trainer: Trainer) -> None:
+        result = evaluate_generator(
+            trainer.config, trainer.ema.model, trainer.generator_meta(), trainer.ctx, n=self.n, progress=False
+        )
+        if result is None:  # not rank 0
+            return
+        self.results.append(result)
+        main = next(iter(result["scores"].values()))
+        record = {
+            "event": "evaluate",
+            "step": trainer.step,
+            "fid": main["fid"],
+            "kid": main["kid"],
+            "is": main["is"],
+            "n_fake": result["n_fake"],
+            "n_real": main["n_real"],
+            "weights_sha256": result["weights_sha256"],
+            "bands": main["bands"],
+            "result": result["written_to"],
+        }
+        trainer.log_event(record)
+        for hook in trainer.hooks:
+            if hook is not self:
+                hook.on_log(trainer, record)
