@@ -227,3 +227,20 @@ def test_bf16_autocast_path_runs_on_cpu(train_data, tmp_path):
     summary = trainer.run()
     assert summary["step"] == 2
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.G.parameters())
+
+
+def test_ema_half_life_and_rampup():
+    from atlas_gan.train.ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, half_life_kimg=1.0, rampup=None)
+    assert ema.decay(1000, 10**6) == pytest.approx(0.5)  # one half-life of images halves the old weight
+    ramped = EMA(model, half_life_kimg=1.0, rampup=0.05)
+    assert ramped.decay(10, 2000) == pytest.approx(0.5 ** (10 / 100))  # early: half-life 0.05 x 2000 images
+    assert ramped.decay(10, 10**7) == pytest.approx(0.5 ** (10 / 1000))  # later: the configured half-life
+    assert EMA(model, half_life_kimg=0.0).decay(10, 100) == 0.0  # off: the EMA is a copy
+    before = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, 1000, 10**6)
+    assert torch.allclose(ema.model.weight, 0.5 * before + 0.5)

@@ -9,19 +9,26 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, half_life_kimg: float) -> None:
+    """`rampup` (as in StyleGAN2-ADA): the half-life is at most `rampup` x images seen so far, so early in a run
+    the average follows the generator instead of staying near its random initialization."""
+
+    def __init__(self, model: nn.Module, half_life_kimg: float, rampup: float | None = None) -> None:
         self.half_life_images = half_life_kimg * 1000.0
+        self.rampup = rampup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def decay(self, images_per_step: int) -> float:
+    def decay(self, images_per_step: int, images_seen: int) -> float:
         """Weight of the old average after one step of `images_per_step` images (0 when the EMA is off)."""
-        if self.half_life_images <= 0:
+        half_life = self.half_life_images
+        if self.rampup:
+            half_life = min(half_life, images_seen * self.rampup)
+        if half_life <= 0:
             return 0.0
-        return 0.5 ** (images_per_step / self.half_life_images)
+        return 0.5 ** (images_per_step / half_life)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, images_per_step: int) -> None:
-        beta = self.decay(images_per_step)
+    def update(self, model: nn.Module, images_per_step: int, images_seen: int) -> None:
+        beta = self.decay(images_per_step, images_seen)
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - beta)

@@ -110,7 +110,7 @@ class Trainer:
         self.fixed_latents = torch.randn(cfg.sample_count, cfg.latent_dim, generator=fixed).to(device)
         dist_utils.broadcast_module(self.G, ctx)
         dist_utils.broadcast_module(self.D, ctx)
-        self.ema = EMA(self.G, cfg.ema_half_life_kimg)
+        self.ema = EMA(self.G, cfg.ema_half_life_kimg, cfg.ema_rampup)
         self._log_lines: list[str] = []
         self.resume()
 
@@ -236,7 +236,7 @@ class Trainer:
         if not dist_utils.all_true(bool(torch.isfinite(loss_g)), self.ctx):
             return None
         self.opt_g.step()
-        self.ema.update(self.G, batch * self.ctx.world_size)
+        self.ema.update(self.G, batch * self.ctx.world_size, self.images_seen)
         self.step += 1
         return {"loss_d": loss_d_total / self.n_critic, "loss_g": float(loss_g.detach())}
 
