@@ -266,3 +266,42 @@ def test_inception_score_with_a_classifier_head_and_per_triplet_fid(checkpoint, 
     assert set(result["scores"]) == {"rgb", "4"}
     assert result["scores"]["rgb"]["is"] >= 1.0 and result["scores"]["4"]["bands"] == ["4"]
     assert all(np.isfinite(s["fid"]) for s in result["scores"].values())
+
+
+@pytest.mark.integration
+def test_two_ranks_each_embed_their_share(checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config, url = checkpoint
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "atlas_gan.cli",
+        "evaluate",
+        "-q",
+        "--checkpoint",
+        url,
+        "--out",
+        str(tmp_path / "r.json"),
+        "--set",
+        "evaluate.n=6",
+        "--set",
+        f"ingest.output={config.ingest.output}",
+        "--set",
+        f"train.run_dir={config.train.run_dir}",
+        "--set",
+        "evaluate.kid_subsets=2",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["world_size"] == 2 and result["n_fake"] == 6
+    assert np.isfinite(result["scores"]["rgb"]["fid"])

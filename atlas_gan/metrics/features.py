@@ -36,7 +36,7 @@ def embed(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RGB images in [0, 1] -> (features float32 (N, 2048), softmax probabilities (N, 1008) or None)."""
     with _autocast(device, bf16):
-        features, logits = model(preprocess(images.to(device)))
+        features, logits = model(preprocess(images.to(device)).contiguous(memory_format=torch.channels_last))
     probabilities = torch.softmax(logits.float(), dim=1).cpu() if logits is not None else None
     return features.float().cpu(), probabilities
 

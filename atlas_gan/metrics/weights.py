@@ -217,4 +217,5 @@ def load_inception(weights: InceptionWeights) -> FIDInception:
     if missing:
         raise ValueError(f"{weights.path}: not FID Inception weights; missing {missing[:3]} and {len(missing)} more")
     model.load_state_dict(state, strict=True)
-    return model.eval().requires_grad_(False)
+    # NHWC: about 1.5x faster than NCHW for this network on CPU (oneDNN) and the usual choice on GPU
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
