@@ -34,7 +34,7 @@ from tqdm import tqdm
 from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
 from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
 from atlas_gan.geo.normalize import Normalization, describe
-from atlas_gan.geo.stats import BandStatistics, new_band_statistics
+from atlas_gan.geo.stats import merge_band_statistics
 from atlas_gan.geo.tiling import SceneScan, encode_scene, merge_parts, scan_scene
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
@@ -150,14 +150,6 @@ def _scene_entry(scan: SceneScan, config: IngestConfig) -> dict[str, Any]:
     }
 
 
-def _merged_statistics(scans: list[SceneScan], bands: int, sample_size: int) -> list[BandStatistics]:
-    merged = new_band_statistics(bands, sample_size)
-    for scan in scans:
-        for total, part in zip(merged, scan.stats, strict=True):
-            total.merge(part)
-    return merged
-
-
 def _clean_leftovers(store: Storage, output: str, name: str, listed: set[str]) -> list[str]:
     """Delete shards an interrupted run published without listing them, and stale local staging files."""
     pattern = shard_pattern(name)
@@ -187,26 +179,8 @@ def ingest(
     _check_compatible(manifest, cfg)
     report = IngestReport(manifest_url=manifest_url(cfg.output))
 
-    files = list_source(cfg.source, src_store)
-    if not files:
-        raise SourceEmpty(f"{cfg.source}: no files found (check the folder, glob or s3:// prefix)")
-    discovery = discover_scenes(files, cfg.band_file_pattern)
-    known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
-    rejected: list[dict[str, str]] = []
-    new_specs: list[SceneSpec] = []
-    for spec in discovery.scenes:
-        previous = known.get(spec.scene_id)
-        if previous is None:
-            new_specs.append(spec)
-        elif previous["fingerprint"] == spec.fingerprint:
-            report.unchanged_scenes.append(spec.scene_id)
-        else:
-            rejected.append(
-                _rejection(
-                    spec,
-                    "content changed since it was ingested; ingest into a new output to rebuild the dataset with it",
-                )
-            )
+    new_specs, unchanged, rejected = _plan(cfg, src_store, manifest)
+    report.unchanged_scenes = unchanged
 
     # Few scenes on many workers: split each into parts (bands of tile rows) so every worker has work.
     parts = 1 if cfg.workers == 1 or not new_specs else min(64, -(-2 * cfg.workers // len(new_specs)))
@@ -220,16 +194,7 @@ def ingest(
             scans = [merge_parts(pieces_of[spec.scene_id], cfg) for spec in new_specs]
             frozen = manifest is not None and manifest["normalization"] is not None
             bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
-            accepted: list[SceneScan] = []
-            for result in scans:
-                if result.reason is None and len(result.bands) != len(bands):
-                    result.reason = (
-                        f"has {len(result.bands)} bands {result.bands}; the dataset has {len(bands)} {bands}"
-                    )
-                if result.reason is not None:
-                    rejected.append(_rejection(result.spec, result.reason))
-                else:
-                    accepted.append(result)
+            accepted = _accept(scans, bands, rejected)
             report.rejected = rejected
             if cfg.strict and rejected:
                 details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
@@ -240,7 +205,8 @@ def ingest(
 
             normalization = manifest["normalization"] if frozen else None
             if accepted and not frozen:
-                stats = _merged_statistics(accepted, len(bands), cfg.normalization.float_sample_size)
+                sample_size = cfg.normalization.float_sample_size
+                stats = merge_band_statistics([s.stats for s in accepted], len(bands), sample_size)
                 norm = Normalization.from_statistics(stats, cfg.normalization)
                 normalization = describe(stats, norm, bands, cfg.normalization)
                 normalization["computed_from"] = [s.spec.scene_id for s in accepted]
@@ -267,27 +233,9 @@ def ingest(
     finally:
         runner.close()
 
-    manifest = manifest or _new_manifest(config)
-    manifest["tile"]["bands"] = bands
-    manifest["normalization"] = normalization
-    manifest["shards"] += [vars(record) for record in writer.records]
-    manifest["scenes"] += scene_entries
-    manifest["rejected"] = rejected
-    manifest["updated"] = _now()
-    manifest["runs"].append(
-        {
-            "at": manifest["updated"],
-            "added_scenes": [s.spec.scene_id for s in accepted],
-            "new_shards": [r.url for r in writer.records],
-            "rejected": len(rejected),
-        }
+    manifest = _updated_manifest(
+        manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected
     )
-    manifest["totals"] = {
-        "scenes": len(manifest["scenes"]),
-        "samples": sum(s["samples"] for s in manifest["shards"]),
-        "shards": len(manifest["shards"]),
-        "dropped_nodata": sum(s["dropped_nodata"] for s in manifest["scenes"]),
-    }
     write_manifest(out_store, cfg.output, manifest)
     _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
 
@@ -298,6 +246,73 @@ def ingest(
     report.dropped_nodata = sum(s.dropped_nodata for s in accepted)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _plan(
+    cfg: IngestConfig, src_store: Storage, manifest: dict[str, Any] | None
+) -> tuple[list[SceneSpec], list[str], list[dict[str, str]]]:
+    """Scenes at the source against the manifest: (new ones, unchanged ids, rejections of changed ones)."""
+    files = list_source(cfg.source, src_store)
+    if not files:
+        raise SourceEmpty(f"{cfg.source}: no files found (check the folder, glob or s3:// prefix)")
+    known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
+    new, unchanged, rejected = [], [], []
+    for spec in discover_scenes(files, cfg.band_file_pattern).scenes:
+        previous = known.get(spec.scene_id)
+        if previous is None:
+            new.append(spec)
+        elif previous["fingerprint"] == spec.fingerprint:
+            unchanged.append(spec.scene_id)
+        else:
+            reason = "content changed since it was ingested; ingest into a new output to rebuild the dataset with it"
+            rejected.append(_rejection(spec, reason))
+    return new, unchanged, rejected
+
+
+def _accept(scans: list[SceneScan], bands: list[str], rejected: list[dict[str, str]]) -> list[SceneScan]:
+    """Scenes that scanned cleanly and match the dataset's band count; the others go to `rejected`."""
+    accepted = []
+    for scan in scans:
+        if scan.reason is None and len(scan.bands) != len(bands):
+            scan.reason = f"has {len(scan.bands)} bands {scan.bands}; the dataset has {len(bands)} {bands}"
+        if scan.reason is not None:
+            rejected.append(_rejection(scan.spec, scan.reason))
+        else:
+            accepted.append(scan)
+    return accepted
+
+
+def _updated_manifest(
+    manifest: dict[str, Any],
+    bands: list[str],
+    normalization: dict[str, Any] | None,
+    records: list[ShardRecord],
+    scene_entries: list[dict[str, Any]],
+    accepted: list[SceneScan],
+    rejected: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The manifest after this run: new shards and scenes appended, rejections and totals current."""
+    manifest["tile"]["bands"] = bands
+    manifest["normalization"] = normalization
+    manifest["shards"] += [vars(record) for record in records]
+    manifest["scenes"] += scene_entries
+    manifest["rejected"] = rejected
+    manifest["updated"] = _now()
+    manifest["runs"].append(
+        {
+            "at": manifest["updated"],
+            "added_scenes": [s.spec.scene_id for s in accepted],
+            "new_shards": [r.url for r in records],
+            "rejected": len(rejected),
+        }
+    )
+    manifest["totals"] = {
+        "scenes": len(manifest["scenes"]),
+        "samples": sum(s["samples"] for s in manifest["shards"]),
+        "shards": len(manifest["shards"]),
+        "dropped_nodata": sum(s["dropped_nodata"] for s in manifest["scenes"]),
+    }
+    return manifest
 
 
 def _check_compatible(manifest: dict[str, Any] | None, cfg: IngestConfig) -> None:

@@ -151,3 +151,12 @@ def _histogram_percentile(histogram: np.ndarray, q: float) -> float:
 
 def new_band_statistics(bands: int, sample_size: int) -> list[BandStatistics]:
     return [BandStatistics(sample_size=sample_size) for _ in range(bands)]
+
+
+def merge_band_statistics(groups: list[list[BandStatistics]], bands: int, sample_size: int) -> list[BandStatistics]:
+    """Per-band statistics of several scenes (or parts of one), combined into new objects."""
+    merged = new_band_statistics(bands, sample_size)
+    for group in groups:
+        for total, part in zip(merged, group, strict=True):
+            total.merge(part)
+    return merged

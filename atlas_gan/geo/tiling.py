@@ -21,7 +21,7 @@ from atlas_gan.config import IngestConfig
 from atlas_gan.geo.discovery import SceneSpec
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
-from atlas_gan.geo.stats import BandStatistics, new_band_statistics
+from atlas_gan.geo.stats import BandStatistics, merge_band_statistics, new_band_statistics
 from atlas_gan.samples import NpyEncoder, encode_sample
 
 # Source pixels fetched per windowed read: bounds a worker's memory whatever the scene's size, while keeping
@@ -153,10 +153,8 @@ def merge_parts(parts: list[SceneScan], config: IngestConfig) -> SceneScan:
     merged.tile_count = sum(p.tile_count for p in parts)
     merged.dropped_nodata = sum(p.dropped_nodata for p in parts)
     if merged.reason is None:
-        merged.stats = new_band_statistics(len(first.stats), config.normalization.float_sample_size)
-        for part in parts:
-            for total, piece in zip(merged.stats, part.stats, strict=True):
-                total.merge(piece)
+        sample_size = config.normalization.float_sample_size
+        merged.stats = merge_band_statistics([p.stats for p in parts], len(first.stats), sample_size)
         if merged.tile_count == 0:
             merged.reason = (
                 f"no usable tile: all {merged.dropped_nodata} tiles of {config.tile_size} px have more than "
