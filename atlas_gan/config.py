@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "satellite.yaml"
 
@@ -39,6 +39,17 @@ def _check_url(value: str) -> str:
     if match and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", value):
         raise ValueError("S3 URLs look like s3://bucket/prefix (bucket: 3-63 lowercase letters, digits, '.', '-')")
     return value
+
+
+def _check_triplet(value: list[str | int]) -> list[str | int]:
+    if len(value) != 3:
+        raise ValueError(f"needs exactly three bands (red, green, blue); got {value}")
+    return value
+
+
+# Field types whose checks every section shares.
+Url = Annotated[str, AfterValidator(_check_url)]
+BandTriplet = Annotated[list[str | int], AfterValidator(_check_triplet)]
 
 
 class StorageConfig(_Strict):
@@ -80,8 +91,8 @@ class NormalizationConfig(_Strict):
 class IngestConfig(_Strict):
     """GeoTIFF scenes -> normalized tiles -> WebDataset shards."""
 
-    source: str = Field(description="local folder, glob, or s3://bucket/prefix holding the scenes")
-    output: str = Field(description="local folder or s3://bucket/prefix for shards and manifest.json")
+    source: Url = Field(description="local folder, glob, or s3://bucket/prefix holding the scenes")
+    output: Url = Field(description="local folder or s3://bucket/prefix for shards and manifest.json")
     name: str = Field("tiles", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="shard name prefix")
     bands: list[str | int] | None = Field(
         None, description="bands to keep, in order: names (B4, or a band description) or 1-based indexes"
@@ -101,11 +112,6 @@ class IngestConfig(_Strict):
     shard_max_bytes: int = Field(256 * 2**20, ge=2**16, le=2**36)
     workers: int = Field(2, ge=1, le=256, description="processes reading scenes in parallel")
     strict: bool = Field(False, description="any rejected input fails the run")
-
-    @field_validator("source", "output")
-    @classmethod
-    def _urls_supported(cls, value: str) -> str:
-        return _check_url(value)
 
     @field_validator("band_file_pattern")
     @classmethod
@@ -149,8 +155,8 @@ class TrainConfig(_Strict):
     """GAN training: what torchrun runs on every rank. Batch sizes are per rank: global = batch_size x world size."""
 
     model: str = Field("dcgan", description="model family from the registry: dcgan, wgan-gp, sngan")
-    data: str | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
-    run_dir: str = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
+    data: Url | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
+    run_dir: Url = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
     image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128 or 256")
     latent_dim: int = Field(128, ge=1, le=4096)
     g_width: int = Field(64, ge=4, le=1024, description="generator channels at the last layer (doubles per level up)")
@@ -175,30 +181,18 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     evaluate_every: int = Field(0, ge=0, description="call evaluation hooks every N steps; 0 never")
     sample_count: int = Field(64, ge=1, le=1024, description="tiles in each fixed-latent sample grid")
-    rgb_bands: list[str | int] | None = Field(
+    rgb_bands: BandTriplet | None = Field(
         None, description="three bands shown as red, green, blue (names or 1-based indexes); null: the first three"
     )
     nan_patience: int = Field(3, ge=1, le=1000, description="non-finite steps in a row before rolling back")
     max_rollbacks: int = Field(3, ge=0, le=100, description="rollbacks to the last checkpoint before giving up")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="newest checkpoints kept in run_dir")
 
-    @field_validator("run_dir", "data")
-    @classmethod
-    def _urls_supported(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value)
-
     @field_validator("image_size")
     @classmethod
     def _power_of_two(cls, value: int | None) -> int | None:
         if value is not None and value not in (32, 64, 128, 256):
             raise ValueError("must be 32, 64, 128 or 256")
-        return value
-
-    @field_validator("rgb_bands")
-    @classmethod
-    def _three_bands(cls, value: list[str | int] | None) -> list[str | int] | None:
-        if value is not None and len(value) != 3:
-            raise ValueError(f"needs exactly three bands (red, green, blue); got {value}")
         return value
 
 
@@ -211,20 +205,13 @@ class EvaluateConfig(_Strict):
     n: int = Field(10_000, ge=2, le=1_000_000, description="generated samples")
     n_real: int | None = Field(None, ge=2, description="real tiles (a seeded random subset); null: same as n")
     batch_size: int = Field(50, ge=1, le=4096, description="images per Inception forward pass, per rank")
-    rgb_bands: list[str | int] | None = Field(None, description="the triplet Inception sees; null: train.rgb_bands")
+    rgb_bands: BandTriplet | None = Field(None, description="the triplet Inception sees; null: train.rgb_bands")
     per_triplet: bool = Field(False, description="also FID for the other bands, three at a time")
     kid_subsets: int = Field(100, ge=1, le=10_000)
     kid_subset_size: int = Field(1000, ge=2)
     is_splits: int = Field(10, ge=1, le=100)
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description="auto: bf16 on GPU; FID is reported fp32")
     seed: int = Field(0, ge=0)
-
-    @field_validator("rgb_bands")
-    @classmethod
-    def _three_bands(cls, value: list[str | int] | None) -> list[str | int] | None:
-        if value is not None and len(value) != 3:
-            raise ValueError(f"needs exactly three bands (red, green, blue); got {value}")
-        return value
 
 
 class AtlasConfig(_Strict):

@@ -14,6 +14,7 @@ Two layouts load: NVIDIA's TorchScript port (names as in `inception.FIDInception
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -49,6 +50,13 @@ class InceptionWeights:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256, computed once per (path, size, mtime): evaluations during training reuse it."""
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(8 * 2**20):
@@ -205,8 +213,17 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_inception(weights: InceptionWeights) -> FIDInception:
-    """The network with every layer's weights from the file (strict: a missing layer is an error)."""
-    state = load_state(weights.path)
+    """The network with every layer's weights from the file (strict: a missing layer is an error).
+
+    Loaded once per file and content: repeated evaluations (every `train.evaluate_every` steps) share it.
+    """
+    return _load_inception_cached(str(weights.path.resolve()), weights.sha256)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_inception_cached(path_text: str, sha256: str) -> FIDInception:
+    path = Path(path_text)
+    state = load_state(path)
     model = FIDInception(head="output.weight" in state)
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if k in expected}
@@ -215,7 +232,7 @@ def load_inception(weights: InceptionWeights) -> FIDInception:
             state[key] = torch.ones_like(value)
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise ValueError(f"{weights.path}: not FID Inception weights; missing {missing[:3]} and {len(missing)} more")
+        raise ValueError(f"{path}: not FID Inception weights; missing {missing[:3]} and {len(missing)} more")
     model.load_state_dict(state, strict=True)
     # NHWC: about 1.5x faster than NCHW for this network on CPU (oneDNN) and the usual choice on GPU
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)

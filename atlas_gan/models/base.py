@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import log2
 
 from torch import nn
@@ -45,7 +45,6 @@ class GANFamily:
     n_critic: int = 1
     gradient_penalty: float = 0.0  # weight of the WGAN-GP penalty; 0 = none
     description: str = ""
-    extras: dict[str, float] = field(default_factory=dict)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
