@@ -10,9 +10,25 @@ from pathlib import Path
 import pytest
 
 from atlas_gan.config import AtlasConfig, load_config
+from atlas_gan.ingest import ingest
 from tests.servers import SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_sandbox(tmp_path_factory: pytest.TempPathFactory):
+    """MLflow never writes outside temp dirs in tests: training runs track into a session sqlite store (tests of
+    the embedded default unset this), and MLflow sends no telemetry."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +82,21 @@ def s3(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch):
     s3_server.client().create_bucket(Bucket=bucket)
     s3_server.bucket = bucket
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def train_data(geotiff, tmp_path_factory):
+    """The Pucallpa time series (8 scenes, 4 bands, uint8) as 32 px tiles in 2 shards."""
+    output = tmp_path_factory.mktemp("train-data") / "shards"
+    config = load_config(
+        None,
+        [
+            f"ingest.source={geotiff / 'landsat-pucallpa'}",
+            f"ingest.output={output}",
+            "ingest.tile_size=32",
+            "ingest.workers=2",
+            "ingest.shard_max_samples=1000",
+        ],
+    )
+    ingest(config, progress=False)
+    return output

@@ -28,7 +28,7 @@ from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
 from atlas_gan.train import distributed
 from atlas_gan.train.trainer import Trainer
-from tests.test_train import SMALL, train_data  # noqa: F401 - session fixture
+from tests.test_train import SMALL
 
 # ---- analytic --------------------------------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ def test_pytorch_fid_layout_translates_to_the_same_network(inception, weights_wi
 
 
 @pytest.fixture(scope="module")
-def checkpoint(train_data, tmp_path_factory):  # noqa: F811
+def checkpoint(train_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("eval-run")
     config = load_config(None, [f"ingest.output={train_data}", f"train.run_dir={run_dir}", *SMALL, "train.steps=2"])
     Trainer(config, distributed.setup(), progress=False).run()

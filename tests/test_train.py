@@ -30,24 +30,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="session")
-def train_data(geotiff, tmp_path_factory):
-    """The Pucallpa time series (8 scenes, 4 bands, uint8) as 32 px tiles in 2 shards."""
-    output = tmp_path_factory.mktemp("train-data") / "shards"
-    config = load_config(
-        None,
-        [
-            f"ingest.source={geotiff / 'landsat-pucallpa'}",
-            f"ingest.output={output}",
-            "ingest.tile_size=32",
-            "ingest.workers=2",
-            "ingest.shard_max_samples=1000",
-        ],
-    )
-    ingest(config, progress=False)
-    return output
-
-
 def small_config(train_data, run_dir, *overrides):
     return load_config(None, [f"ingest.output={train_data}", f"train.run_dir={run_dir}", *SMALL, *overrides])
 

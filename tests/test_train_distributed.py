@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.servers import free_port
-from tests.test_train import SMALL, train_data  # noqa: F401 - session fixture
+from tests.test_train import SMALL
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def finish(process, timeout=300):
     return output
 
 
-def test_two_ranks_stay_in_sync(train_data, tmp_path):  # noqa: F811
+def test_two_ranks_stay_in_sync(train_data, tmp_path):
     run_dir = tmp_path / "run"
     finish(
         torchrun(
@@ -55,7 +55,7 @@ def test_two_ranks_stay_in_sync(train_data, tmp_path):  # noqa: F811
     assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in log if "loss_d" in e)
 
 
-def test_two_nodes_rendezvous_on_loopback(train_data, tmp_path):  # noqa: F811
+def test_two_nodes_rendezvous_on_loopback(train_data, tmp_path):
     run_dir = tmp_path / "run"
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [
@@ -83,7 +83,7 @@ def _worker_pids(agent_pid):
     return [int(pid) for pid in out.split()]
 
 
-def test_killed_worker_restarts_and_resumes(train_data, tmp_path):  # noqa: F811
+def test_killed_worker_restarts_and_resumes(train_data, tmp_path):
     run_dir = tmp_path / "run"
     agent = torchrun(
         "--standalone",
