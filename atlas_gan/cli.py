@@ -164,6 +164,95 @@ def evaluate(
 
 
 @app.command()
+def register(
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint URL; default: the newest in train.run_dir."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n=5000."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Register a checkpoint's EMA generator in the MLflow model registry and promote it if it is the best.
+
+    The version gets alias `champion` when its FID beats the current champion's under the same protocol (N,
+    Inception weights, bands, dataset); otherwise `challenger`. The evaluation in run_dir/eval is reused when it
+    was made at evaluate.n on the current dataset; otherwise the generator is scored now. Tracking store:
+    tracking.uri, else MLFLOW_TRACKING_URI, else the embedded sqlite store in tracking.store_dir.
+    """
+    from atlas_gan.metrics.weights import WeightsNotFound
+    from atlas_gan.tracking.registry import register_generator
+
+    try:
+        cfg = load_config(config, overrides)
+        registration = register_generator(cfg, checkpoint, progress=not quiet)
+    except (ConfigError, WeightsNotFound, ValueError) as exc:
+        _fail(str(exc), 2)
+    except StorageError as exc:
+        _fail(f"storage error: {exc}", 3)
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow"):
+            _fail(f"MLflow error: {exc}", 3)
+        raise
+    typer.echo(registration.summary())
+
+
+@app.command()
+def sample(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/generator, or a checkpoint."
+    ),
+    count: int = typer.Option(64, "-n", min=1, max=100_000, help="Tiles to generate."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Latent seed: the same seed gives the same tiles."),
+    out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
+    bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
+    geotiff: Path = typer.Option(None, "--geotiff", help="Also write each tile as a GeoTIFF into this folder."),
+    values: str = typer.Option(
+        "physical", "--values", help="GeoTIFF values: physical (source units) or model ([-1, 1])."
+    ),
+    crs: str = typer.Option(None, "--crs", help="Claim this CRS for the GeoTIFFs (e.g. EPSG:32618); default none."),
+    pixel_size: float = typer.Option(10.0, "--pixel-size", min=0.0, help="Pixel size in CRS units (with --crs)."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config: where MLflow is (tracking.uri)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+) -> None:
+    """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or GeoTIFFs with band names."""
+    import os
+
+    from atlas_gan.sampling import grid_png, is_mlflow_uri, load_sampler, write_geotiffs
+
+    if values not in ("physical", "model"):
+        _fail(f"--values must be physical or model; got {values!r}", 2)
+    try:
+        cfg = load_config(config, overrides)
+        if is_mlflow_uri(model):
+            from atlas_gan.tracking.store import tracking_uri
+
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking)
+        sampler = load_sampler(model, cfg.storage)
+        images = sampler.generate(count, seed)
+        wanted = [b.strip() for b in bands.split(",")] if bands else None
+        if out is None and geotiff is None:
+            out = Path("grid.png")
+        if out is not None:
+            png = grid_png(images, sampler.bands, wanted)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            temp = out.with_name(f".{out.name}.tmp")
+            temp.write_bytes(png)
+            temp.replace(out)
+            typer.echo(f"wrote {out}: {count} tiles of {sampler.source} (bands {','.join(sampler.bands)}, seed {seed})")
+        if geotiff is not None:
+            files = write_geotiffs(
+                images, sampler.bands, geotiff, sampler.meta.get("normalization"), values, crs, pixel_size
+            )
+            typer.echo(f"wrote {len(files)} GeoTIFFs to {geotiff} ({values} values, bands {','.join(sampler.bands)})")
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc), 2)
+    except StorageError as exc:
+        _fail(f"storage error: {exc}", 3)
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow"):
+            _fail(f"MLflow error: {exc}", 3)
+        raise
+
+
+@app.command()
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
     out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),

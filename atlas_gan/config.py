@@ -214,6 +214,48 @@ class EvaluateConfig(_Strict):
     seed: int = Field(0, ge=0)
 
 
+_TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check_tracking_uri(value: str | None) -> str | None:
+    if value is None:
+        return value
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", value)
+    scheme = match.group(1).lower().split("+")[0] if match else ""
+    if scheme not in _TRACKING_SCHEMES:
+        raise ValueError(f"tracking URI scheme must be one of {', '.join(_TRACKING_SCHEMES)}")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@", value):
+        raise ValueError(
+            "credentials do not belong in the config: use MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+            "(or MLFLOW_TRACKING_TOKEN), or put the whole URI in MLFLOW_TRACKING_URI"
+        )
+    return value
+
+
+def _check_mlflow_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+MlflowName = Annotated[str, AfterValidator(_check_mlflow_name)]
+
+
+class TrackingConfig(_Strict):
+    """MLflow: one run per training run (rank 0), the generator registry and the `champion` alias."""
+
+    enabled: bool = Field(True, description="track training runs in MLflow")
+    uri: Annotated[str | None, AfterValidator(_check_tracking_uri)] = Field(
+        None, description="tracking URI; null: MLFLOW_TRACKING_URI, else an embedded sqlite store in store_dir"
+    )
+    store_dir: str = Field("runs/mlflow", min_length=1, description="embedded store: mlflow.db + artifacts/")
+    experiment: MlflowName = Field("atlas-gan-satellite", description="MLflow experiment of the training runs")
+    registered_model: MlflowName = Field("atlas-gan-satellite", description="registered model of the generators")
+    reevaluate_champion: bool = Field(
+        True, description="score the champion again when its FID was measured under another protocol"
+    )
+
+
 class AtlasConfig(_Strict):
     """The whole pipeline's configuration; later stages add their sections here."""
 
@@ -221,6 +263,7 @@ class AtlasConfig(_Strict):
     ingest: IngestConfig
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def dataset_url(self) -> str:

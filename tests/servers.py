@@ -137,3 +137,73 @@ class SeaweedS3:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+
+
+class MlflowServer:
+    """`mlflow server --workers 1` on a free loopback port: sqlite backend, artifacts proxied to S3 (SeaweedFS).
+
+    `stop()` and `start()` keep the port and the database, like a real restart.
+    """
+
+    def __init__(self, root: Path, artifacts_destination: str, env: dict[str, str]):
+        self.root, self.artifacts_destination, self.env = root, artifacts_destination, env
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "mlflow-server.log"
+
+    def start(self, timeout: float = 90.0) -> None:
+        import urllib.request
+
+        mlflow = shutil.which("mlflow") or str(Path(os.sys.executable).parent / "mlflow")
+        command = [
+            mlflow,
+            "server",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            self.artifacts_destination,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        env = {**os.environ, **self.env, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}; log: {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server not ready after {timeout:.0f} s; log: {self.log_path}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Stop the server and every process it started (its own process group)."""
+        import signal
+
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # stragglers (job runners) of the group
+        self.process = None

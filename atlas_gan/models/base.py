@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from math import log2
 
+import torch
 from torch import nn
 
 
@@ -57,3 +58,8 @@ def init_dcgan_weights(module: nn.Module) -> None:
         elif isinstance(layer, nn.BatchNorm2d):
             nn.init.normal_(layer.weight, 1.0, 0.02)
             nn.init.zeros_(layer.bias)
+
+
+def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """`count` standard-normal latents from a CPU generator seeded with `seed`: the same on every machine."""
+    return torch.randn(count, latent_dim, generator=torch.Generator(device="cpu").manual_seed(seed))

@@ -36,11 +36,23 @@ def main(argv: list[str] | None = None) -> int:
         from atlas_gan.metrics.hook import EvaluationHook
 
         hooks.append(EvaluationHook())
+    tracker = None
+    if config.tracking.enabled and ctx.is_main:
+        from atlas_gan.tracking.hook import MLflowHook
+
+        tracker = MLflowHook()
+        hooks.append(tracker)
     try:
         summary = Trainer(config, ctx, hooks=hooks, progress=not args.quiet).run()
     except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
         print(f"rank {ctx.rank}: {exc}", file=sys.stderr)
+        if tracker is not None:
+            tracker.finish("FAILED")
         return 1
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
     finally:
         distributed.teardown(ctx)
     if ctx.is_main:

@@ -1,0 +1,1 @@
+"""MLflow: training runs tracked by a trainer hook, generators registered and promoted to the `champion` alias."""

@@ -1,0 +1,72 @@
+"""The registered generator as an MLflow pyfunc model: latents (or a count and a seed) -> images + band names.
+
+Serialization, chosen deliberately: the EMA generator's `state_dict` (`generator.pt`, read back with
+`torch.load(weights_only=True)`, so loading a model never unpickles code) plus `generator.json` (family, ModelSpec,
+bands, normalization), rebuilt with atlas-gan's own model classes, which are logged with the model (`code_paths`).
+Not torch.export (MLflow 3's default for `mlflow.pytorch`): an exported program is bound to traced shapes and
+operators and not every family exports (style mixing, data-dependent control flow); the same module code gives
+the registered model bit-identical images to the trainer's generator, on every family. Not pickle: unsafe to load.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+
+from atlas_gan.models import build
+from atlas_gan.models.base import ModelSpec, seeded_latents
+
+WEIGHTS_ARTIFACT = "weights"
+META_ARTIFACT = "meta"
+
+
+def generator_from_files(weights_path: str, meta_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the generator from the two artifact files (CPU, eval mode)."""
+    with open(meta_path) as handle:
+        meta = json.load(handle)
+    _, generator, _ = build(meta["model"], ModelSpec(**meta["spec"]))
+    generator.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return generator.eval(), meta
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """`predict(latents)` or `predict(None, params={"count": 16, "seed": 0})` -> {"images", "bands"}.
+
+    images: float32 (n, bands, size, size) in [-1, 1] (the normalized units of the dataset; the `normalization` in
+    the model's metadata maps them back to source units).
+    """
+
+    def load_context(self, context) -> None:  # context: MLflow's PythonModelContext
+        self.generator, self.meta = generator_from_files(
+            context.artifacts[WEIGHTS_ARTIFACT], context.artifacts[META_ARTIFACT]
+        )
+        self.latent_dim = int(self.meta["spec"]["latent_dim"])
+
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        params = params or {}
+        count = int(params.get("count") or 0)
+        if count > 0:
+            latents = seeded_latents(count, self.latent_dim, int(params.get("seed") or 0))
+        else:
+            if isinstance(model_input, dict):  # a named tensor input arrives as {"latents": array}
+                model_input = model_input.get("latents", next(iter(model_input.values()), None))
+            if hasattr(model_input, "to_numpy"):  # a DataFrame (e.g. from a JSON request)
+                model_input = model_input.to_numpy()
+            array = np.asarray(model_input, dtype=np.float32)
+            if array.ndim != 2 or array.shape[1] != self.latent_dim:
+                raise ValueError(
+                    f"latents must have shape (n, {self.latent_dim}); got {array.shape}. "
+                    "Or pass params={'count': n, 'seed': s}."
+                )
+            latents = torch.from_numpy(array)
+        batch = int(params.get("batch_size") or 256)
+        with torch.no_grad():
+            images = torch.cat([self.generator(part) for part in latents.split(batch)]) if len(latents) else None
+        if images is None:
+            size = self.meta["spec"]["image_size"]
+            images = torch.empty(0, len(self.meta["bands"]), size, size)
+        return {"images": images.float().numpy(), "bands": list(self.meta["bands"])}

@@ -1,0 +1,258 @@
+"""Register a trained generator as a version of the MLflow registered model and move `champion`/`challenger`.
+
+`register_generator(config)` takes the newest checkpoint of `train.run_dir` (or the one given), its evaluation at
+`evaluate.n` (reused from run_dir/eval when it matches the current dataset, else computed now), logs the EMA
+generator as a pyfunc model into the training's MLflow run, and applies the promotion rule of `promotion.py`. When
+the champion was scored under another protocol (say the dataset has grown since), it is scored again under the new
+one first (`tracking.reevaluate_champion`), so the comparison is always like for like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas_gan.config import AtlasConfig
+from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint
+from atlas_gan.shards import read_manifest
+from atlas_gan.storage import join_url, storage_for
+from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
+from atlas_gan.tracking.promotion import CHALLENGER, CHAMPION, Decision, Score, decide, family_key, protocol_key
+from atlas_gan.tracking.store import client_for, open_run, redact, tracking_uri
+from atlas_gan.train import distributed
+from atlas_gan.train.trainer import load_generator
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_code.py"
+MODEL_NAME_IN_RUN = "generator"
+TAG_FID, TAG_PROTOCOL, TAG_FAMILY = "atlas.fid", "atlas.fid.protocol", "atlas.dataset.family"
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    alias: str
+    reason: str
+    fid: float | None
+    champion_version: str | None  # the champion before this registration
+    champion_fid: float | None  # its FID under this version's protocol
+    model_uri: str
+    run_id: str
+
+    def summary(self) -> str:
+        return (
+            f"registered {self.model_uri} (FID {self.fid}) as {self.alias}: {self.reason}\n"
+            f"load the best with: models:/{self.name}@champion"
+        )
+
+
+def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str, Any] | None:
+    """run_dir/eval/step-N.json when it was made at evaluate.n against the current dataset."""
+    url = join_url(config.train.run_dir, "eval", f"step-{step:08d}.json")
+    store = storage_for(url, config.storage)
+    if not store.exists(url):
+        return None
+    result = json.loads(store.read_bytes(url))
+    if result.get("n_fake") != config.evaluate.n or result.get("dataset_checksum") != checksum:
+        return None
+    return result
+
+
+def model_signature(latent_dim: int, bands: int, size: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim), "latents")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, bands, size, size), "images")]),
+        params=ParamSchema(
+            [ParamSpec("count", "long", 0), ParamSpec("seed", "long", 0), ParamSpec("batch_size", "long", 256)]
+        ),
+    )
+
+
+def _copy_code(target: Path) -> Path:
+    """The atlas_gan package without caches: logged with the model so it loads where atlas-gan is not installed."""
+    destination = target / "atlas_gan"
+    shutil.copytree(PACKAGE_DIR, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return destination
+
+
+def log_generator_model(
+    config: AtlasConfig, run_id: str, generator: torch.nn.Module, meta: dict[str, Any]
+) -> tuple[str, str]:
+    """Log the generator as a pyfunc model in `run_id` and register it. Returns (version, model_uri)."""
+    import mlflow
+
+    uri = tracking_uri(config.tracking)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    spec = meta["spec"]
+    with tempfile.TemporaryDirectory(prefix="atlas-register-") as tmp:
+        folder = Path(tmp)
+        weights, meta_file = folder / "generator.pt", folder / "generator.json"
+        torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, weights)
+        meta_file.write_text(json.dumps(meta, indent=2))
+        example = np.random.default_rng(0).standard_normal((2, spec["latent_dim"])).astype(np.float32)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=str(PYFUNC_CODE),
+                artifacts={WEIGHTS_ARTIFACT: str(weights), META_ARTIFACT: str(meta_file)},
+                code_paths=[str(_copy_code(folder / "code"))],
+                signature=model_signature(spec["latent_dim"], spec["bands"], spec["image_size"]),
+                input_example=example,
+                pip_requirements=["torch>=2.4", "numpy>=1.26"],
+                metadata={"atlas_gan": {k: meta[k] for k in ("model", "spec", "bands", "step", "images_seen")}},
+                registered_model_name=config.tracking.registered_model,
+            )
+    version = str(info.registered_model_version)
+    return version, f"models:/{config.tracking.registered_model}/{version}"
+
+
+def load_registered_generator(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The generator module and its metadata from a registered model (models:/name@alias, models:/name/3, runs:/)."""
+    import mlflow.pyfunc
+
+    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(python_model, GeneratorModel):
+        raise ValueError(f"{model_uri} is not an atlas-gan generator (it is {type(python_model).__name__})")
+    return python_model.generator, python_model.meta
+
+
+def _champion(client: Any, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _score(tags: dict[str, str]) -> Score:
+    fid = tags.get(TAG_FID)
+    return Score(float(fid) if fid not in (None, "", "None") else None, tags.get(TAG_PROTOCOL), tags.get(TAG_FAMILY))
+
+
+def _rescore_champion(
+    config: AtlasConfig, client: Any, champion: Any, protocol: str, ctx: distributed.DistributedContext
+) -> Score:
+    """Evaluate the champion under the new version's protocol and record it on the champion's tags."""
+    name = config.tracking.registered_model
+    log.info("scoring champion version %s under the new protocol", champion.version)
+    generator, meta = load_registered_generator(f"models:/{name}/{champion.version}")
+    result = evaluate_generator(config, generator, meta, ctx, progress=False, write=False)
+    fid = float(result["fid"])
+    for key, value in {TAG_FID: str(fid), TAG_PROTOCOL: protocol, "atlas.fid.rescored": "true"}.items():
+        client.set_model_version_tag(name, champion.version, key, value)
+    return Score(fid, protocol, champion.tags.get(TAG_FAMILY))
+
+
+def register_generator(
+    config: AtlasConfig,
+    checkpoint: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Registration:
+    """Register a checkpoint's EMA generator and decide champion/challenger (single process)."""
+    if not progress:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    checkpoint = checkpoint or latest_checkpoint(config)
+    generator, meta = load_generator(storage_for(checkpoint, config.storage), checkpoint)
+    manifest = read_manifest(storage_for(config.dataset_url, config.storage), config.dataset_url)
+    if manifest is None:
+        raise ValueError(f"{config.dataset_url}: no dataset manifest; the generator's dataset is needed to score it")
+    ctx = distributed.setup()
+    if evaluation is None:
+        evaluation = stored_evaluation(config, meta["step"], manifest["checksum"])
+    if evaluation is None:
+        evaluation = evaluate_checkpoint(config, checkpoint, ctx, progress=progress)
+    new = Score(
+        float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
+        protocol_key(evaluation, config.evaluate.seed),
+        family_key(config.dataset_url, manifest),
+    )
+    client = client_for(config.tracking)
+    run_id, _ = open_run(client, config)
+    main_scores = next(iter(evaluation["scores"].values()))
+    for key in ("fid", "kid", "is"):
+        if main_scores.get(key) is not None:
+            client.log_metric(run_id, key, float(main_scores[key]), step=meta["step"])
+    model_meta = {
+        **meta,
+        "checkpoint": redact(checkpoint),
+        "dataset_checksum": manifest["checksum"],
+        "dataset_url": redact(config.dataset_url),
+    }
+    version, model_uri = log_generator_model(config, run_id, generator, model_meta)
+    name = config.tracking.registered_model
+    tags = {
+        TAG_FID: str(new.fid),
+        TAG_PROTOCOL: str(new.protocol),
+        TAG_FAMILY: str(new.family),
+        "atlas.kid": str(main_scores.get("kid")),
+        "atlas.fid.n_fake": str(evaluation["n_fake"]),
+        "atlas.fid.n_real": str(main_scores["n_real"]),
+        "atlas.fid.weights_sha256": evaluation["weights_sha256"],
+        "atlas.fid.bands": ",".join(main_scores["bands"]),
+        "atlas.dataset.checksum": manifest["checksum"],
+        "atlas.checkpoint": redact(checkpoint),
+        "atlas.step": str(meta["step"]),
+        "atlas.model": meta["model"],
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+    champion = _champion(client, name)
+    champion_score = _score(champion.tags) if champion is not None else None
+    if (
+        champion is not None
+        and champion_score.family == new.family
+        and champion_score.protocol != new.protocol
+        and config.tracking.reevaluate_champion
+    ):
+        champion_score = _rescore_champion(config, client, champion, str(new.protocol), ctx)
+    decision: Decision = decide(new, champion_score)
+    client.set_registered_model_alias(name, decision.alias, version)
+    if decision.alias == CHAMPION and champion is not None:
+        client.set_model_version_tag(name, str(champion.version), "atlas.superseded_by", version)
+    champion_fid = champion_score.fid if champion_score is not None else None
+    record = {
+        "atlas.promotion.decision": decision.alias,
+        "atlas.promotion.reason": decision.reason,
+        "atlas.promotion.champion_version": str(champion.version) if champion is not None else "none",
+        "atlas.promotion.champion_fid": str(champion_fid),
+    }
+    for key, value in record.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name,
+        version,
+        description=(
+            f"{meta['model']} generator, step {meta['step']}, bands {','.join(meta['bands'])}. "
+            f"FID {new.fid} (N={evaluation['n_fake']}); champion before: "
+            f"{f'version {champion.version}' if champion else 'none'} with FID {champion_fid}. "
+            f"Decision: {decision.alias} - {decision.reason}."
+        ),
+    )
+    registration = Registration(
+        name, version, decision.alias, decision.reason, new.fid,
+        str(champion.version) if champion is not None else None, champion_fid, model_uri, run_id,
+    )  # fmt: skip
+    log.info("%s", json.dumps(asdict(registration)))
+    return registration
+
+
+__all__ = ["CHALLENGER", "CHAMPION", "Registration", "load_registered_generator", "register_generator"]

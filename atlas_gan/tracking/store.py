@@ -1,0 +1,124 @@
+"""Where MLflow lives for a config, and the one MLflow run that belongs to a training run directory.
+
+The tracking URI comes from `tracking.uri`, else `MLFLOW_TRACKING_URI`, else an embedded sqlite store in
+`tracking.store_dir` (artifacts in `store_dir/artifacts`). The run id is kept in `<run_dir>/mlflow-run.json`, so a
+resumed (or torchrun-restarted) training continues the same MLflow run. Nothing secret is ever logged: config values
+are the only params, URLs lose their user-info, and credentials stay in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from atlas_gan.config import AtlasConfig, TrackingConfig
+from atlas_gan.storage import join_url, storage_for
+
+RUN_FILE = "mlflow-run.json"
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access_key", re.IGNORECASE)
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or refused a request; the message names the store and the reason."""
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """The tracking (and registry) URI for this config; creates the embedded store's folder when it is used."""
+    if config.uri:
+        return config.uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    root = Path(config.store_dir).resolve()
+    (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def redact(text: str) -> str:
+    """Drop `user:password@` from every URL in `text`."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def client_for(config: TrackingConfig):
+    """An MlflowClient for tracking and registry (the same store)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(config)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: Any, config: TrackingConfig) -> str:
+    """Get or create the experiment; the embedded store keeps its artifacts under store_dir/artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(config.experiment)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {config.experiment!r} is deleted; restore it or set tracking.experiment"
+            )
+        return found.experiment_id
+    location = None
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):  # an embedded store keeps its artifacts beside the database, not in ./mlruns
+        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    try:
+        return client.create_experiment(config.experiment, artifact_location=location)
+    except MlflowException:  # created by another process in between
+        found = client.get_experiment_by_name(config.experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"train.lr_g": "0.0002", ...}; secrets masked, URLs without user-info, values capped."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+            continue
+        text = "***" if _SECRET_KEY.search(key) else redact(json.dumps(value) if not isinstance(value, str) else value)
+        flat[name] = text[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def read_run_id(config: AtlasConfig) -> str | None:
+    """The MLflow run id recorded in the training run directory, if any."""
+    url = join_url(config.train.run_dir, RUN_FILE)
+    store = storage_for(url, config.storage)
+    if not store.exists(url):
+        return None
+    return json.loads(store.read_bytes(url))["run_id"]
+
+
+def write_run_id(config: AtlasConfig, run_id: str, experiment: str) -> None:
+    url = join_url(config.train.run_dir, RUN_FILE)
+    record = {"run_id": run_id, "experiment_id": experiment, "tracking_uri": redact(tracking_uri(config.tracking))}
+    storage_for(url, config.storage).write_bytes(url, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def open_run(client: Any, config: AtlasConfig, run_name: str | None = None) -> tuple[str, bool]:
+    """The training run's MLflow run: the recorded one if the store has it, else a new one. (run_id, resumed)."""
+    from mlflow.exceptions import MlflowException
+
+    recorded = read_run_id(config)
+    if recorded is not None:
+        try:
+            run = client.get_run(recorded)
+        except MlflowException:
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active":
+            if run.info.status != "RUNNING":
+                client.update_run(recorded, status="RUNNING")
+            return recorded, True
+    experiment = experiment_id(client, config.tracking)
+    run = client.create_run(experiment, run_name=run_name or Path(config.train.run_dir.rstrip("/")).name)
+    write_run_id(config, run.info.run_id, experiment)
+    return run.info.run_id, False
