@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -90,6 +90,24 @@ class IngestReport:
 def _gdal_options(config: AtlasConfig) -> dict[str, Any]:
     source = config.ingest.source
     return S3Storage(config.storage).gdal_options() if is_s3(source) else {}
+
+
+class SceneMapper(Protocol):
+    """Runs `fn` over the per-scene work items of one pass and yields the results in order. The default is a process
+    pool; the Prefect ingest flow runs one task per item instead. `fn` and the items are picklable."""
+
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str, unit: str, progress: bool) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def scene_of(item: SceneSpec | SceneScan | tuple[SceneSpec, int, int]) -> str:
+    """A readable label for a work item: the scene id, plus the part when a scene is split."""
+    if isinstance(item, tuple):
+        spec, part, parts = item
+        return spec.scene_id if parts == 1 else f"{spec.scene_id} part {part + 1}/{parts}"
+    spec = item.spec if isinstance(item, SceneScan) else item
+    return spec.scene_id
 
 
 class _SceneRunner:
@@ -168,9 +186,15 @@ def _now() -> str:
 
 
 def ingest(
-    config: AtlasConfig, *, progress: bool = True, on_shard: Callable[[ShardRecord], None] | None = None
+    config: AtlasConfig,
+    *,
+    progress: bool = True,
+    on_shard: Callable[[ShardRecord], None] | None = None,
+    mapper: SceneMapper | None = None,
 ) -> IngestReport:
-    """Ingest new scenes from `config.ingest.source` into `config.ingest.output`. Safe to rerun at any time."""
+    """Ingest new scenes from `config.ingest.source` into `config.ingest.output`. Safe to rerun at any time.
+
+    `mapper` runs the per-scene work of both passes (default: a pool of `ingest.workers` processes)."""
     started = time.perf_counter()
     cfg = config.ingest
     out_store = storage_for(cfg.output, config.storage)
@@ -185,7 +209,7 @@ def ingest(
     # Few scenes on many workers: split each into parts (bands of tile rows) so every worker has work.
     parts = 1 if cfg.workers == 1 or not new_specs else min(64, -(-2 * cfg.workers // len(new_specs)))
     tasks = [(spec, part, parts) for spec in new_specs for part in range(parts)]
-    runner = _SceneRunner(min(cfg.workers, max(len(tasks), 1)))
+    runner = mapper or _SceneRunner(min(cfg.workers, max(len(tasks), 1)))
     try:
         with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
             scan = partial(_scan_task, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
@@ -246,6 +270,25 @@ def ingest(
     report.dropped_nodata = sum(s.dropped_nodata for s in accepted)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass
+class PendingScenes:
+    """What an ingest would do now: scenes at the source that are not in the dataset yet, and changed ones."""
+
+    new: list[str]
+    changed: list[str]
+    fingerprints: dict[str, str]  # scene id -> content fingerprint, of the new scenes
+
+
+def pending_scenes(config: AtlasConfig) -> PendingScenes:
+    """Compare the source with the dataset's manifest without reading any pixels (for watchers and schedulers)."""
+    cfg = config.ingest
+    manifest = read_manifest(storage_for(cfg.output, config.storage), cfg.output)
+    new, _, rejected = _plan(cfg, storage_for(cfg.source, config.storage), manifest)
+    return PendingScenes(
+        [spec.scene_id for spec in new], [r["scene"] for r in rejected], {s.scene_id: s.fingerprint for s in new}
+    )
 
 
 def _plan(

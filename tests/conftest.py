@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -15,15 +17,23 @@ from tests.servers import SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Prefect reads its settings when it is imported (at collection, before any fixture): its home (profiles, logs,
+# the test harness's database) goes to a temp dir from the start.
+PREFECT_SANDBOX = tempfile.mkdtemp(prefix="atlas-tests-prefect-")
+os.environ["PREFECT_HOME"] = PREFECT_SANDBOX
+
 
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_sandbox(tmp_path_factory: pytest.TempPathFactory):
-    """MLflow never writes outside temp dirs in tests: training runs track into a session sqlite store (tests of
-    the embedded default unset this), and MLflow sends no telemetry."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    """MLflow and Prefect never write outside temp dirs in tests: training runs track into a session sqlite store
+    (tests of the embedded default unset this), Prefect keeps its home in a temp dir; no telemetry."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     yield
+    shutil.rmtree(PREFECT_SANDBOX, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

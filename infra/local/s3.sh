@@ -46,7 +46,12 @@ case "${1:-}" in
     done
     echo "S3 did not answer within 60 s; see $state/weed.log" >&2; exit 1 ;;
   stop)
-    if running; then kill "$(cat "$pidfile")"; echo "S3 stopped"; else echo "S3 not running"; fi
+    if running; then
+      pid="$(cat "$pidfile")"; kill "$pid"
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+      echo "S3 stopped"
+    else echo "S3 not running"; fi
     rm -f "$pidfile" ;;
   status)
     if running; then echo "running: http://127.0.0.1:$port (pid $(cat "$pidfile"))"; else echo "stopped"; exit 3; fi ;;

@@ -1,0 +1,121 @@
+"""The pipeline's decisions, free of Prefect: which config a run uses, whether to train, where each run trains,
+and the run's report. The flows in `flows/` only wire these to tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from atlas_gan.config import AtlasConfig, ConfigError, load_config
+from atlas_gan.storage import join_url, storage_for
+
+CONFIG_ENV, OVERRIDES_ENV = "ATLAS_CONFIG", "ATLAS_OVERRIDES"
+
+
+def pipeline_config(config_path: str | None = None, overrides: list[str] | None = None) -> AtlasConfig:
+    """Flow parameters -> validated config. Unset parameters fall back to the deployment's environment:
+    ATLAS_CONFIG (a YAML file) and ATLAS_OVERRIDES (a JSON list of `key=value`), then configs/satellite.yaml."""
+    path = config_path or os.environ.get(CONFIG_ENV) or None
+    extra: list[str] = []
+    raw = os.environ.get(OVERRIDES_ENV, "").strip()
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings: {exc}") from None
+        if not isinstance(extra, list) or not all(isinstance(item, str) for item in extra):
+            raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings; got {raw[:200]}")
+    return load_config(path, [*extra, *(overrides or [])])
+
+
+def run_name(flow_run_name: str, started: str) -> str:
+    """A run directory name: sortable start time + the flow run's name (safe characters only)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", flow_run_name).strip("-") or "run"
+    return f"{started}-{cleaned}"[:120]
+
+
+def config_for_run(config: AtlasConfig, name: str) -> AtlasConfig:
+    """Each pipeline run trains from scratch in `<train.run_dir>/<name>` (a retried flow run resumes there)."""
+    train = config.train.model_copy(update={"run_dir": join_url(config.train.run_dir, name)})
+    return config.model_copy(update={"train": train})
+
+
+def champion_version(config: AtlasConfig) -> str | None:
+    """The registered model's champion version, or None when there is none (or no such model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    from atlas_gan.tracking.store import client_for
+
+    try:
+        return str(
+            client_for(config.tracking).get_model_version_by_alias(config.tracking.registered_model, "champion").version
+        )
+    except MlflowException:
+        return None
+
+
+def skip_reason(added_scenes: list[str], champion: str | None, force: bool) -> str | None:
+    """Why training can be skipped (None: train). Nothing new and a champion already serving: nothing to gain."""
+    if force:
+        return None
+    if not added_scenes and champion is not None:
+        return f"no new imagery and champion version {champion} exists (run with force=True to retrain anyway)"
+    return None
+
+
+def newest_sample_grid(config: AtlasConfig) -> str | None:
+    """The run's latest RGB sample grid (URL), if it wrote any."""
+    folder = join_url(config.train.run_dir, "samples")
+    store = storage_for(folder, config.storage)
+    grids = sorted(info.url for info in store.list(folder) if info.url.endswith("-rgb.png"))
+    return grids[-1] if grids else None
+
+
+@dataclass
+class PipelineOutcome:
+    """What one pipeline run did: the flow's return value and the source of its report."""
+
+    added_scenes: list[str]
+    rejected: list[dict[str, str]]
+    shards: str
+    skipped: str | None = None
+    run_dir: str | None = None
+    checkpoint: str | None = None
+    fid: float | None = None
+    kid: float | None = None
+    fid_n: int | None = None
+    registration: dict[str, Any] | None = None
+    sample_grid: str | None = None
+
+    def markdown(self) -> str:
+        lines = ["# atlas-gan pipeline run", ""]
+        lines.append(f"- **new scenes:** {len(self.added_scenes)} ({', '.join(self.added_scenes) or 'none'})")
+        lines.append(f"- **rejected inputs:** {len(self.rejected)}")
+        lines += [f"  - `{r['file']}`: {r['reason']}" for r in self.rejected]
+        lines.append(f"- **shards:** `{self.shards}`")
+        if self.skipped:
+            lines += ["", f"**Training skipped:** {self.skipped}"]
+            return "\n".join(lines) + "\n"
+        reg = self.registration or {}
+        lines += [
+            f"- **run dir:** `{self.run_dir}`",
+            f"- **checkpoint:** `{self.checkpoint}`",
+            f"- **sample grid:** `{self.sample_grid}`",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| FID (N={self.fid_n}) | {_number(self.fid)} |",
+            f"| KID | {_number(self.kid)} |",
+            f"| model version | `{reg.get('model_uri')}` |",
+            f"| decision | **{reg.get('alias')}**: {reg.get('reason')} |",
+            f"| champion before | {reg.get('champion_version') or 'none'} (FID {_number(reg.get('champion_fid'))}) |",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

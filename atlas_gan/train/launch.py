@@ -1,0 +1,108 @@
+"""Launch training as `torchrun` worker processes and follow their output (for the CLI and the Prefect flow).
+
+The config is handed over as a resolved YAML file, so what the workers run is exactly what the caller validated.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from atlas_gan.config import AtlasConfig, config_to_dict
+
+_WORKER_ERROR = re.compile(r"(^|\]:)rank \d+: |^\w*(Error|Exception): ")
+
+
+class LaunchFailed(RuntimeError):
+    """torchrun exited non-zero; the message carries the exit code and the tail of the log."""
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    returncode: int
+    tail: list[str]
+
+
+def torchrun_command(
+    config_file: str | Path,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+    quiet: bool = True,
+) -> list[str]:
+    """`python -m torch.distributed.run ... -m atlas_gan.train --config FILE`: standalone on one node, c10d
+    rendezvous at `rdzv_endpoint` (host:port) across several."""
+    if nproc_per_node < 1 or nnodes < 1:
+        raise ValueError(f"nproc_per_node and nnodes must be >= 1; got {nproc_per_node}, {nnodes}")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ValueError("training on several nodes needs rdzv_endpoint (host:port of the rendezvous)")
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    if nnodes == 1:
+        launcher.append("--standalone")
+    else:
+        launcher += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    launcher.append(f"--max-restarts={max_restarts}")
+    return [*launcher, "-m", "atlas_gan.train", f"--config={config_file}", *(["--quiet"] if quiet else [])]
+
+
+def write_config_file(config: AtlasConfig, folder: str | Path) -> Path:
+    """The resolved config as YAML in `folder` (holds no secrets: the config never does)."""
+    handle, path = tempfile.mkstemp(prefix="atlas-config-", suffix=".yaml", dir=folder)
+    with os.fdopen(handle, "w") as out:
+        yaml.safe_dump(config_to_dict(config), out, sort_keys=False)
+    return Path(path)
+
+
+def run_streaming(
+    command: Sequence[str], on_line: Callable[[str], None], tail_lines: int = 200, env: dict[str, str] | None = None
+) -> LaunchResult:
+    """Run `command`, handing each output line (stdout and stderr merged) to `on_line` as it comes."""
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=child_env
+    ) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n").split("\r")[-1]  # progress bars redraw with \r: keep the last state
+            if line.strip():
+                tail.append(line)
+                on_line(line)
+    return LaunchResult(process.returncode, list(tail))
+
+
+def launch_training(
+    config: AtlasConfig,
+    on_line: Callable[[str], None],
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+) -> LaunchResult:
+    """Train `config` with torchrun; raises LaunchFailed with the log's tail when the workers fail."""
+    with tempfile.TemporaryDirectory(prefix="atlas-launch-") as folder:
+        config_file = write_config_file(config, folder)
+        command = torchrun_command(config_file, nproc_per_node, nnodes, rdzv_endpoint, max_restarts)
+        result = run_streaming(command, on_line)
+    if result.returncode != 0:
+        raise LaunchFailed(failure_message(result))
+    return result
+
+
+def failure_message(result: LaunchResult) -> str:
+    """The workers' own error lines (`rank N: ...`) first, then the last lines (torchrun's summary)."""
+    errors = [line for line in result.tail if _WORKER_ERROR.search(line)]
+    text = f"torchrun exited with code {result.returncode}"
+    if errors:
+        text += "; worker errors:\n" + "\n".join(errors[-10:])
+    return text + "\nlast lines:\n" + "\n".join(result.tail[-20:])

@@ -1,0 +1,1 @@
+"""Prefect flows over atlas_gan: `ingest`, `train-gan` (deployment `satellite`) and `watch-imagery`."""

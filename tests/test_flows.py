@@ -1,0 +1,182 @@
+"""The Prefect flows on tiny real data under `prefect_test_harness` (embedded MLflow store, local folders), plus the
+pieces they are made of: pipeline decisions, the torchrun launcher, the deployment file and the infra templates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.testing.utilities import prefect_test_harness
+
+from atlas_gan.config import ConfigError, load_config
+from atlas_gan.pipeline import PipelineOutcome, config_for_run, pipeline_config, run_name, skip_reason
+from atlas_gan.train.launch import LaunchFailed, launch_training, torchrun_command
+from tests.conftest import REPO
+from tests.test_tracking import EVAL
+from tests.test_train import SMALL
+
+# ---- pieces -------------------------------------------------------------------------------------------------------
+
+
+def test_pipeline_config_falls_back_to_the_deployment_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_OVERRIDES", json.dumps(["train.steps=7", "ingest.tile_size=32"]))
+    config = pipeline_config(None, ["train.steps=9"])
+    assert config.train.steps == 9 and config.ingest.tile_size == 32  # parameters win over the environment
+    monkeypatch.setenv("ATLAS_OVERRIDES", "train.steps=7")
+    with pytest.raises(ConfigError, match="ATLAS_OVERRIDES must be a JSON list"):
+        pipeline_config()
+    monkeypatch.setenv("ATLAS_OVERRIDES", "[]")
+    monkeypatch.setenv("ATLAS_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="cannot read config file .*missing.yaml"):
+        pipeline_config()
+    with pytest.raises(ConfigError, match="train.steps"):
+        pipeline_config(str(REPO / "configs/satellite.yaml"), ["train.steps=0"])
+
+
+def test_pipeline_decisions():
+    assert skip_reason([], "3", force=False).startswith("no new imagery and champion version 3")
+    assert skip_reason([], "3", force=True) is None
+    assert skip_reason(["scene"], "3", force=False) is None
+    assert skip_reason([], None, force=False) is None  # no champion yet: train
+    assert run_name("gray mongrel/1", "20261122-101500") == "20261122-101500-gray-mongrel-1"
+    config = config_for_run(load_config(None, ["train.run_dir=s3://bucket/runs"]), "20261122-x")
+    assert config.train.run_dir == "s3://bucket/runs/20261122-x"
+    outcome = PipelineOutcome(["a"], [{"file": "f.tif", "reason": "all nodata"}], "out/manifest.json")
+    outcome.skipped = "no new imagery"
+    assert "**Training skipped:** no new imagery" in outcome.markdown() and "`f.tif`: all nodata" in outcome.markdown()
+
+
+def test_torchrun_command():
+    single = torchrun_command("c.yaml", nproc_per_node=2)
+    assert "--standalone" in single and "--nproc-per-node=2" in single and single[-2:] == ["--config=c.yaml", "--quiet"]
+    multi = torchrun_command("c.yaml", 8, nnodes=4, rdzv_endpoint="head:29400")
+    assert "--nnodes=4" in multi and "--rdzv-endpoint=head:29400" in multi and "--standalone" not in multi
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        torchrun_command("c.yaml", 1, nnodes=2)
+
+
+def test_a_failing_training_reports_the_tail_of_its_log(tmp_path):
+    empty = tmp_path / "no-dataset"
+    empty.mkdir()
+    config = load_config(None, [f"ingest.output={empty}", f"train.run_dir={tmp_path / 'run'}", *SMALL])
+    lines: list[str] = []
+    with pytest.raises(LaunchFailed, match=r"(?s)torchrun exited with code 1.*no ingested dataset there"):
+        launch_training(config, lines.append)
+    assert any("no ingested dataset" in line for line in lines)  # streamed as it came
+
+
+def test_deployment_file_is_valid():
+    spec = yaml.safe_load((REPO / "flows/prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    satellite = deployments["satellite"]
+    assert satellite["entrypoint"] == "flows/train_gan.py:train_gan" and satellite["work_pool"]["name"]
+    assert satellite["schedules"][0]["cron"]
+    trigger = DeploymentEventTrigger(**{k: v for k, v in satellite["triggers"][0].items() if k != "type"})
+    assert trigger.expect == {"atlas.imagery.arrived"}
+    assert deployments["poll"]["entrypoint"] == "flows/watch_imagery.py:watch_imagery"
+    for deployment in deployments.values():  # entrypoints resolve to the flows
+        path, name = deployment["entrypoint"].split(":")
+        assert f"def {name}(" in (REPO / path).read_text()
+
+
+def test_infra_templates_are_valid():
+    compose = yaml.safe_load((REPO / "infra/compose/docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"minio", "postgres", "mlflow", "prefect-server", "gpu-worker"} <= set(services)
+    gpu = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    text = (REPO / "infra/compose/docker-compose.yml").read_text()
+    assert "SECRET_ACCESS_KEY: ${" in text or "PASSWORD: ${" in text  # credentials only from the environment
+    template = json.loads((REPO / "infra/k8s/base-job-template.json").read_text())
+    job = template["job_configuration"]["job_manifest"]
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus_per_node }}"
+    assert {"nnodes", "gpus_per_node", "rdzv_port", "image"} <= set(template["variables"]["properties"])
+
+
+# ---- the flows, under the test harness -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _flow_overrides(source: Path | str, root: Path) -> list[str]:
+    return [
+        f"ingest.source={source}",
+        f"ingest.output={root / 'shards'}",
+        "ingest.tile_size=32",
+        f"train.run_dir={root / 'runs'}",
+        f"tracking.uri=sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+        *SMALL,
+        "train.steps=2",
+        *EVAL,
+    ]
+
+
+def test_train_gan_flow_ingests_trains_registers_then_skips(harness, geotiff, tmp_path):
+    from flows.train_gan import train_gan
+
+    (tmp_path / "mlflow").mkdir()
+    source = tmp_path / "incoming"
+    source.mkdir()
+    shutil.copy(geotiff / "landsat-pucallpa" / "landsat_1985.tif", source)
+    overrides = _flow_overrides(source, tmp_path)
+    first = train_gan(overrides=overrides)
+    assert first["added_scenes"] == ["landsat_1985"] and first["skipped"] is None
+    assert first["registration"]["alias"] == "champion" and first["fid"] > 0
+    assert first["sample_grid"].endswith("-rgb.png") and Path(first["sample_grid"]).exists()
+    assert Path(first["run_dir"]).parent == tmp_path / "runs"
+
+    second = train_gan(overrides=overrides)  # nothing new, a champion exists
+    assert second["added_scenes"] == [] and second["skipped"].startswith("no new imagery")
+    assert second["registration"] is None
+
+    from prefect.client.orchestration import get_client
+
+    async def report() -> str:
+        async with get_client() as client:
+            artifact = await client.read_latest_artifacts()
+            return next(a.data for a in artifact if a.key == "train-gan-report")
+
+    import asyncio
+
+    markdown = asyncio.run(report())
+    assert "Training skipped" in markdown
+
+
+def test_watch_imagery_announces_each_new_scene_once(harness, geotiff, tmp_path):
+    from flows.watch_imagery import watch_imagery
+
+    source = tmp_path / "incoming"
+    source.mkdir()
+    overrides = _flow_overrides(source, tmp_path)
+    shutil.copy(geotiff / "landsat-pucallpa" / "landsat_1985.tif", source)
+    assert watch_imagery(overrides=overrides) == ["landsat_1985"]
+    assert watch_imagery(overrides=overrides) == []  # announced already
+    shutil.copy(geotiff / "landsat-pucallpa" / "landsat_1990.tif", source)
+    assert watch_imagery(overrides=overrides) == ["landsat_1990"]
+
+
+def test_ingest_flow_maps_one_task_per_scene_and_reports_rejections(harness, geotiff, tmp_path):
+    from flows.ingest import ingest_imagery
+
+    source = tmp_path / "incoming"
+    source.mkdir()
+    for name in ("landsat_1985.tif", "landsat_1990.tif"):
+        shutil.copy(geotiff / "landsat-pucallpa" / name, source)
+    (source / "broken.tif").write_bytes(b"II*\x00 not a raster")
+    result = ingest_imagery(overrides=_flow_overrides(source, tmp_path))
+    assert sorted(result["added_scenes"]) == ["landsat_1985", "landsat_1990"]
+    assert [r["scene"] for r in result["rejected"]] == ["broken"] and result["wrote"]
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["totals"]["scenes"] == 2
+    assert os.environ.get("PREFECT_API_URL") is None or "127.0.0.1" in os.environ["PREFECT_API_URL"]
