@@ -7,6 +7,7 @@ reports FID, the champion decision and the sample grid as a markdown artifact.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,7 @@ from atlas_gan.pipeline import (
     run_name,
     skip_reason,
 )
+from atlas_gan.storage import join_url
 from atlas_gan.tracking.registry import register_generator
 from atlas_gan.train import distributed
 from atlas_gan.train.launch import launch_training
@@ -33,10 +35,18 @@ from flows.ingest import ingest_imagery, task_runner_for
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(config: AtlasConfig, nproc_per_node: int, nnodes: int, rdzv_endpoint: str | None, max_restarts: int) -> str:
-    """torchrun as a subprocess; its output streams into this task's log; a non-zero exit fails with the tail."""
+def train(
+    config: AtlasConfig,
+    nproc_per_node: int,
+    nnodes: int,
+    rdzv_endpoint: str | None,
+    max_restarts: int,
+    handoff_url: str | None,
+) -> str:
+    """torchrun as a subprocess; its output streams into this task's log; a non-zero exit fails with the tail.
+    With several nodes, the others join through `python -m atlas_gan.train.join` (see infra/k8s)."""
     logger = get_run_logger()
-    launch_training(config, logger.info, nproc_per_node, nnodes, rdzv_endpoint, max_restarts)
+    launch_training(config, logger.info, nproc_per_node, nnodes, rdzv_endpoint, max_restarts, handoff_url)
     return latest_checkpoint(config)
 
 
@@ -59,6 +69,14 @@ def register(config: AtlasConfig, checkpoint: str, evaluation: dict[str, Any]) -
     registration = register_generator(config, checkpoint, evaluation, progress=False)
     get_run_logger().info("%s", registration.summary())
     return asdict(registration)
+
+
+def multinode_endpoint() -> str:
+    """This node's rendezvous endpoint, from ATLAS_RDZV_HOST (the pod IP in infra/k8s) and ATLAS_RDZV_PORT."""
+    host = os.environ.get("ATLAS_RDZV_HOST")
+    if not host:
+        raise ValueError("nnodes > 1 needs rdzv_endpoint, or ATLAS_RDZV_HOST set to this node's address")
+    return f"{host}:{os.environ.get('ATLAS_RDZV_PORT', '29400')}"
 
 
 @flow(name="train-gan")
@@ -86,7 +104,12 @@ def train_gan(
         started = flow_run.scheduled_start_time.strftime("%Y%m%d-%H%M%S")
         run_config = config_for_run(config, run_name(flow_run.name or "local", started))
         outcome.run_dir = run_config.train.run_dir
-        checkpoint = train(run_config, nproc_per_node, nnodes, rdzv_endpoint, max_restarts)
+        handoff = None
+        if nnodes > 1:  # the other nodes wait for this file (atlas_gan.train.join)
+            rdzv_endpoint = rdzv_endpoint or multinode_endpoint()
+            prefix = os.environ.get("ATLAS_HANDOFF_PREFIX") or join_url(config.train.run_dir, "handoff")
+            handoff = join_url(prefix, f"{flow_run.id}.yaml")
+        checkpoint = train(run_config, nproc_per_node, nnodes, rdzv_endpoint, max_restarts, handoff)
         evaluation = evaluate(run_config, checkpoint)
         registration = register(run_config, checkpoint, evaluation)
         main = next(iter(evaluation["scores"].values()))

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from atlas_gan.config import load_config
+from atlas_gan.train.launch import launch_training
 from tests.servers import free_port
 from tests.test_train import SMALL
 
@@ -55,27 +57,24 @@ def test_two_ranks_stay_in_sync(train_data, tmp_path):
     assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in log if "loss_d" in e)
 
 
-def test_two_nodes_rendezvous_on_loopback(train_data, tmp_path):
-    run_dir = tmp_path / "run"
-    endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [
-        torchrun(
-            "--nnodes=2",
-            "--nproc-per-node=1",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={endpoint}",
-            "--rdzv-id=atlas-test",
-            "--max-restarts=0",
-            run_dir=run_dir,
-            data=train_data,
-            steps=3,
-        )
-        for _ in range(2)
-    ]
-    for node in nodes:
-        finish(node)
+def test_two_nodes_rendezvous_on_loopback_through_the_handoff(train_data, tmp_path, monkeypatch):
+    """Node 0 is what the train-gan flow runs (launch_training publishes config + rendezvous); node 1 is what the
+    other pods of infra/k8s run (atlas_gan.train.join waits for the handoff, then joins)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_dir, handoff = tmp_path / "run", str(tmp_path / "handoff" / "flow-run-1.yaml")
+    joiner = subprocess.Popen(
+        [sys.executable, "-m", "atlas_gan.train.join", "--handoff", handoff, "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    config = load_config(None, [f"ingest.output={train_data}", f"train.run_dir={run_dir}", "train.steps=3", *SMALL])
+    lines: list[str] = []
+    launch_training(config, lines.append, 1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", handoff_url=handoff)
+    finish(joiner)
     end = events(run_dir)[-1]
     assert end["step"] == 3 and end["ranks_in_sync"] is True and len(end["rank_fingerprints"]) == 2
+    assert any("trained to step 3" in line for line in lines)  # rank 0 ran on the flow's node
 
 
 def _worker_pids(agent_pid):

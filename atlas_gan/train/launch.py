@@ -81,6 +81,15 @@ def run_streaming(
     return LaunchResult(process.returncode, list(tail))
 
 
+def write_handoff(url: str, config: AtlasConfig, nnodes: int, nproc_per_node: int, rdzv_endpoint: str) -> None:
+    """What the other nodes of a multi-node run need to join it: the resolved config and the rendezvous."""
+    from atlas_gan.storage import storage_for
+
+    record = {"config": config_to_dict(config), "nnodes": nnodes, "nproc_per_node": nproc_per_node}
+    record["rdzv_endpoint"] = rdzv_endpoint
+    storage_for(url, config.storage).write_bytes(url, yaml.safe_dump(record, sort_keys=False).encode())
+
+
 def launch_training(
     config: AtlasConfig,
     on_line: Callable[[str], None],
@@ -88,8 +97,14 @@ def launch_training(
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
     max_restarts: int = 0,
+    handoff_url: str | None = None,
 ) -> LaunchResult:
-    """Train `config` with torchrun; raises LaunchFailed with the log's tail when the workers fail."""
+    """Train `config` with torchrun; raises LaunchFailed with the log's tail when the workers fail. With several
+    nodes, `handoff_url` publishes the config and rendezvous for `python -m atlas_gan.train.join` on the others."""
+    if nnodes > 1 and handoff_url:
+        if not rdzv_endpoint:
+            raise ValueError("training on several nodes needs rdzv_endpoint (host:port of the rendezvous)")
+        write_handoff(handoff_url, config, nnodes, nproc_per_node, rdzv_endpoint)
     with tempfile.TemporaryDirectory(prefix="atlas-launch-") as folder:
         config_file = write_config_file(config, folder)
         command = torchrun_command(config_file, nproc_per_node, nnodes, rdzv_endpoint, max_restarts)

@@ -1,0 +1,2 @@
+-- The Prefect server's database beside MLflow's (POSTGRES_DB creates `mlflow`).
+CREATE DATABASE prefect;
