@@ -117,5 +117,30 @@ class PipelineOutcome:
         return "\n".join(lines) + "\n"
 
 
+def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
+    """Where a pipeline run left things, for people: shards, samples, the MLflow run, the champion."""
+    from atlas_gan.tracking.store import redact, tracking_uri
+
+    uri = redact(tracking_uri(config.tracking))
+    registration = outcome.get("registration") or {}
+    name = config.tracking.registered_model
+    lines = [f"shards:        {outcome['shards']}"]
+    if outcome.get("skipped"):
+        lines.append(f"training:      skipped - {outcome['skipped']}")
+    else:
+        lines += [
+            f"run dir:       {outcome['run_dir']}",
+            f"sample grid:   {outcome['sample_grid']}",
+            f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])}",
+            f"MLflow run:    {registration.get('run_id')} in {uri}",
+            f"this model:    {registration.get('model_uri')} -> {registration.get('alias')}",
+            f"               ({registration.get('reason')})",
+        ]
+    lines.append(f"champion:      models:/{name}@champion (version {champion_version(config) or 'none'})")
+    if uri.startswith("sqlite:"):
+        lines.append(f"look at it:    mlflow ui --backend-store-uri {uri}")
+    return "\n".join(lines)
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"

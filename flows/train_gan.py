@@ -26,6 +26,7 @@ from atlas_gan.pipeline import (
     pipeline_config,
     run_name,
     skip_reason,
+    where_text,
 )
 from atlas_gan.storage import join_url
 from atlas_gan.tracking.registry import register_generator
@@ -133,4 +134,5 @@ if __name__ == "__main__":
     parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="train even when nothing new was ingested")
     args = parser.parse_args()
-    train_gan(args.config, args.overrides, nproc_per_node=args.nproc_per_node, force=args.force)
+    outcome = train_gan(args.config, args.overrides, nproc_per_node=args.nproc_per_node, force=args.force)
+    print("\n" + where_text(outcome, pipeline_config(args.config, args.overrides)))
