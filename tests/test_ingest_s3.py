@@ -78,3 +78,15 @@ def test_server_stopped_mid_ingest_then_rerun_completes(s3, geotiff, make_config
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in clean_manifest["shards"]]
     listed = sorted(info.url.rsplit("/", 1)[-1] for info in store.list(output))
     assert listed == sorted(["manifest.json", *(s["url"] for s in manifest["shards"])])  # no duplicates
+
+
+def test_a_storage_outage_while_reading_is_retried_not_rejected():
+    """GDAL's messages for a server failing: raised as StorageError (the flow's task retries), never a rejection."""
+    from atlas_gan.geo.tiling import is_transient_read_failure
+
+    remote = ["s3://imagery/scene_B4.TIF"]
+    assert is_transient_read_failure("'/vsis3/imagery/x.tif' not recognized: HTTP response code: 503", remote)
+    assert is_transient_read_failure("Couldn't connect to server", remote)
+    assert is_transient_read_failure("Connection timed out after 30001 milliseconds", remote)
+    assert not is_transient_read_failure("not recognized as a supported file format", remote)
+    assert not is_transient_read_failure("HTTP response code: 503", ["/data/scene_B4.TIF"])  # local file: bad input

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -23,6 +24,7 @@ from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
 from atlas_gan.geo.stats import BandStatistics, merge_band_statistics, new_band_statistics
 from atlas_gan.samples import NpyEncoder, encode_sample
+from atlas_gan.storage import StorageError
 
 # Source pixels fetched per windowed read: bounds a worker's memory whatever the scene's size, while keeping
 # per-call overhead (GDAL, Python) small for ordinary scenes.
@@ -75,7 +77,24 @@ def scan_scene(
         scan.reason = f"unexpected {type(exc).__name__} while reading: {exc}"
     if scan.reason and scan.spool_path and os.path.exists(scan.spool_path):
         os.unlink(scan.spool_path)
+    if scan.reason and is_transient_read_failure(scan.reason, [f.url for f in spec.files]):
+        # the storage failed, not the file: raise so callers retry (the Prefect task does) instead of rejecting
+        raise StorageError(f"{spec.scene_id}: {scan.reason}")
     return scan
+
+
+_TRANSIENT = re.compile(
+    r"HTTP (response )?code:? ?(5\d\d|429)|connection (refused|reset|timed out)|could(n't| not) (connect|resolve)"
+    r"|timed? ?out|failed to connect|temporary failure|network is unreachable",
+    re.IGNORECASE,
+)
+
+
+def is_transient_read_failure(reason: str, urls: list[str]) -> bool:
+    """A remote source that failed the way a server does (5xx, throttling, refused, timeout): worth a retry."""
+    return any(url.startswith(("s3://", "/vsis3/", "http://", "https://")) for url in urls) and bool(
+        _TRANSIENT.search(reason)
+    )
 
 
 def _cut_strip(
