@@ -213,19 +213,18 @@ def sample(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
     """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or GeoTIFFs with band names."""
-    import os
-
     from atlas_gan.sampling import grid_png, is_mlflow_uri, load_sampler, write_geotiffs
 
     if values not in ("physical", "model"):
         _fail(f"--values must be physical or model; got {values!r}", 2)
     try:
         cfg = load_config(config, overrides)
+        tracking = None
         if is_mlflow_uri(model):
             from atlas_gan.tracking.store import tracking_uri
 
-            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.tracking)
-        sampler = load_sampler(model, cfg.storage)
+            tracking = tracking_uri(cfg.tracking)
+        sampler = load_sampler(model, cfg.storage, tracking)
         images = sampler.generate(count, seed)
         wanted = [b.strip() for b in bands.split(",")] if bands else None
         if out is None and geotiff is None:

@@ -46,12 +46,13 @@ def is_mlflow_uri(uri: str) -> bool:
     return uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
 
 
-def load_sampler(uri: str, storage_settings: Any = None) -> Sampler:
-    """`models:/name@alias`, `models:/name/3`, `runs:/id/generator` (MLflow), or a checkpoint path / s3:// URL."""
+def load_sampler(uri: str, storage_settings: Any = None, tracking: str | None = None) -> Sampler:
+    """`models:/name@alias`, `models:/name/3`, `runs:/id/generator` (MLflow, from the `tracking` store), or a
+    checkpoint path / s3:// URL."""
     if is_mlflow_uri(uri):
         from atlas_gan.tracking.registry import load_registered_generator
 
-        generator, meta = load_registered_generator(uri)
+        generator, meta = load_registered_generator(uri, tracking)
         return Sampler(generator, meta, uri)
     from atlas_gan.storage import storage_for
     from atlas_gan.train.trainer import load_generator

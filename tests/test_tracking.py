@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pytest
@@ -141,6 +142,8 @@ def tracked(train_data, tmp_path_factory):
 
 def test_champion_follows_the_better_fid_and_a_worse_run_is_challenger(tracked):
     first, second, third = tracked["registrations"]
+    assert mlflow.get_tracking_uri() == os.environ["MLFLOW_TRACKING_URI"]  # registering left MLflow's globals alone
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
     assert isinstance(first, Registration)
     assert (first.alias, second.alias, third.alias) == (CHAMPION, CHAMPION, CHALLENGER)
     assert second.champion_version == first.version and second.champion_fid == pytest.approx(tracked["middle"].fid)

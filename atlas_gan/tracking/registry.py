@@ -9,11 +9,13 @@ one first (`tracking.reevaluate_champion`), so the comparison is always like for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,17 +92,42 @@ def _copy_code(target: Path) -> Path:
     return destination
 
 
+@contextlib.contextmanager
+def _scoped_mlflow_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model) only knows a process-global URI, which it also exports to the environment:
+    set it for the call and put everything back after, so registering never redirects the caller's MLflow."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils.set_tracking_uri(saved_tracking)
+        registry_utils._registry_uri = saved_registry
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def log_generator_model(
     config: AtlasConfig, run_id: str, generator: torch.nn.Module, meta: dict[str, Any]
 ) -> tuple[str, str]:
     """Log the generator as a pyfunc model in `run_id` and register it. Returns (version, model_uri)."""
     import mlflow
 
-    uri = tracking_uri(config.tracking)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     spec = meta["spec"]
-    with tempfile.TemporaryDirectory(prefix="atlas-register-") as tmp:
+    with (
+        _scoped_mlflow_uri(tracking_uri(config.tracking)),
+        tempfile.TemporaryDirectory(prefix="atlas-register-") as tmp,
+    ):
         folder = Path(tmp)
         weights, meta_file = folder / "generator.pt", folder / "generator.json"
         torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, weights)
@@ -122,11 +149,13 @@ def log_generator_model(
     return version, f"models:/{config.tracking.registered_model}/{version}"
 
 
-def load_registered_generator(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The generator module and its metadata from a registered model (models:/name@alias, models:/name/3, runs:/)."""
+def load_registered_generator(model_uri: str, tracking: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The generator module and its metadata from a registered model (models:/name@alias, models:/name/3, runs:/),
+    from the `tracking` store (default: MLflow's own resolution, MLFLOW_TRACKING_URI)."""
     import mlflow.pyfunc
 
-    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    with _scoped_mlflow_uri(tracking) if tracking else contextlib.nullcontext():
+        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     if not isinstance(python_model, GeneratorModel):
         raise ValueError(f"{model_uri} is not an atlas-gan generator (it is {type(python_model).__name__})")
     return python_model.generator, python_model.meta
@@ -152,7 +181,7 @@ def _rescore_champion(
     """Evaluate the champion under the new version's protocol and record it on the champion's tags."""
     name = config.tracking.registered_model
     log.info("scoring champion version %s under the new protocol", champion.version)
-    generator, meta = load_registered_generator(f"models:/{name}/{champion.version}")
+    generator, meta = load_registered_generator(f"models:/{name}/{champion.version}", tracking_uri(config.tracking))
     result = evaluate_generator(config, generator, meta, ctx, progress=False, write=False)
     fid = float(result["fid"])
     for key, value in {TAG_FID: str(fid), TAG_PROTOCOL: protocol, "atlas.fid.rescored": "true"}.items():
