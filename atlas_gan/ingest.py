@@ -103,11 +103,13 @@ class SceneMapper(Protocol):
 
 def scene_of(item: SceneSpec | SceneScan | tuple[SceneSpec, int, int]) -> str:
     """A readable label for a work item: the scene id, plus the part when a scene is split."""
-    if isinstance(item, tuple):
+    if isinstance(item, SceneScan):
+        spec, part, parts = item.spec, item.part, item.parts
+    elif isinstance(item, tuple):
         spec, part, parts = item
-        return spec.scene_id if parts == 1 else f"{spec.scene_id} part {part + 1}/{parts}"
-    spec = item.spec if isinstance(item, SceneScan) else item
-    return spec.scene_id
+    else:
+        spec, part, parts = item, 0, 1
+    return spec.scene_id if parts == 1 else f"{spec.scene_id} part {part + 1}/{parts}"
 
 
 class _SceneRunner:

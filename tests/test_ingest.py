@@ -423,3 +423,14 @@ def test_small_read_windows_and_overlapping_strides_give_the_same_tiles(geotiff,
         columns, rows = (ds.width - 64) // 48 + 1, (ds.height - 64) // 48 + 1
     assert big["totals"]["samples"] + big["totals"]["dropped_nodata"] == rows * columns
     assert big["tile"]["stride"] == 48
+
+
+def test_work_items_are_labelled_by_scene_and_part():
+    from atlas_gan.geo.discovery import SceneSpec
+    from atlas_gan.geo.tiling import SceneScan
+    from atlas_gan.ingest import scene_of
+
+    spec = SceneSpec("s2", (), grouped=True, acquired=None)
+    assert scene_of((spec, 0, 1)) == "s2"
+    assert scene_of((spec, 2, 4)) == "s2 part 3/4"
+    assert scene_of(SceneScan(spec, 1, 2)) == "s2 part 2/2"
