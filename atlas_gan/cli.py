@@ -89,30 +89,22 @@ def train(
     torchrun --nnodes=N --nproc-per-node=G --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m atlas_gan.train --set ...
     """
     import subprocess
-    import sys
+    import tempfile
 
-    args = (
-        ([f"--config={config}"] if config else []) + [f"--set={o}" for o in overrides] + (["--quiet"] if quiet else [])
-    )
+    from atlas_gan.train.launch import torchrun_command, write_config_file
+
     try:
-        load_config(config, overrides)  # fail fast, before any process starts
+        cfg = load_config(config, overrides)  # fail fast, before any process starts
     except ConfigError as exc:
         _fail(str(exc), 2)
     if nproc_per_node == 1:
         from atlas_gan.train.__main__ import main as train_main
 
-        raise typer.Exit(train_main(args))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc_per_node}",
-        "-m",
-        "atlas_gan.train",
-        *args,
-    ]
-    raise typer.Exit(subprocess.call(command))
+        args = ([f"--config={config}"] if config else []) + [f"--set={o}" for o in overrides]
+        raise typer.Exit(train_main(args + (["--quiet"] if quiet else [])))
+    with tempfile.TemporaryDirectory(prefix="atlas-train-") as folder:  # every rank reads the resolved config
+        code = subprocess.call(torchrun_command(write_config_file(cfg, folder), nproc_per_node, quiet=quiet))
+    raise typer.Exit(code)
 
 
 @app.command()
