@@ -5,7 +5,9 @@ Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration or s
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -29,6 +31,21 @@ def main() -> None:
 def _fail(message: str, code: int) -> None:
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Bad configuration or input -> exit 2; storage or MLflow server failures -> exit 3; the message names why."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError, WeightsNotFound, a missing checkpoint
+        _fail(str(exc), 2)
+    except StorageError as exc:
+        _fail(f"storage error: {exc}", 3)
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow"):
+            _fail(f"MLflow error: {exc}", 3)
+        raise
 
 
 @app.command()
@@ -169,20 +186,10 @@ def register(
     was made at evaluate.n on the current dataset; otherwise the generator is scored now. Tracking store:
     tracking.uri, else MLFLOW_TRACKING_URI, else the embedded sqlite store in tracking.store_dir.
     """
-    from atlas_gan.metrics.weights import WeightsNotFound
     from atlas_gan.tracking.registry import register_generator
 
-    try:
-        cfg = load_config(config, overrides)
-        registration = register_generator(cfg, checkpoint, progress=not quiet)
-    except (ConfigError, WeightsNotFound, ValueError) as exc:
-        _fail(str(exc), 2)
-    except StorageError as exc:
-        _fail(f"storage error: {exc}", 3)
-    except Exception as exc:
-        if type(exc).__module__.startswith("mlflow"):
-            _fail(f"MLflow error: {exc}", 3)
-        raise
+    with _exit_codes():
+        registration = register_generator(load_config(config, overrides), checkpoint, progress=not quiet)
     typer.echo(registration.summary())
 
 
@@ -209,7 +216,7 @@ def sample(
 
     if values not in ("physical", "model"):
         _fail(f"--values must be physical or model; got {values!r}", 2)
-    try:
+    with _exit_codes():
         cfg = load_config(config, overrides)
         tracking = None
         if is_mlflow_uri(model):
@@ -233,14 +240,6 @@ def sample(
                 images, sampler.bands, geotiff, sampler.meta.get("normalization"), values, crs, pixel_size
             )
             typer.echo(f"wrote {len(files)} GeoTIFFs to {geotiff} ({values} values, bands {','.join(sampler.bands)})")
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc), 2)
-    except StorageError as exc:
-        _fail(f"storage error: {exc}", 3)
-    except Exception as exc:
-        if type(exc).__module__.startswith("mlflow"):
-            _fail(f"MLflow error: {exc}", 3)
-        raise
 
 
 @app.command()

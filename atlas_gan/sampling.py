@@ -111,19 +111,20 @@ def write_geotiffs(
         profile["crs"] = crs
         profile["transform"] = from_origin(0.0, data.shape[2] * pixel_size, pixel_size, pixel_size)
     written = []
-    warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)  # no CRS: on purpose
-    for index, tile in enumerate(data):
-        path = folder / f"{prefix}-{index:05d}.tif"
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            with rasterio.open(temp, "w", **profile) as dst:
-                dst.write(tile)
-                dst.descriptions = tuple(bands)
-                dst.update_tags(generator="atlas-gan", values=values)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        written.append(path)
+    with warnings.catch_warnings():  # no CRS on synthetic tiles is on purpose, not worth a warning per file
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        for index, tile in enumerate(data):
+            path = folder / f"{prefix}-{index:05d}.tif"
+            handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(handle)
+            try:
+                with rasterio.open(temp, "w", **profile) as dst:
+                    dst.write(tile)
+                    dst.descriptions = tuple(bands)
+                    dst.update_tags(generator="atlas-gan", values=values)
+                os.replace(temp, path)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+            written.append(path)
     return written

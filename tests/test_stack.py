@@ -104,6 +104,12 @@ def _s3(env: dict[str, str]):
     )
 
 
+def _run_deployment(env: dict[str, str], deployment: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`prefect deployment run NAME --watch`, as a user types it."""
+    command = [PREFECT, "deployment", "run", deployment, "--watch", "--watch-timeout", str(timeout)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout + 60)
+
+
 def _flow_runs(env: dict[str, str], deployment: str) -> list[dict]:
     body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
     response = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json=body, timeout=30)
@@ -120,13 +126,7 @@ def test_deployment_run_then_new_imagery_triggers_a_second_run(stack, geotiff, m
     s3 = _s3(stack)
     scenes = geotiff / "landsat-pucallpa"
     s3.upload_file(str(scenes / "landsat_1985.tif"), "atlas-imagery", "incoming/landsat_1985.tif")
-    run = subprocess.run(
-        [PREFECT, "deployment", "run", "train-gan/satellite", "--watch", "--watch-timeout", "600"],
-        env=stack,
-        capture_output=True,
-        text=True,
-        timeout=660,
-    )
+    run = _run_deployment(stack, "train-gan/satellite", 600)
     worker_log = Path(stack["STATE"]) / "worker" / "worker.log"
     assert run.returncode == 0, run.stdout[-3000:] + worker_log.read_text()[-5000:]
     assert "Completed" in run.stdout
@@ -144,13 +144,7 @@ def test_deployment_run_then_new_imagery_triggers_a_second_run(stack, geotiff, m
 
     # new imagery: the watcher emits atlas.imagery.arrived, the deployment's trigger starts train-gan again
     s3.upload_file(str(scenes / "landsat_1990.tif"), "atlas-imagery", "incoming/landsat_1990.tif")
-    poll = subprocess.run(
-        [PREFECT, "deployment", "run", "watch-imagery/poll", "--watch", "--watch-timeout", "300"],
-        env=stack,
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )
+    poll = _run_deployment(stack, "watch-imagery/poll", 300)
     assert poll.returncode == 0, poll.stdout[-3000:] + worker_log.read_text()[-3000:]
     deadline = time.monotonic() + 600
     while True:

@@ -284,6 +284,7 @@ def _args(config: AtlasConfig) -> list[str]:
     ]
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # reading them back: no CRS on purpose
 def test_sample_cli_writes_a_grid_and_geotiffs(tracked, tmp_path):
     runner = CliRunner()
     args = ["sample", "--model", "models:/tiles-test@champion", "-n", "9", "--seed", "3", "--set"]
@@ -346,26 +347,30 @@ def mlflow_server(s3, tmp_path):
     server.stop()
 
 
+def _served_copy(source: TrackedRun, run_dir: Path, server_url: str) -> AtlasConfig:
+    """A copy of a tracked run registering into the server (its own MLflow run there)."""
+    shutil.copytree(source.config.train.run_dir, run_dir)
+    (run_dir / "mlflow-run.json").unlink()
+    return load_config(
+        None,
+        [
+            f"ingest.output={source.config.ingest.output}",
+            f"train.run_dir={run_dir}",
+            f"tracking.uri={server_url}",
+            "tracking.registered_model=served",
+            *SMALL,
+            *EVAL,
+        ],
+    )
+
+
 @pytest.mark.integration
 def test_register_promote_restart_and_load_the_champion(tracked, mlflow_server, s3, tmp_path, monkeypatch):
     worse, better = tracked["middle"], tracked["best"]
-    registrations = []
-    for name, source in (("worse", worse), ("better", better)):
-        run_dir = tmp_path / name
-        shutil.copytree(source.config.train.run_dir, run_dir)  # its own MLflow run on this server
-        (run_dir / "mlflow-run.json").unlink()
-        config = load_config(
-            None,
-            [
-                f"ingest.output={source.config.ingest.output}",
-                f"train.run_dir={run_dir}",
-                f"tracking.uri={mlflow_server.url}",
-                "tracking.registered_model=served",
-                *SMALL,
-                *EVAL,
-            ],
-        )
-        registrations.append(register_generator(config, progress=False))
+    registrations = [
+        register_generator(_served_copy(source, tmp_path / name, mlflow_server.url), progress=False)
+        for name, source in (("worse", worse), ("better", better))
+    ]
     assert [r.alias for r in registrations] == [CHAMPION, CHAMPION]
     assert registrations[1].champion_fid == pytest.approx(worse.fid)
 
@@ -386,18 +391,5 @@ def test_register_promote_restart_and_load_the_champion(tracked, mlflow_server, 
         expected = generator(latents).numpy()
     np.testing.assert_array_equal(model.predict(latents.numpy())["images"], expected)
 
-    third = tmp_path / "again"
-    shutil.copytree(worse.config.train.run_dir, third)
-    (third / "mlflow-run.json").unlink()
-    again = load_config(
-        None,
-        [
-            f"ingest.output={worse.config.ingest.output}",
-            f"train.run_dir={third}",
-            f"tracking.uri={mlflow_server.url}",
-            "tracking.registered_model=served",
-            *SMALL,
-            *EVAL,
-        ],
-    )
+    again = _served_copy(worse, tmp_path / "again", mlflow_server.url)
     assert register_generator(again, progress=False).alias == CHALLENGER  # after the restart, promotion still works

@@ -28,7 +28,7 @@ from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, 
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
-from atlas_gan.tracking.promotion import CHALLENGER, CHAMPION, Decision, Score, decide, family_key, protocol_key
+from atlas_gan.tracking.promotion import CHAMPION, Decision, Score, decide, family_key, protocol_key
 from atlas_gan.tracking.store import client_for, open_run, redact, tracking_uri
 from atlas_gan.train import distributed
 from atlas_gan.train.trainer import load_generator
@@ -282,6 +282,3 @@ def register_generator(
     )  # fmt: skip
     log.info("%s", json.dumps(asdict(registration)))
     return registration
-
-
-__all__ = ["CHALLENGER", "CHAMPION", "Registration", "load_registered_generator", "register_generator"]
