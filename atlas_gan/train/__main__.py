@@ -48,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {ctx.rank}: {exc}", file=sys.stderr)
         if tracker is not None:
             tracker.finish("FAILED")
+        distributed.teardown(ctx, together=False)
         return 1
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
+        distributed.teardown(ctx, together=False)
         raise
-    finally:
-        distributed.teardown(ctx)
+    distributed.teardown(ctx)
     if ctx.is_main:
         print(
             f"trained to step {summary['step']} ({summary['images_seen']} images); "

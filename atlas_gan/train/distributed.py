@@ -56,9 +56,15 @@ def setup(timeout_s: float = 600.0) -> DistributedContext:
     return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
 
 
-def teardown(ctx: DistributedContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: DistributedContext, together: bool = True) -> None:
+    """Leave the process group. `together` (after a run that finished on every rank): wait for all ranks first, so
+    no rank closes its gloo pairs while a peer is still using them, which can abort that peer at exit
+    ("terminate called without an active exception"). After a failure, leave at once: peers may never arrive."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def average_gradients(model: nn.Module, ctx: DistributedContext) -> None:
