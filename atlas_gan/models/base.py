@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import log2
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,12 +20,23 @@ class ModelSpec:
     latent_dim: int = 128
     g_width: int = 64
     d_width: int = 64
+    num_classes: int = 0  # > 0: a conditional GAN over that many labels
+    attention_resolution: int = 0  # > 0: a self-attention block where feature maps have this size (SAGAN)
 
     def __post_init__(self) -> None:
         if self.image_size not in (32, 64, 128, 256):
             raise ValueError(f"image_size must be 32, 64, 128 or 256; got {self.image_size}")
         if self.bands < 1:
             raise ValueError(f"bands must be at least 1; got {self.bands}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or more; got {self.num_classes}")
+        sizes = [2**i for i in range(3, self.levels + 2)]  # 8 .. image_size / 2: inside both networks
+        if self.attention_resolution and self.attention_resolution not in sizes:
+            raise ValueError(f"attention_resolution must be one of {sizes} for {self.image_size} px images")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def levels(self) -> int:
@@ -45,7 +57,15 @@ class GANFamily:
     betas: tuple[float, float]
     n_critic: int = 1
     gradient_penalty: float = 0.0  # weight of the WGAN-GP penalty; 0 = none
+    optimizer: Literal["adam", "rmsprop"] = "adam"  # rmsprop ignores betas
+    weight_clip: float = 0.0  # > 0: clamp every discriminator parameter to [-clip, clip] after each update (WGAN)
+    conditioning: Literal["concat", "projection"] = "concat"  # projection: conditional BN in G + projection D
+    attention: bool = False  # the family has a self-attention block (spec.attention_resolution)
     description: str = ""
+
+    def default_attention_resolution(self, image_size: int) -> int:
+        """SAGAN puts attention on the 32x32 features at 64+ px (16x16 for 32 px images)."""
+        return min(32, image_size // 2) if self.attention else 0
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -55,7 +75,7 @@ def init_dcgan_weights(module: nn.Module) -> None:
             nn.init.normal_(layer.weight, 0.0, 0.02)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.BatchNorm2d):
+        elif isinstance(layer, nn.BatchNorm2d) and layer.affine:  # conditional BN keeps its own affine
             nn.init.normal_(layer.weight, 1.0, 0.02)
             nn.init.zeros_(layer.bias)
 

@@ -1,0 +1,81 @@
+"""The families atlas-gan ships, each with the losses and optimizer settings of its paper.
+
+All share the DCGAN layout (`dcgan.py`); what differs is normalization, the loss, the optimizer, self-attention and
+how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not by the family:
+`concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use conditional
+batch norm in G and a projection discriminator.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch.nn.utils.parametrizations import spectral_norm
+
+from atlas_gan.models.base import GANFamily
+from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+DCGAN = GANFamily(
+    name="dcgan",
+    generator=DCGANGenerator,
+    discriminator=DCGANDiscriminator,
+    loss="nonsaturating",
+    lr_g=2e-4,
+    lr_d=2e-4,
+    betas=(0.5, 0.999),
+    description="Radford et al. 2015: batch norm, non-saturating BCE loss, Adam(2e-4, 0.5)",
+)
+
+WGAN = GANFamily(
+    name="wgan",
+    generator=DCGANGenerator,
+    discriminator=partial(DCGANDiscriminator, batch_norm=False),
+    loss="wasserstein",
+    lr_g=5e-5,
+    lr_d=5e-5,
+    betas=(0.0, 0.0),
+    n_critic=5,
+    optimizer="rmsprop",
+    weight_clip=0.01,
+    description="Arjovsky et al. 2017: critic weights clipped to +-0.01, RMSprop(5e-5), 5 critic steps",
+)
+
+WGAN_GP = GANFamily(
+    name="wgan-gp",
+    generator=DCGANGenerator,
+    discriminator=partial(DCGANDiscriminator, batch_norm=False),
+    loss="wasserstein",
+    lr_g=1e-4,
+    lr_d=1e-4,
+    betas=(0.0, 0.9),
+    n_critic=5,
+    gradient_penalty=10.0,
+    description="Gulrajani et al. 2017: critic without batch norm, gradient penalty 10, 5 critic steps",
+)
+
+SNGAN = GANFamily(
+    name="sngan",
+    generator=partial(DCGANGenerator, conditioning="projection"),
+    discriminator=partial(DCGANDiscriminator, batch_norm=False, wrap=spectral_norm, conditioning="projection"),
+    loss="hinge",
+    lr_g=2e-4,
+    lr_d=2e-4,
+    betas=(0.5, 0.999),
+    conditioning="projection",
+    description="Miyato et al. 2018: spectral norm on every discriminator layer, hinge loss",
+)
+
+SAGAN = GANFamily(
+    name="sagan",
+    generator=partial(DCGANGenerator, conditioning="projection", wrap=spectral_norm),
+    discriminator=partial(DCGANDiscriminator, batch_norm=False, wrap=spectral_norm, conditioning="projection"),
+    loss="hinge",
+    lr_g=1e-4,
+    lr_d=4e-4,
+    betas=(0.0, 0.9),
+    conditioning="projection",
+    attention=True,
+    description="Zhang et al. 2018: self-attention in G and D, spectral norm in both, hinge loss, TTUR (1e-4, 4e-4)",
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN)
