@@ -200,6 +200,13 @@ def sample(
     ),
     count: int = typer.Option(64, "-n", min=1, max=100_000, help="Tiles to generate."),
     seed: int = typer.Option(0, "--seed", min=0, help="Latent seed: the same seed gives the same tiles."),
+    label: str = typer.Option(
+        None,
+        "--label",
+        "-l",
+        help="Conditional generators: the label to draw (e.g. a year or DJF); default: labels in the training "
+        "data's proportions. An unknown label lists the known ones.",
+    ),
     out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
     bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
     geotiff: Path = typer.Option(None, "--geotiff", help="Also write each tile as a GeoTIFF into this folder."),
@@ -224,7 +231,7 @@ def sample(
 
             tracking = tracking_uri(cfg.tracking)
         sampler = load_sampler(model, cfg.storage, tracking)
-        images = sampler.generate(count, seed)
+        images = sampler.generate(count, seed, label)
         wanted = [b.strip() for b in bands.split(",")] if bands else None
         if out is None and geotiff is None:
             out = Path("grid.png")
@@ -234,7 +241,8 @@ def sample(
             temp = out.with_name(f".{out.name}.tmp")
             temp.write_bytes(png)
             temp.replace(out)
-            typer.echo(f"wrote {out}: {count} tiles of {sampler.source} (bands {','.join(sampler.bands)}, seed {seed})")
+            what = f"bands {','.join(sampler.bands)}, seed {seed}" + (f", label {label}" if label else "")
+            typer.echo(f"wrote {out}: {count} tiles of {sampler.source} ({what})")
         if geotiff is not None:
             files = write_geotiffs(
                 images, sampler.bands, geotiff, sampler.meta.get("normalization"), values, crs, pixel_size

@@ -151,10 +151,29 @@ class AugmentConfig(_Strict):
     rot90: bool = True
 
 
+class ConditionConfig(_Strict):
+    """Conditional GANs: one label per scene, from tile metadata or a label file (see atlas_gan/labels.py)."""
+
+    by: Literal["none", "scene", "year", "month", "season", "sensor", "file"] = Field(
+        "none", description="label source; none: unconditional. season: DJF/MAM/JJA/SON from the acquisition month"
+    )
+    label_file: Url | None = Field(None, description="by=file: CSV 'scene,label' rows or JSON {scene: label}")
+    unlabeled: Literal["error", "drop"] = Field("error", description="scenes without a label: fail, or train without")
+
+    @model_validator(mode="after")
+    def _file_when_by_file(self) -> ConditionConfig:
+        if (self.by == "file") != (self.label_file is not None):
+            raise ValueError("label_file is required with by=file, and only then")
+        return self
+
+
+DiffAugmentPolicy = Literal["color", "translation", "cutout"]
+
+
 class TrainConfig(_Strict):
     """GAN training: what torchrun runs on every rank. Batch sizes are per rank: global = batch_size x world size."""
 
-    model: str = Field("dcgan", description="model family from the registry: dcgan, wgan-gp, sngan")
+    model: str = Field("dcgan", description="model family from the registry: dcgan, wgan, wgan-gp, sngan, sagan")
     data: Url | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
     run_dir: Url = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
     image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128 or 256")
@@ -175,6 +194,13 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="samples held for shuffling, per worker")
     augment: AugmentConfig = AugmentConfig()
+    diffaugment: list[DiffAugmentPolicy] = Field(
+        [], description="DiffAugment policies for every image D sees, e.g. [color, translation, cutout]"
+    )
+    condition: ConditionConfig = ConditionConfig()
+    attention_resolution: int | None = Field(
+        None, description="feature-map size of the self-attention block (sagan); null: 32, or 16 for 32 px images"
+    )
     seed: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -193,6 +219,20 @@ class TrainConfig(_Strict):
     def _power_of_two(cls, value: int | None) -> int | None:
         if value is not None and value not in (32, 64, 128, 256):
             raise ValueError("must be 32, 64, 128 or 256")
+        return value
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _policies_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"policies repeat: {value}")
+        return value
+
+    @field_validator("attention_resolution")
+    @classmethod
+    def _attention_power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value not in (8, 16, 32, 64, 128):
+            raise ValueError("must be 8, 16, 32, 64 or 128 (and at most half the image size)")
         return value
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from atlas_gan.labels import LabelVocabulary, generation_labels
 from atlas_gan.models.base import seeded_latents
 from atlas_gan.preview import band_positions, tile_grid
 
@@ -34,11 +35,20 @@ class Sampler:
     def bands(self) -> list[str]:
         return list(self.meta["bands"])
 
-    def generate(self, count: int, seed: int = 0, batch_size: int = 256) -> np.ndarray:
-        """(count, bands, size, size) float32 in [-1, 1]; the same seed gives the same tiles."""
+    @property
+    def vocabulary(self) -> LabelVocabulary | None:
+        return LabelVocabulary.from_dict(self.meta.get("labels"))
+
+    def generate(self, count: int, seed: int = 0, label: str | None = None, batch_size: int = 256) -> np.ndarray:
+        """(count, bands, size, size) float32 in [-1, 1]; the same seed (and label) gives the same tiles.
+        A conditional generator draws `label` (or, without one, labels in the training data's proportions)."""
         latents = seeded_latents(count, int(self.meta["spec"]["latent_dim"]), seed)
+        labels = generation_labels(self.vocabulary, count, label, seed)
         with torch.no_grad():
-            parts = [self.generator(part).float() for part in latents.split(batch_size)]
+            parts = [
+                self.generator(z, None if labels is None else labels[i * batch_size : (i + 1) * batch_size]).float()
+                for i, z in enumerate(latents.split(batch_size))
+            ]
         return torch.cat(parts).numpy()
 
 

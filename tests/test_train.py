@@ -44,7 +44,7 @@ def test_stream_splits_an_epoch_exactly_over_consumers(train_data):
         seen = []
         for rank in range(world):
             tiles = []
-            for tile, epoch in TileStream(
+            for tile, _, epoch in TileStream(
                 urls, rank, world, 32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off
             ):
                 if epoch != 3:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from atlas_gan.config import AtlasConfig
+from atlas_gan.labels import LabelVocabulary
 from atlas_gan.metrics.features import embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
@@ -156,6 +157,7 @@ def evaluate_generator(
             positions,
             ctx.device,
             cfg.seed * 1_000_003 + ctx.rank,
+            LabelVocabulary.from_dict(meta.get("labels")),
         )
         fake, probabilities = embed_batches(model, batches, share, ctx.device, bf16, f"embed generated ({label})", show)
         fake, probabilities = _gather(fake, ctx), _gather(probabilities, ctx)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atlas_gan.labels import LabelVocabulary
 from atlas_gan.metrics.inception import FIDInception, preprocess
 from atlas_gan.storage import Storage, join_url
 
@@ -92,14 +93,17 @@ def generated_batches(
     positions: list[int],
     device: torch.device,
     seed: int,
+    vocabulary: LabelVocabulary | None = None,
 ) -> Iterator[torch.Tensor]:
-    """n generator samples as band-triplet images in [0, 1]; latents from a seeded generator."""
+    """n generator samples as band-triplet images in [0, 1]; latents (and, for a conditional generator, labels
+    drawn with the training data's label frequencies) from a seeded generator."""
     rng = torch.Generator(device="cpu").manual_seed(seed)
     done = 0
     while done < n:
         count = min(batch_size, n - done)
         z = torch.randn(count, latent_dim, generator=rng).to(device)
+        labels = vocabulary.sample(count, rng).to(device) if vocabulary else None
         with torch.no_grad():
-            images = generator(z).float()
+            images = generator(z, labels).float()
         yield ((images[:, positions] + 1.0) / 2.0).cpu()
         done += count

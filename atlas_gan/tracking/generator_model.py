@@ -17,6 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
+from atlas_gan.labels import LabelVocabulary, generation_labels
 from atlas_gan.models import build
 from atlas_gan.models.base import ModelSpec, seeded_latents
 
@@ -34,10 +35,12 @@ def generator_from_files(weights_path: str, meta_path: str) -> tuple[torch.nn.Mo
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """`predict(latents)` or `predict(None, params={"count": 16, "seed": 0})` -> {"images", "bands"}.
+    """`predict(latents)` or `predict(None, params={"count": 16, "seed": 0})` -> {"images", "bands", "labels"}.
 
     images: float32 (n, bands, size, size) in [-1, 1] (the normalized units of the dataset; the `normalization` in
-    the model's metadata maps them back to source units).
+    the model's metadata maps them back to source units). A conditional generator takes `params={"label": "1990"}`
+    (every sample of that label); without one, labels are drawn with the training data's frequencies from `seed`.
+    An unknown label raises an error that lists the known ones.
     """
 
     def load_context(self, context) -> None:  # context: MLflow's PythonModelContext
@@ -45,6 +48,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             context.artifacts[WEIGHTS_ARTIFACT], context.artifacts[META_ARTIFACT]
         )
         self.latent_dim = int(self.meta["spec"]["latent_dim"])
+        self.vocabulary = LabelVocabulary.from_dict(self.meta.get("labels"))
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> dict[str, Any]:
         params = params or {}
@@ -63,10 +67,17 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                     "Or pass params={'count': n, 'seed': s}."
                 )
             latents = torch.from_numpy(array)
+        labels = generation_labels(self.vocabulary, len(latents), params.get("label"), int(params.get("seed") or 0))
         batch = int(params.get("batch_size") or 256)
         with torch.no_grad():
-            images = torch.cat([self.generator(part) for part in latents.split(batch)]) if len(latents) else None
-        if images is None:
+            parts = [
+                self.generator(z, None if labels is None else labels[i * batch : (i + 1) * batch])
+                for i, z in enumerate(latents.split(batch))
+            ]
+        if parts:
+            images = torch.cat(parts)
+        else:
             size = self.meta["spec"]["image_size"]
             images = torch.empty(0, len(self.meta["bands"]), size, size)
-        return {"images": images.float().numpy(), "bands": list(self.meta["bands"])}
+        names = [self.vocabulary.classes[i] for i in labels.tolist()] if labels is not None else []
+        return {"images": images.float().numpy(), "bands": list(self.meta["bands"]), "labels": names}

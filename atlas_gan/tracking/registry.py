@@ -72,6 +72,9 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
     return result
 
 
+MODEL_METADATA_KEYS = ("model", "spec", "bands", "step", "images_seen", "labels")
+
+
 def model_signature(latent_dim: int, bands: int, size: int):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -80,7 +83,12 @@ def model_signature(latent_dim: int, bands: int, size: int):
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim), "latents")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, bands, size, size), "images")]),
         params=ParamSchema(
-            [ParamSpec("count", "long", 0), ParamSpec("seed", "long", 0), ParamSpec("batch_size", "long", 256)]
+            [
+                ParamSpec("count", "long", 0),
+                ParamSpec("seed", "long", 0),
+                ParamSpec("batch_size", "long", 256),
+                ParamSpec("label", "string", ""),
+            ]
         ),
     )
 
@@ -142,7 +150,7 @@ def log_generator_model(
                 signature=model_signature(spec["latent_dim"], spec["bands"], spec["image_size"]),
                 input_example=example,
                 pip_requirements=["torch>=2.4", "numpy>=1.26"],
-                metadata={"atlas_gan": {k: meta[k] for k in ("model", "spec", "bands", "step", "images_seen")}},
+                metadata={"atlas_gan": {k: meta.get(k) for k in MODEL_METADATA_KEYS}},
                 registered_model_name=config.tracking.registered_model,
             )
     version = str(info.registered_model_version)
@@ -241,6 +249,9 @@ def register_generator(
         "atlas.step": str(meta["step"]),
         "atlas.model": meta["model"],
     }
+    if meta.get("labels"):
+        tags["atlas.labels.by"] = meta["labels"]["by"]
+        tags["atlas.labels"] = ",".join(meta["labels"]["classes"])[:5000]  # MLflow tag values hold up to 5000
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 

@@ -8,6 +8,8 @@ moves to the next epoch, and it starts at `start_epoch` when a run resumes.
 
 Tiles arrive normalized by ingest (the 2nd..98th percentile of each band spans 0..1); the trainer sees
 `clip(2 * tile - 1, -1, 1)`, the range of the generator's tanh. Nodata pixels (0 in the tile) become -1.
+Each tile comes with its class label: the index of its scene's label (conditional training, see labels.py;
+tiles of unlabelled scenes are skipped), or 0 when training is unconditional.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def to_training_range(tile: np.ndarray, image_size: int) -> np.ndarray:
 
 
 class TileStream(IterableDataset):
-    """Endless stream of (tile tensor, epoch) for one rank; DataLoader workers split it further."""
+    """Endless stream of (tile tensor, label, epoch) for one rank; DataLoader workers split it further."""
 
     def __init__(
         self,
@@ -59,6 +61,7 @@ class TileStream(IterableDataset):
         shuffle_buffer: int,
         augment_config: AugmentConfig,
         storage: StorageConfig | None = None,
+        scene_labels: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if not shard_urls:
@@ -68,6 +71,7 @@ class TileStream(IterableDataset):
         self.image_size, self.seed, self.start_epoch = image_size, seed, start_epoch
         self.shuffle_buffer, self.augment_config = shuffle_buffer, augment_config
         self.storage = storage
+        self.scene_labels = scene_labels
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -78,7 +82,7 @@ class TileStream(IterableDataset):
         pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode())
         yield from pipeline
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
         if any(is_s3(url) for url in self.shard_urls):
             register_webdataset_s3(self.storage)  # in this worker process
         me, consumers = self._consumer()
@@ -92,21 +96,29 @@ class TileStream(IterableDataset):
                 samples = itertools.islice(self._samples(order), me, None, consumers)
             yield from self._shuffled(samples, rng, epoch)
 
+    def _label(self, sample: dict[str, Any]) -> int | None:
+        if self.scene_labels is None:
+            return 0
+        return self.scene_labels.get(sample["json"]["scene_id"])
+
     def _shuffled(
         self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, epoch: int
-    ) -> Iterator[tuple[torch.Tensor, int]]:
-        buffer: list[np.ndarray] = []
+    ) -> Iterator[tuple[torch.Tensor, int, int]]:
+        buffer: list[tuple[np.ndarray, int]] = []
         for sample in samples:
-            tile = to_training_range(augment(sample["tile.npy"], rng, self.augment_config), self.image_size)
+            label = self._label(sample)
+            if label is None:
+                continue  # a scene left out of conditional training (condition.unlabeled=drop)
+            item = (to_training_range(augment(sample["tile.npy"], rng, self.augment_config), self.image_size), label)
             if len(buffer) < self.shuffle_buffer:
-                buffer.append(tile)
+                buffer.append(item)
                 continue
             i = int(rng.integers(len(buffer)))
-            buffer[i], tile = tile, buffer[i]
-            yield torch.from_numpy(tile), epoch
-        rng.shuffle(buffer)
-        for tile in buffer:
-            yield torch.from_numpy(tile), epoch
+            buffer[i], item = item, buffer[i]
+            yield torch.from_numpy(item[0]), item[1], epoch
+        order = rng.permutation(len(buffer))
+        for i in order:
+            yield torch.from_numpy(buffer[i][0]), buffer[i][1], epoch
 
 
 def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:

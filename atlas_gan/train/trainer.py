@@ -17,15 +17,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from atlas_gan.config import AtlasConfig, config_to_dict
+from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
+from atlas_gan.labels import LabelVocabulary, scene_labels
 from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
-from atlas_gan.models import GANFamily, ModelSpec, build
+from atlas_gan.models import GANFamily, ModelSpec, build, get_family
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import Storage, join_url, storage_for
 from atlas_gan.train import distributed as dist_utils
@@ -39,11 +41,13 @@ from atlas_gan.train.checkpoint import (
     save_checkpoint,
 )
 from atlas_gan.train.data import TileStream, make_loader
+from atlas_gan.train.diffaugment import DiffAugment
 from atlas_gan.train.distributed import DistributedContext
 from atlas_gan.train.ema import EMA
 from atlas_gan.train.sample_grid import write_sample_grids
 
 log = logging.getLogger("atlas_gan.train")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, epochs
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,6 +74,20 @@ class TrainHooks:
     def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None: ...
 
 
+def attention_resolution(family: GANFamily, cfg: TrainConfig, image_size: int) -> int:
+    if cfg.attention_resolution is None:
+        return family.default_attention_resolution(image_size)
+    if not family.attention:
+        raise ValueError(f"train.attention_resolution: {family.name} has no self-attention block (sagan has)")
+    return cfg.attention_resolution
+
+
+def make_optimizer(family: GANFamily, parameters: Iterator[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if family.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    return torch.optim.Adam(parameters, lr=lr, betas=family.betas)
+
+
 class Trainer:
     def __init__(
         self, config: AtlasConfig, ctx: DistributedContext, hooks: Sequence[TrainHooks] = (), progress: bool = True
@@ -87,17 +105,30 @@ class Trainer:
         image_size = cfg.image_size or tile_size
         if tile_size % image_size or tile_size < image_size:
             raise ValueError(f"train.image_size {image_size} must divide the dataset's tile size {tile_size}")
-        self.spec = ModelSpec(len(self.bands), image_size, cfg.latent_dim, cfg.g_width, cfg.d_width)
+        labels = scene_labels(manifest, cfg.condition, config.storage)
+        self.scene_labels: dict[str, int] | None = labels.by_scene if labels else None
+        self.vocabulary: LabelVocabulary | None = labels.vocabulary if labels else None
+        family = get_family(cfg.model)
+        self.spec = ModelSpec(
+            len(self.bands),
+            image_size,
+            cfg.latent_dim,
+            cfg.g_width,
+            cfg.d_width,
+            num_classes=len(self.vocabulary.classes) if self.vocabulary else 0,
+            attention_resolution=attention_resolution(family, cfg, image_size),
+        )
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
         family, generator, discriminator = build(cfg.model, self.spec)
         self.family: GANFamily = family
         self.n_critic = cfg.n_critic or family.n_critic
+        self.augment = DiffAugment(cfg.diffaugment)
         device = ctx.device
         self.memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
         self.G = generator.to(device, memory_format=self.memory_format or torch.contiguous_format)
         self.D = discriminator.to(device, memory_format=self.memory_format or torch.contiguous_format)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g or family.lr_g, betas=family.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d or family.lr_d, betas=family.betas)
+        self.opt_g = make_optimizer(family, self.G.parameters(), cfg.lr_g or family.lr_g)
+        self.opt_d = make_optimizer(family, self.D.parameters(), cfg.lr_d or family.lr_d)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step = 0
@@ -108,6 +139,9 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # per-rank latents; replaced by the checkpoint's on resume
         fixed = torch.Generator().manual_seed(cfg.seed)
         self.fixed_latents = torch.randn(cfg.sample_count, cfg.latent_dim, generator=fixed).to(device)
+        self.fixed_labels = None  # conditional: the sample grid shows the classes in equal blocks, in order
+        if self.spec.conditional:
+            self.fixed_labels = (torch.arange(cfg.sample_count) * self.spec.num_classes // cfg.sample_count).to(device)
         dist_utils.broadcast_module(self.G, ctx)
         dist_utils.broadcast_module(self.D, ctx)
         self.ema = EMA(self.G, cfg.ema_half_life_kimg, cfg.ema_rampup)
@@ -128,6 +162,7 @@ class Trainer:
             "bands": self.bands,
             "dataset_checksum": self.manifest.get("checksum"),
             "normalization": self.manifest["normalization"],
+            "labels": self.vocabulary.to_dict() if self.vocabulary else None,
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.ema.model.state_dict(),
@@ -166,6 +201,12 @@ class Trainer:
                 f"{url}: checkpoint is {state['model']} {state['spec']}, the config asks for "
                 f"{self.family.name} {asdict(self.spec)}; use another train.run_dir"
             )
+        current = self.vocabulary.to_dict() if self.vocabulary else None
+        if state.get("labels") != current:
+            raise ValueError(
+                f"{url}: checkpoint was trained with labels {state.get('labels')}, the data now gives {current}; "
+                "use another train.run_dir"
+            )
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.ema.model.load_state_dict(state["G_ema"])
@@ -196,39 +237,56 @@ class Trainer:
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.spec.latent_dim, device=self.ctx.device)
 
-    def _real(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        real, epochs = next(batches)
+    def _real(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Real images and, when conditional, their labels (which the fakes of the same step reuse, so G is
+        asked for each label as often as the data holds it)."""
+        real, labels, epochs = next(batches)
         self.epoch = max(self.epoch, int(epochs.max()))
         real = real.to(self.ctx.device, non_blocking=True)
-        return real.contiguous(memory_format=self.memory_format) if self.memory_format else real
+        real = real.contiguous(memory_format=self.memory_format) if self.memory_format else real
+        return real, labels.to(self.ctx.device) if self.spec.conditional else None
 
-    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float] | None:
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """D's output on DiffAugment-ed images (identity without policies)."""
+        return self.D(self.augment(images), labels)
+
+    def _clip_discriminator(self) -> None:
+        if self.family.weight_clip:
+            with torch.no_grad():
+                for parameter in self.D.parameters():
+                    parameter.clamp_(-self.family.weight_clip, self.family.weight_clip)
+
+    def train_step(self, batches: Iterator[Batch]) -> dict[str, float] | None:
         """n_critic D updates and one G update; None when a non-finite loss made every rank skip it."""
         batch = self.config.train.batch_size
         loss_d_total = 0.0
         for critic_step in range(self.n_critic):
-            real = self._real(batches)
+            real, labels = self._real(batches)
             # The last critic step's fakes keep their graph and serve the G update too (one G forward per step,
             # as pytorch/examples' DCGAN does); D only ever sees them detached.
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self._autocast():
-                fake = self.G(self._latents(batch))
+                fake = self.G(self._latents(batch), labels)
             detached = fake.detach()
             with self._autocast():
-                loss_d = discriminator_loss(self.family.loss, self.D(real), self.D(detached))
+                loss_d = discriminator_loss(
+                    self.family.loss, self._discriminate(real, labels), self._discriminate(detached, labels)
+                )
             if self.family.gradient_penalty:
-                loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(self.D, real, detached)
+                critic = partial(self._discriminate, labels=labels)
+                loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(critic, real, detached)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             dist_utils.average_gradients(self.D, self.ctx)
             if not dist_utils.all_true(bool(torch.isfinite(loss_d)), self.ctx):
                 return None
             self.opt_d.step()
+            self._clip_discriminator()
             loss_d_total += float(loss_d.detach())
             self.images_seen += batch * self.ctx.world_size
 
         self.D.requires_grad_(False)
         with self._autocast():
-            loss_g = generator_loss(self.family.loss, self.D(fake))
+            loss_g = generator_loss(self.family.loss, self._discriminate(fake, labels))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -276,12 +334,18 @@ class Trainer:
 
     def generator_meta(self) -> dict[str, Any]:
         """What evaluation needs to know about the generator being trained."""
-        return {"step": self.step, "model": self.family.name, "spec": asdict(self.spec), "bands": self.bands}
+        return {
+            "step": self.step,
+            "model": self.family.name,
+            "spec": asdict(self.spec),
+            "bands": self.bands,
+            "labels": self.vocabulary.to_dict() if self.vocabulary else None,
+        }
 
     def write_samples(self) -> list[str]:
         """Rank 0: fixed-latent grids from the EMA generator (RGB triplet, then the other bands in threes)."""
         with torch.no_grad(), self._autocast():
-            images = self.ema.model(self.fixed_latents).float().cpu()
+            images = self.ema.model(self.fixed_latents, self.fixed_labels).float().cpu()
         prefix = join_url(self.config.train.run_dir, "samples", f"step-{self.step:08d}")
         return write_sample_grids(self.store, prefix, images, self.bands, self.config.train.rgb_bands)
 
@@ -325,6 +389,7 @@ class Trainer:
             cfg.shuffle_buffer,
             cfg.augment,
             self.config.storage,
+            self.scene_labels,
         )
         batches = iter(make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda"))
         bar = tqdm(
@@ -409,4 +474,5 @@ def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Modul
     spec = ModelSpec(**state["spec"])
     _, generator, _ = build(state["model"], spec)
     generator.load_state_dict(state["G_ema" if ema else "G"])
-    return generator.eval(), {k: state[k] for k in ("step", "images_seen", "model", "spec", "bands", "normalization")}
+    meta = {k: state[k] for k in ("step", "images_seen", "model", "spec", "bands", "normalization")}
+    return generator.eval(), {**meta, "labels": state.get("labels")}
