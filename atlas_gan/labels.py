@@ -112,9 +112,12 @@ def read_label_file(url: str, storage: StorageConfig | None = None) -> dict[str,
     """`scene,label` CSV or a JSON object, from a local path or s3://."""
     from atlas_gan.storage import storage_for
 
+    store = storage_for(url, storage)
+    if not store.exists(url):  # a server outage raises StorageError from here, a missing file is a config error
+        raise ValueError(f"label file {url}: cannot read it (no such file)")
     try:
-        text = storage_for(url, storage).read_bytes(url).decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = store.read_bytes(url).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise ValueError(f"label file {url}: cannot read it ({exc})") from exc
     if url.lower().endswith(".json"):
         try:

@@ -3,8 +3,15 @@ import torch
 
 from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
 from atlas_gan.models import ModelSpec, build, family_names, get_family
+from atlas_gan.models.layers import ConditionalBatchNorm2d, SelfAttention
+from atlas_gan.train.trainer import make_optimizer
 
-FAMILIES = ["dcgan", "wgan-gp", "sngan"]
+FAMILIES = ["dcgan", "wgan", "wgan-gp", "sngan", "sagan"]
+
+
+def spec_for(name, bands=4, size=32, classes=0, latent=16, width=8):
+    attention = get_family(name).default_attention_resolution(size)
+    return ModelSpec(bands, size, latent, width, width, num_classes=classes, attention_resolution=attention)
 
 
 def test_registry_knows_the_families_and_rejects_others():
@@ -16,12 +23,76 @@ def test_registry_knows_the_families_and_rejects_others():
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("bands", [3, 4, 12])
 @pytest.mark.parametrize("size", [32, 64])
-def test_shapes(name, bands, size):
-    _, generator, discriminator = build(name, ModelSpec(bands, size, latent_dim=32, g_width=8, d_width=8))
-    images = generator(torch.randn(5, 32))
+@pytest.mark.parametrize("classes", [0, 3])
+def test_shapes(name, bands, size, classes):
+    _, generator, discriminator = build(name, spec_for(name, bands, size, classes, latent=32))
+    labels = torch.tensor([0, 1, 2, 2, 0]) if classes else None
+    images = generator(torch.randn(5, 32), labels)
     assert images.shape == (5, bands, size, size)
     assert images.abs().max() <= 1.0  # tanh
-    assert discriminator(images).shape == (5,)
+    assert discriminator(images, labels).shape == (5,)
+
+
+def test_labels_are_required_exactly_when_conditional():
+    _, generator, discriminator = build("sagan", spec_for("sagan", classes=3))
+    with pytest.raises(ValueError, match="conditional on 3 labels"):
+        generator(torch.randn(2, 16))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        discriminator(torch.zeros(2, 4, 32, 32), torch.tensor([0, 3]))
+    _, plain, _ = build("dcgan", spec_for("dcgan"))
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(torch.randn(2, 16), torch.tensor([0, 1]))
+
+
+def test_conditioning_mechanisms_follow_the_papers():
+    # DCGAN / WGAN family: one-hot labels concatenated to G's latent and as planes to D's input (Mirza & Osindero)
+    _, generator, discriminator = build("dcgan", spec_for("dcgan", classes=5))
+    assert generator.net[0].in_channels == 16 + 5 and discriminator.net[0].in_channels == 4 + 5
+    # SN / SA families: conditional batch norm in G, projection discriminator (Miyato & Koyama)
+    for name in ("sngan", "sagan"):
+        _, generator, discriminator = build(name, spec_for(name, classes=5))
+        assert any(isinstance(m, ConditionalBatchNorm2d) for m in generator.modules())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in generator.modules())
+        assert discriminator.embed is not None and discriminator.net[0].in_channels == 4
+
+
+@pytest.mark.parametrize("name", ["dcgan", "sagan"])
+def test_conditional_samples_differ_by_label_and_repeat_with_the_seed(name):
+    torch.manual_seed(0)
+    _, generator, _ = build(name, spec_for(name, classes=3))
+    for layer in generator.modules():  # as after training: class embeddings that differ
+        if isinstance(layer, ConditionalBatchNorm2d):
+            torch.nn.init.normal_(layer.scale.weight, 1.0, 0.2)
+            torch.nn.init.normal_(layer.shift.weight, 0.0, 0.2)
+    generator.eval()
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(7))
+    first = generator(z, torch.full((4,), 0))
+    assert torch.equal(first, generator(z.clone(), torch.full((4,), 0)))
+    assert not torch.allclose(first, generator(z, torch.full((4,), 2)), atol=1e-4)
+
+
+def test_self_attention_rows_sum_to_one_and_start_as_identity():
+    attention = SelfAttention(16)
+    x = torch.randn(2, 16, 8, 8)
+    weights = attention.attention_map(x)
+    assert weights.shape == (2, 64, 64) and (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 64))
+    assert torch.equal(attention(x), x)  # gamma starts at 0
+    family, generator, discriminator = build("sagan", spec_for("sagan", size=64))
+    g_blocks = [m for m in generator.modules() if isinstance(m, SelfAttention)]
+    d_blocks = [m for m in discriminator.modules() if isinstance(m, SelfAttention)]
+    assert len(g_blocks) == len(d_blocks) == 1 and generator.spec.attention_resolution == 32
+    assert all(hasattr(m, "parametrizations") for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d))
+    assert (family.lr_g, family.lr_d, family.betas, family.loss) == (1e-4, 4e-4, (0.0, 0.9), "hinge")
+    with pytest.raises(ValueError, match="attention_resolution must be one of"):
+        ModelSpec(4, 32, attention_resolution=32)
+
+
+def test_wgan_follows_the_paper():
+    family, _, critic = build("wgan", spec_for("wgan"))
+    assert (family.optimizer, family.lr_d, family.weight_clip, family.n_critic) == ("rmsprop", 5e-5, 0.01, 5)
+    assert family.loss == "wasserstein" and not any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
+    assert isinstance(make_optimizer(family, critic.parameters(), family.lr_d), torch.optim.RMSprop)
 
 
 def test_dcgan_follows_the_paper():
@@ -50,33 +121,47 @@ def test_critics_of_wgan_gp_and_sngan():
     assert get_family("wgan-gp").n_critic == 5 and get_family("wgan-gp").gradient_penalty == 10.0
 
 
+def _clip(model, clip):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.clamp_(-clip, clip)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
-def test_one_step_lowers_each_networks_own_loss(name):
+@pytest.mark.parametrize("classes", [0, 3])
+def test_one_step_lowers_each_networks_own_loss(name, classes):
     torch.manual_seed(0)
-    family, generator, discriminator = build(name, ModelSpec(4, 32, latent_dim=16, g_width=8, d_width=8))
+    family, generator, discriminator = build(name, spec_for(name, classes=classes))
     real = torch.rand(16, 4, 32, 32) * 2 - 1
     z = torch.randn(16, 16)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=family.lr_d, betas=family.betas)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=family.lr_g, betas=family.betas)
+    labels = torch.arange(16) % 3 if classes else None
+    opt_d = make_optimizer(family, discriminator.parameters(), family.lr_d)
+    opt_g = make_optimizer(family, generator.parameters(), family.lr_g)
+    if family.weight_clip:
+        _clip(discriminator, family.weight_clip)  # WGAN's critic lives inside the clip box from the start
 
     def d_loss():
-        fake = generator(z).detach()
-        loss = discriminator_loss(family.loss, discriminator(real), discriminator(fake))
+        fake = generator(z, labels).detach()
+        loss = discriminator_loss(family.loss, discriminator(real, labels), discriminator(fake, labels))
         if family.gradient_penalty:
             torch.manual_seed(1)  # same interpolation points before and after
-            loss = loss + family.gradient_penalty * gradient_penalty(discriminator, real, fake)
+            critic = lambda x: discriminator(x, labels)  # noqa: E731
+            loss = loss + family.gradient_penalty * gradient_penalty(critic, real, fake)
         return loss
 
     before = d_loss()
     opt_d.zero_grad()
     before.backward()
     opt_d.step()
+    if family.weight_clip:
+        _clip(discriminator, family.weight_clip)
+        assert all(p.abs().max() <= family.weight_clip for p in discriminator.parameters())
     with torch.no_grad() if not family.gradient_penalty else torch.enable_grad():
         after = d_loss()
     assert after.item() < before.item()
 
     def g_loss():
-        return generator_loss(family.loss, discriminator(generator(z)))
+        return generator_loss(family.loss, discriminator(generator(z, labels), labels))
 
     before = g_loss()
     opt_g.zero_grad()

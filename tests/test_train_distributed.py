@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from atlas_gan.config import load_config
+from atlas_gan.storage import LocalStorage
+from atlas_gan.train.checkpoint import load_checkpoint
 from atlas_gan.train.launch import launch_training
 from tests.servers import free_port
+from tests.test_conditional import CONDITIONAL
 from tests.test_train import SMALL
 
 pytestmark = pytest.mark.integration
@@ -82,7 +85,9 @@ def _worker_pids(agent_pid):
     return [int(pid) for pid in out.split()]
 
 
-def test_killed_worker_restarts_and_resumes(train_data, tmp_path):
+def test_killed_conditional_sagan_with_diffaugment_restarts_and_resumes(train_data, tmp_path):
+    """The issue's end-to-end check: 2 ranks of a conditional SAGAN (labels by year) with DiffAugment on real
+    shards; a worker is SIGKILLed after step 4's checkpoint, torchrun restarts the group, training resumes."""
     run_dir = tmp_path / "run"
     agent = torchrun(
         "--standalone",
@@ -91,7 +96,7 @@ def test_killed_worker_restarts_and_resumes(train_data, tmp_path):
         run_dir=run_dir,
         data=train_data,
         steps=10,
-        extra=["train.checkpoint_every=2"],
+        extra=["train.checkpoint_every=2", *CONDITIONAL],
     )
     deadline = time.monotonic() + 240
     checkpoints = run_dir / "checkpoints"
@@ -108,3 +113,7 @@ def test_killed_worker_restarts_and_resumes(train_data, tmp_path):
     assert len(starts) == 2 and starts[1]["resumed_from"] >= 4, output[-3000:]
     end = log[-1]
     assert end["event"] == "end" and end["step"] == 10 and end["ranks_in_sync"] is True
+    assert starts[1]["model"] == "sagan"
+    state = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000010.pt"))
+    assert state["labels"]["by"] == "year" and len(state["labels"]["classes"]) == state["spec"]["num_classes"] == 8
+    assert state["config"]["train"]["diffaugment"] == ["color", "translation", "cutout"]
