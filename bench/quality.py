@@ -32,9 +32,9 @@ from atlas_gan.config import AtlasConfig, load_config
 from atlas_gan.ingest import ingest
 from atlas_gan.metrics.features import embed_batches, real_tile_batches
 from atlas_gan.metrics.hook import EvaluationHook
-from atlas_gan.metrics.inception import RESIZE_METHOD, load_inception
+from atlas_gan.metrics.inception import RESIZE_METHOD
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
-from atlas_gan.metrics.weights import resolve_weights
+from atlas_gan.metrics.weights import load_inception, resolve_weights
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
 from atlas_gan.train import distributed
@@ -106,6 +106,7 @@ def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool)
         f"tracking.store_dir={args.work / 'mlflow'}",
         *extra,
         *([DIFFAUGMENT] if augmented else []),
+        *([f"train.attention_resolution={args.attention}"] if args.attention and get_family(family).attention else []),
     ]
     return load_config(None, overrides), steps
 
@@ -188,6 +189,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="g_width = d_width")
     parser.add_argument("--latent", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--attention", type=int, default=None, help="SAGAN attention resolution (default: 32)")
     parser.add_argument("--eval-batch", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
@@ -230,7 +232,13 @@ def main() -> None:
         "dataset": str(data),
         "protocol": {"n": args.n, "resize": RESIZE_METHOD, "bands": ["B4", "B3", "B2"], "size": args.size},
         "budget_kimg": args.kimg,
-        "settings": {"batch": args.batch, "width": args.width, "latent": args.latent, "seed": args.seed},
+        "settings": {
+            "batch": args.batch,
+            "width": args.width,
+            "latent": args.latent,
+            "seed": args.seed,
+            "sagan_attention_resolution": args.attention or 32,
+        },
         "floor": floor,
         "runs": rows,
         "table": text,

@@ -7,6 +7,7 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from atlas_gan.cli import app
@@ -69,7 +70,12 @@ def test_conditional_sagan_trains_and_keeps_its_vocabulary(conditional):
     assert state["model"] == "sagan" and state["spec"]["num_classes"] == 8 and state["spec"]["attention_resolution"]
     assert state["labels"]["by"] == "year" and tuple(state["labels"]["classes"]) == YEARS
     assert sum(state["labels"]["weights"]) == pytest.approx(1.0)
-    assert np.isfinite(conditional["registration"].fid)
+    registration = conditional["registration"]
+    assert np.isfinite(registration.fid)
+    client = MlflowClient(conditional["uri"])
+    for tags in (client.get_model_version("tiles-test", registration.version).tags,
+                 client.get_run(registration.run_id).data.tags):  # fmt: skip
+        assert tags["atlas.labels.by"] == "year" and tags["atlas.labels"] == ",".join(YEARS)
     samples = sorted((conditional["root"] / "run" / "samples").glob("*-rgb.png"))
     assert samples  # the grid shows the labels in blocks, drawn with the EMA generator
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from atlas_gan.config import config_to_dict
-from atlas_gan.tracking.store import client_for, flatten, open_run, redact
+from atlas_gan.tracking.store import client_for, flatten, label_tags, open_run, redact
 from atlas_gan.train.trainer import Trainer, TrainHooks
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class MLflowHook(TrainHooks):
             "atlas.model": trainer.family.name,
             "atlas.world_size": str(trainer.ctx.world_size),
             "atlas.device": str(trainer.ctx.device),
+            **label_tags(trainer.vocabulary.to_dict() if trainer.vocabulary else None),
         }
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:

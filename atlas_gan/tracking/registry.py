@@ -29,7 +29,7 @@ from atlas_gan.shards import read_manifest
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
 from atlas_gan.tracking.promotion import CHAMPION, Decision, Score, decide, family_key, protocol_key
-from atlas_gan.tracking.store import client_for, open_run, redact, tracking_uri
+from atlas_gan.tracking.store import client_for, label_tags, open_run, redact, tracking_uri
 from atlas_gan.train import distributed
 from atlas_gan.train.trainer import load_generator
 
@@ -249,9 +249,7 @@ def register_generator(
         "atlas.step": str(meta["step"]),
         "atlas.model": meta["model"],
     }
-    if meta.get("labels"):
-        tags["atlas.labels.by"] = meta["labels"]["by"]
-        tags["atlas.labels"] = ",".join(meta["labels"]["classes"])[:5000]  # MLflow tag values hold up to 5000
+    tags |= label_tags(meta.get("labels"))
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 

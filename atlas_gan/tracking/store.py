@@ -76,6 +76,13 @@ def experiment_id(client: Any, config: TrackingConfig) -> str:
         return found.experiment_id
 
 
+def label_tags(labels: dict[str, Any] | None) -> dict[str, str]:
+    """A conditional generator's label vocabulary as tags (run and model version): what --label accepts."""
+    if not labels:
+        return {}
+    return {"atlas.labels.by": str(labels["by"]), "atlas.labels": ",".join(labels["classes"])[:5000]}  # tag limit
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"train.lr_g": "0.0002", ...}; secrets masked, URLs without user-info, values capped."""
     flat: dict[str, str] = {}
