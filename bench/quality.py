@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,10 @@ def main() -> None:
                 floor = real_floor(config, args.n, ctx.device)
                 print(f"real-vs-real floor at N={args.n}: FID {floor['fid']:.2f}, KID {floor['kid']:.4f}", flush=True)
             label = f"{name}{'+da' if augmented else ''}"
+            run_dir = Path(config.train.run_dir)
+            if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
+                shutil.rmtree(run_dir)
+                print(f"removed the previous benchmark run {run_dir}", flush=True)
             print(f"== {label}: {config.train.model}, {steps} G steps of batch {args.batch}", flush=True)
             row = {"run": label, "family": config.train.model, "diffaugment": augmented, **train_and_score(config, ctx)}
             rows.append(row)
