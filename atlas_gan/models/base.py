@@ -69,7 +69,10 @@ class GANFamily:
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
-    """Radford et al. 2015: conv weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0."""
+    """Radford et al. 2015: conv weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0.
+
+    Layers under spectral norm are not reached (their `weight` is computed from the parametrization) and keep
+    PyTorch's default init; spectral norm rescales them to unit spectral norm whatever their init scale."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(layer.weight, 0.0, 0.02)
