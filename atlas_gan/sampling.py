@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from atlas_gan.labels import LabelVocabulary, generation_labels
-from atlas_gan.models.base import seeded_latents
+from atlas_gan.models.base import generate_batched, seeded_latents
 from atlas_gan.preview import band_positions, tile_grid
 
 
@@ -44,12 +44,7 @@ class Sampler:
         A conditional generator draws `label` (or, without one, labels in the training data's proportions)."""
         latents = seeded_latents(count, int(self.meta["spec"]["latent_dim"]), seed)
         labels = generation_labels(self.vocabulary, count, label, seed)
-        with torch.no_grad():
-            parts = [
-                self.generator(z, None if labels is None else labels[i * batch_size : (i + 1) * batch_size]).float()
-                for i, z in enumerate(latents.split(batch_size))
-            ]
-        return torch.cat(parts).numpy()
+        return torch.cat(generate_batched(self.generator, latents, labels, batch_size)).float().numpy()
 
 
 def is_mlflow_uri(uri: str) -> bool:

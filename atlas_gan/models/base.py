@@ -86,3 +86,14 @@ def init_dcgan_weights(module: nn.Module) -> None:
 def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
     """`count` standard-normal latents from a CPU generator seeded with `seed`: the same on every machine."""
     return torch.randn(count, latent_dim, generator=torch.Generator(device="cpu").manual_seed(seed))
+
+
+@torch.no_grad()
+def generate_batched(
+    generator: nn.Module, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int
+) -> list[torch.Tensor]:
+    """The generator's images for `latents` (and their `labels`, if conditional), `batch_size` at a time."""
+    return [
+        generator(z, None if labels is None else labels[start : start + len(z)])
+        for start, z in zip(range(0, len(latents), batch_size), latents.split(batch_size), strict=True)
+    ]

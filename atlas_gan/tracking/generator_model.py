@@ -19,7 +19,7 @@ import torch
 
 from atlas_gan.labels import LabelVocabulary, generation_labels
 from atlas_gan.models import build
-from atlas_gan.models.base import ModelSpec, seeded_latents
+from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents
 
 WEIGHTS_ARTIFACT = "weights"
 META_ARTIFACT = "meta"
@@ -69,11 +69,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             latents = torch.from_numpy(array)
         labels = generation_labels(self.vocabulary, len(latents), params.get("label"), int(params.get("seed") or 0))
         batch = int(params.get("batch_size") or 256)
-        with torch.no_grad():
-            parts = [
-                self.generator(z, None if labels is None else labels[i * batch : (i + 1) * batch])
-                for i, z in enumerate(latents.split(batch))
-            ]
+        parts = generate_batched(self.generator, latents, labels, batch)
         if parts:
             images = torch.cat(parts)
         else:

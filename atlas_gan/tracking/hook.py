@@ -138,7 +138,7 @@ class MLflowHook(TrainHooks):
             "atlas.model": trainer.family.name,
             "atlas.world_size": str(trainer.ctx.world_size),
             "atlas.device": str(trainer.ctx.device),
-            **label_tags(trainer.vocabulary.to_dict() if trainer.vocabulary else None),
+            **label_tags(trainer.label_meta),
         }
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:

@@ -148,6 +148,11 @@ class Trainer:
         self._log_lines: list[str] = []
         self.resume()
 
+    @property
+    def label_meta(self) -> dict[str, Any] | None:
+        """The label vocabulary as saved with checkpoints and models (None: unconditional)."""
+        return self.vocabulary.to_dict() if self.vocabulary else None
+
     # ---- state -------------------------------------------------------------------------------------------------
 
     def _payload(self, rng_states: list[object], epochs: list[object]) -> dict[str, Any]:
@@ -162,7 +167,7 @@ class Trainer:
             "bands": self.bands,
             "dataset_checksum": self.manifest.get("checksum"),
             "normalization": self.manifest["normalization"],
-            "labels": self.vocabulary.to_dict() if self.vocabulary else None,
+            "labels": self.label_meta,
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.ema.model.state_dict(),
@@ -201,10 +206,10 @@ class Trainer:
                 f"{url}: checkpoint is {state['model']} {state['spec']}, the config asks for "
                 f"{self.family.name} {asdict(self.spec)}; use another train.run_dir"
             )
-        current = self.vocabulary.to_dict() if self.vocabulary else None
-        if state.get("labels") != current:
+        if state.get("labels") != self.label_meta:
             raise ValueError(
-                f"{url}: checkpoint was trained with labels {state.get('labels')}, the data now gives {current}; "
+                f"{url}: checkpoint was trained with labels {state.get('labels')}, the data now gives "
+                f"{self.label_meta}; "
                 "use another train.run_dir"
             )
         self.G.load_state_dict(state["G"])
@@ -339,7 +344,7 @@ class Trainer:
             "model": self.family.name,
             "spec": asdict(self.spec),
             "bands": self.bands,
-            "labels": self.vocabulary.to_dict() if self.vocabulary else None,
+            "labels": self.label_meta,
         }
 
     def write_samples(self) -> list[str]:
