@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import log2
 from typing import Literal
@@ -61,11 +63,20 @@ class GANFamily:
     weight_clip: float = 0.0  # > 0: clamp every discriminator parameter to [-clip, clip] after each update (WGAN)
     conditioning: Literal["concat", "projection"] = "concat"  # projection: conditional BN in G + projection D
     attention: bool = False  # the family has a self-attention block (spec.attention_resolution)
+    # R1 penalty (gamma / 2) E||grad D(real)||^2, lazily every r1_interval D steps. Its default gamma follows
+    # StyleGAN2-ADA's heuristic: r1_coefficient x image_size^2 / global batch; 0 = no R1.
+    r1_coefficient: float = 0.0
+    r1_interval: int = 16
+    pl_weight: float = 0.0  # StyleGAN2's path-length regularization weight (every pl_interval G steps); 0 = none
+    pl_interval: int = 4
     description: str = ""
 
     def default_attention_resolution(self, image_size: int) -> int:
         """SAGAN puts attention on the 32x32 features at 64+ px (16x16 for 32 px images)."""
         return min(32, image_size // 2) if self.attention else 0
+
+    def default_r1_gamma(self, image_size: int, global_batch: int) -> float:
+        return self.r1_coefficient * image_size**2 / global_batch
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -88,12 +99,39 @@ def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(count, latent_dim, generator=torch.Generator(device="cpu").manual_seed(seed))
 
 
+MAX_TRUNCATION_PSI = 2.0
+
+
+@contextlib.contextmanager
+def truncation(generator: nn.Module, psi: float) -> Iterator[None]:
+    """Sample with the truncation trick (w pulled toward the mean w by `psi`: 1 = off, 0 = the mean image) for
+    the duration of the block. Only generators with a style space (StyleGAN2) support psi != 1."""
+    if not math.isfinite(psi) or not 0.0 <= psi <= MAX_TRUNCATION_PSI:
+        raise ValueError(f"truncation psi must lie in [0, {MAX_TRUNCATION_PSI}]; got {psi}")
+    if psi == 1.0:
+        yield
+        return
+    if not hasattr(generator, "truncation_psi"):
+        raise ValueError(f"truncation psi {psi}: this generator has no style space to truncate (stylegan2 has)")
+    saved = generator.truncation_psi
+    generator.truncation_psi = psi
+    try:
+        yield
+    finally:
+        generator.truncation_psi = saved
+
+
 @torch.no_grad()
 def generate_batched(
-    generator: nn.Module, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int
+    generator: nn.Module,
+    latents: torch.Tensor,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    truncation_psi: float = 1.0,
 ) -> list[torch.Tensor]:
     """The generator's images for `latents` (and their `labels`, if conditional), `batch_size` at a time."""
-    return [
-        generator(z, None if labels is None else labels[start : start + len(z)])
-        for start, z in zip(range(0, len(latents), batch_size), latents.split(batch_size), strict=True)
-    ]
+    with truncation(generator, truncation_psi):
+        return [
+            generator(z, None if labels is None else labels[start : start + len(z)])
+            for start, z in zip(range(0, len(latents), batch_size), latents.split(batch_size), strict=True)
+        ]

@@ -1,9 +1,10 @@
 """The families atlas-gan ships, each with the losses and optimizer settings of its paper.
 
-All share the DCGAN layout (`dcgan.py`); what differs is normalization, the loss, the optimizer, self-attention and
-how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not by the family:
-`concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use conditional
-batch norm in G and a projection discriminator.
+The first five share the DCGAN layout (`dcgan.py`); what differs is normalization, the loss, the optimizer,
+self-attention and how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not
+by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
+conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
+adds the lazy R1 and path-length regularizers, which the trainer applies for any family that sets them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import GANFamily
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 DCGAN = GANFamily(
     name="dcgan",
@@ -78,4 +80,24 @@ SAGAN = GANFamily(
     description="Zhang et al. 2018: self-attention in G and D, spectral norm in both, hinge loss, TTUR (1e-4, 4e-4)",
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN)
+STYLEGAN2 = GANFamily(
+    name="stylegan2",
+    generator=StyleGAN2Generator,
+    discriminator=StyleGAN2Discriminator,
+    loss="nonsaturating",
+    lr_g=0.0025,
+    lr_d=0.0025,
+    betas=(0.0, 0.99),
+    conditioning="projection",
+    r1_coefficient=0.0002,
+    r1_interval=16,
+    pl_weight=2.0,
+    pl_interval=4,
+    description=(
+        "Karras et al. 2020: mapping network, modulated/demodulated convolutions, noise, skip G, residual D with "
+        "minibatch stddev, lazy R1 (gamma = 0.0002 size^2 / batch) and path-length regularization, style mixing; "
+        "64-256 px"
+    ),
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2)
