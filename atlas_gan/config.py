@@ -168,12 +168,38 @@ class ConditionConfig(_Strict):
 
 
 DiffAugmentPolicy = Literal["color", "translation", "cutout"]
+AdaGroup = Literal["blit", "geom", "color"]
+
+
+class AdaConfig(_Strict):
+    """Adaptive discriminator augmentation (Karras et al. 2020): the probability p of augmenting every image D sees
+    moves toward keeping E[sign(D(real))] at `target` (see atlas_gan/train/ada.py)."""
+
+    groups: list[AdaGroup] = Field(
+        ["blit", "geom", "color"],
+        min_length=1,
+        description="blit: flips, 90-degree turns, integer shifts; "
+        "geom: scale, rotation, anisotropy, fractional shifts; color: brightness, contrast, saturation (any bands)",
+    )
+    target: float = Field(0.6, gt=0, lt=1, description="the overfitting heuristic E[sign(D(real))] that p aims for")
+    interval: int = Field(4, ge=1, le=10_000, description="steps between adjustments of p")
+    speed_kimg: float = Field(500.0, gt=0, le=1e6, description="thousands of images for p to move from 0 to 1")
+    initial_p: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"groups repeat: {value}")
+        return value
 
 
 class TrainConfig(_Strict):
     """GAN training: what torchrun runs on every rank. Batch sizes are per rank: global = batch_size x world size."""
 
-    model: str = Field("dcgan", description="model family from the registry: dcgan, wgan, wgan-gp, sngan, sagan")
+    model: str = Field(
+        "dcgan", description="model family from the registry: dcgan, wgan, wgan-gp, sngan, sagan, stylegan2"
+    )
     data: Url | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
     run_dir: Url = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
     image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128 or 256")
@@ -196,6 +222,13 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     diffaugment: list[DiffAugmentPolicy] = Field(
         [], description="DiffAugment policies for every image D sees, e.g. [color, translation, cutout]"
+    )
+    ada: AdaConfig | None = Field(None, description="adaptive discriminator augmentation; null: off")
+    r1_gamma: float | None = Field(
+        None, ge=0, le=1e4, description="R1 penalty weight; null: the family's (stylegan2: 0.0002 size^2 / batch)"
+    )
+    path_length_weight: float | None = Field(
+        None, ge=0, le=1e3, description="path-length regularization weight (stylegan2 only); null: family's (2)"
     )
     condition: ConditionConfig = ConditionConfig()
     attention_resolution: int | None = Field(
@@ -227,6 +260,12 @@ class TrainConfig(_Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"policies repeat: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_augmentation(self) -> TrainConfig:
+        if self.ada is not None and self.diffaugment:
+            raise ValueError("choose one of diffaugment and ada: both augment what D sees")
+        return self
 
     @field_validator("attention_resolution")
     @classmethod
@@ -332,7 +371,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
     node = data
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # a section that is off (null) or absent: setting one of its keys turns it on
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child

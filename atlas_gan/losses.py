@@ -1,4 +1,4 @@
-"""GAN losses on discriminator outputs (logits or critic values), and the WGAN-GP gradient penalty."""
+"""GAN losses on discriminator outputs (logits or critic values), the WGAN-GP gradient penalty and R1."""
 
 from __future__ import annotations
 
@@ -50,3 +50,10 @@ def gradient_penalty(
     mixed = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mescheder et al. 2018's R1: E[||grad_x D(x)||^2] over real images `real` (which must require grad and be
+    what `real_logits` were computed from). Weighting (gamma / 2, lazy interval) is the caller's."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.float().square().flatten(1).sum(dim=1).mean()

@@ -25,7 +25,7 @@ from atlas_gan.train.trainer import Trainer, TrainHooks
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss_d", "loss_g", "images_per_s", "epoch", "images_seen")
+LOSS_KEYS = ("loss_d", "loss_g", "images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")
 EVAL_KEYS = ("fid", "kid", "is")
 
 

@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
 from atlas_gan.labels import LabelVocabulary, scene_labels
-from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
+from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from atlas_gan.models import GANFamily, ModelSpec, build, get_family
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import Storage, join_url, storage_for
 from atlas_gan.train import distributed as dist_utils
+from atlas_gan.train.ada import AdaptiveAugment
 from atlas_gan.train.checkpoint import (
     checkpoint_url,
     list_checkpoints,
@@ -44,6 +45,8 @@ from atlas_gan.train.data import TileStream, make_loader
 from atlas_gan.train.diffaugment import DiffAugment
 from atlas_gan.train.distributed import DistributedContext
 from atlas_gan.train.ema import EMA
+from atlas_gan.train.path_length import BATCH_SHRINK as PL_BATCH_SHRINK
+from atlas_gan.train.path_length import PathLengthRegularizer
 from atlas_gan.train.sample_grid import write_sample_grids
 
 log = logging.getLogger("atlas_gan.train")
@@ -82,10 +85,26 @@ def attention_resolution(family: GANFamily, cfg: TrainConfig, image_size: int) -
     return cfg.attention_resolution
 
 
-def make_optimizer(family: GANFamily, parameters: Iterator[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    family: GANFamily, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
+) -> torch.optim.Optimizer:
+    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
+    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
+    if lazy_interval:
+        ratio = lazy_interval / (lazy_interval + 1)
+        lr, betas = lr * ratio, (family.betas[0] ** ratio, family.betas[1] ** ratio)
+    else:
+        betas = family.betas
     if family.optimizer == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=family.betas)
+    return torch.optim.Adam(parameters, lr=lr, betas=betas)
+
+
+def make_augment(cfg: TrainConfig) -> DiffAugment | AdaptiveAugment:
+    if cfg.ada is None:
+        return DiffAugment(cfg.diffaugment)
+    ada = cfg.ada
+    return AdaptiveAugment(ada.groups, ada.target, ada.interval, ada.speed_kimg, ada.initial_p)
 
 
 class Trainer:
@@ -122,13 +141,30 @@ class Trainer:
         family, generator, discriminator = build(cfg.model, self.spec)
         self.family: GANFamily = family
         self.n_critic = cfg.n_critic or family.n_critic
-        self.augment = DiffAugment(cfg.diffaugment)
+        self.augment = make_augment(cfg)
+        self.ada = self.augment if isinstance(self.augment, AdaptiveAugment) else None
+        if self.ada and family.loss == "wasserstein":
+            raise ValueError(
+                f"train.ada: {family.name}'s critic values have an arbitrary offset, so ADA's overfitting "
+                "heuristic E[sign(D(real))] means nothing there; use train.diffaugment"
+            )
+        self.r1_gamma = (
+            cfg.r1_gamma
+            if cfg.r1_gamma is not None
+            else family.default_r1_gamma(image_size, cfg.batch_size * ctx.world_size)
+        )
+        pl_weight = cfg.path_length_weight if cfg.path_length_weight is not None else family.pl_weight
+        if pl_weight and not hasattr(generator, "styles"):
+            raise ValueError(f"train.path_length_weight: {family.name} has no style space (stylegan2 has)")
+        self.path_length = PathLengthRegularizer(pl_weight, family.pl_interval)
         device = ctx.device
         self.memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
         self.G = generator.to(device, memory_format=self.memory_format or torch.contiguous_format)
         self.D = discriminator.to(device, memory_format=self.memory_format or torch.contiguous_format)
-        self.opt_g = make_optimizer(family, self.G.parameters(), cfg.lr_g or family.lr_g)
-        self.opt_d = make_optimizer(family, self.D.parameters(), cfg.lr_d or family.lr_d)
+        lazy_g = family.pl_interval if pl_weight else 0
+        lazy_d = family.r1_interval if self.r1_gamma else 0
+        self.opt_g = make_optimizer(family, self.G.parameters(), cfg.lr_g or family.lr_g, lazy_g)
+        self.opt_d = make_optimizer(family, self.D.parameters(), cfg.lr_d or family.lr_d, lazy_d)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step = 0
@@ -155,7 +191,9 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------------------------------
 
-    def _payload(self, rng_states: list[object], epochs: list[object]) -> dict[str, Any]:
+    def _payload(
+        self, rng_states: list[object], epochs: list[object], augment_states: list[object] | None
+    ) -> dict[str, Any]:
         return {
             "step": self.step,
             "images_seen": self.images_seen,
@@ -174,6 +212,9 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "grad_scaler": None,  # bf16 autocast needs none
+            "augment": augment_states[0] if augment_states else None,  # p and the step counter: equal on all ranks
+            "augment_ranks": augment_states,  # with each rank's own sign accumulators, for an exact resume
+            "path_length": self.path_length.state_dict(),
             "rollbacks": self.rollbacks,
             "config": config_to_dict(self.config),
         }
@@ -185,9 +226,13 @@ class Trainer:
         self.ema.copy_buffers(self.G)
         rng_states = dist_utils.gather_objects(rng_state(), self.ctx)
         epochs = dist_utils.gather_objects(self.epoch, self.ctx)
+        augment_states = None
+        if self.ada:
+            own = {key: value.cpu() for key, value in self.ada.state_dict().items()}
+            augment_states = dist_utils.gather_objects(own, self.ctx)
         url = checkpoint_url(self.config.train.run_dir, self.step)
         if self.ctx.is_main:
-            save_checkpoint(self.store, url, self._payload(rng_states, epochs))
+            save_checkpoint(self.store, url, self._payload(rng_states, epochs, augment_states))
             prune_checkpoints(self.store, self.config.train.run_dir, self.config.train.keep_checkpoints)
             for hook in self.hooks:
                 hook.on_checkpoint(self, url)
@@ -217,8 +262,13 @@ class Trainer:
         self.ema.model.load_state_dict(state["G_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.step, self.images_seen, self.rollbacks = state["step"], state["images_seen"], state["rollbacks"]
         same_world = state["world_size"] == self.ctx.world_size
+        if self.ada and state.get("augment"):
+            ranks = state.get("augment_ranks")
+            self.ada.load_state_dict(ranks[self.ctx.rank] if ranks and same_world else state["augment"])
+        if state.get("path_length"):
+            self.path_length.load_state_dict(state["path_length"])
+        self.step, self.images_seen, self.rollbacks = state["step"], state["images_seen"], state["rollbacks"]
         self.epoch = int(state["epochs"][self.ctx.rank] if same_world else min(state["epochs"]))
         if same_world:
             restore_rng_state(state["rng"][self.ctx.rank])
@@ -252,8 +302,11 @@ class Trainer:
         return real, labels.to(self.ctx.device) if self.spec.conditional else None
 
     def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """D's output on DiffAugment-ed images (identity without policies)."""
-        return self.D(self.augment(images), labels)
+        """D's output on augmented images (DiffAugment or ADA; identity without either)."""
+        augmented = self.augment(images)
+        if self.memory_format and augmented is not images:  # ADA's resampling returns NCHW
+            augmented = augmented.contiguous(memory_format=self.memory_format)
+        return self.D(augmented, labels)
 
     def _clip_discriminator(self) -> None:
         if self.family.weight_clip:
@@ -272,10 +325,16 @@ class Trainer:
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self._autocast():
                 fake = self.G(self._latents(batch), labels)
             detached = fake.detach()
+            # lazy R1 (StyleGAN2): every r1_interval steps, on the real images before augmentation
+            r1_due = self.r1_gamma > 0 and critic_step == 0 and self.step % self.family.r1_interval == 0
+            real = real.detach().requires_grad_(r1_due)
             with self._autocast():
-                loss_d = discriminator_loss(
-                    self.family.loss, self._discriminate(real, labels), self._discriminate(detached, labels)
-                )
+                real_logits = self._discriminate(real, labels)
+                loss_d = discriminator_loss(self.family.loss, real_logits, self._discriminate(detached, labels))
+            if self.ada:
+                self.ada.observe(real_logits)
+            if r1_due:
+                loss_d = loss_d + r1_penalty(real_logits, real) * (self.r1_gamma / 2 * self.family.r1_interval)
             if self.family.gradient_penalty:
                 critic = partial(self._discriminate, labels=labels)
                 loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(critic, real, detached)
@@ -292,6 +351,10 @@ class Trainer:
         self.D.requires_grad_(False)
         with self._autocast():
             loss_g = generator_loss(self.family.loss, self._discriminate(fake, labels))
+            if self.path_length.due(self.step):
+                shrunk = max(1, batch // PL_BATCH_SHRINK)
+                pl_labels = None if labels is None else labels[:shrunk]
+                loss_g = loss_g + self.path_length.penalty(self.G, self._latents(shrunk), pl_labels, self.ctx)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -300,6 +363,8 @@ class Trainer:
             return None
         self.opt_g.step()
         self.ema.update(self.G, batch * self.ctx.world_size, self.images_seen)
+        if self.ada:
+            self.ada.adjust(batch * self.ctx.world_size * self.n_critic, self.ctx)
         self.step += 1
         return {"loss_d": loss_d_total / self.n_critic, "loss_g": float(loss_g.detach())}
 
@@ -451,6 +516,9 @@ class Trainer:
             "images_per_s": (self.images_seen - window_images) / elapsed if elapsed > 0 else None,
             "time": time.time(),
         }
+        if self.ada:
+            record["augment_p"] = self.ada.p
+            record["augment_rt"] = self.ada.rt
         if self.ctx.is_main:
             self.log_event(record)
             for hook in self.hooks:
