@@ -207,6 +207,14 @@ def sample(
         help="Conditional generators: the label to draw (e.g. a year or DJF); default: labels in the training "
         "data's proportions. An unknown label lists the known ones.",
     ),
+    truncation_psi: float = typer.Option(
+        1.0,
+        "--truncation",
+        "-t",
+        min=0.0,
+        max=2.0,
+        help="StyleGAN2 truncation psi: below 1 trades variety for typical tiles (0: the mean tile); 1: off.",
+    ),
     out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
     bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
     geotiff: Path = typer.Option(None, "--geotiff", help="Also write each tile as a GeoTIFF into this folder."),
@@ -231,7 +239,7 @@ def sample(
 
             tracking = tracking_uri(cfg.tracking)
         sampler = load_sampler(model, cfg.storage, tracking)
-        images = sampler.generate(count, seed, label)
+        images = sampler.generate(count, seed, label, truncation_psi=truncation_psi)
         wanted = [b.strip() for b in bands.split(",")] if bands else None
         if out is None and geotiff is None:
             out = Path("grid.png")
@@ -242,6 +250,7 @@ def sample(
             temp.write_bytes(png)
             temp.replace(out)
             what = f"bands {','.join(sampler.bands)}, seed {seed}" + (f", label {label}" if label else "")
+            what += f", truncation {truncation_psi}" if truncation_psi != 1.0 else ""
             typer.echo(f"wrote {out}: {count} tiles of {sampler.source} ({what})")
         if geotiff is not None:
             files = write_geotiffs(

@@ -39,12 +39,21 @@ class Sampler:
     def vocabulary(self) -> LabelVocabulary | None:
         return LabelVocabulary.from_dict(self.meta.get("labels"))
 
-    def generate(self, count: int, seed: int = 0, label: str | None = None, batch_size: int = 256) -> np.ndarray:
+    def generate(
+        self,
+        count: int,
+        seed: int = 0,
+        label: str | None = None,
+        batch_size: int = 256,
+        truncation_psi: float = 1.0,
+    ) -> np.ndarray:
         """(count, bands, size, size) float32 in [-1, 1]; the same seed (and label) gives the same tiles.
-        A conditional generator draws `label` (or, without one, labels in the training data's proportions)."""
+        A conditional generator draws `label` (or, without one, labels in the training data's proportions).
+        `truncation_psi` < 1 (StyleGAN2) trades variety for typical-looking tiles."""
         latents = seeded_latents(count, int(self.meta["spec"]["latent_dim"]), seed)
         labels = generation_labels(self.vocabulary, count, label, seed)
-        return torch.cat(generate_batched(self.generator, latents, labels, batch_size)).float().numpy()
+        parts = generate_batched(self.generator, latents, labels, batch_size, truncation_psi)
+        return torch.cat(parts).float().numpy()
 
 
 def is_mlflow_uri(uri: str) -> bool:

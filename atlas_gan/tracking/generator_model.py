@@ -40,7 +40,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     images: float32 (n, bands, size, size) in [-1, 1] (the normalized units of the dataset; the `normalization` in
     the model's metadata maps them back to source units). A conditional generator takes `params={"label": "1990"}`
     (every sample of that label); without one, labels are drawn with the training data's frequencies from `seed`.
-    An unknown label raises an error that lists the known ones.
+    An unknown label raises an error that lists the known ones. `params={"truncation_psi": 0.7}` applies the
+    truncation trick (StyleGAN2 only; 1 = off).
     """
 
     def load_context(self, context) -> None:  # context: MLflow's PythonModelContext
@@ -69,7 +70,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             latents = torch.from_numpy(array)
         labels = generation_labels(self.vocabulary, len(latents), params.get("label"), int(params.get("seed") or 0))
         batch = int(params.get("batch_size") or 256)
-        parts = generate_batched(self.generator, latents, labels, batch)
+        psi = float(params.get("truncation_psi", 1.0))
+        parts = generate_batched(self.generator, latents, labels, batch, psi)
         if parts:
             images = torch.cat(parts)
         else:

@@ -88,6 +88,7 @@ def model_signature(latent_dim: int, bands: int, size: int):
                 ParamSpec("seed", "long", 0),
                 ParamSpec("batch_size", "long", 256),
                 ParamSpec("label", "string", ""),
+                ParamSpec("truncation_psi", "double", 1.0),
             ]
         ),
     )
