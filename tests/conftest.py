@@ -110,3 +110,20 @@ def train_data(geotiff, tmp_path_factory):
     )
     ingest(config, progress=False)
     return output
+
+
+@pytest.fixture(scope="session")
+def train_data_64(geotiff, tmp_path_factory):
+    """The Pucallpa time series as 64 px tiles (StyleGAN2's smallest size), in one shard."""
+    output = tmp_path_factory.mktemp("train-data-64") / "shards"
+    config = load_config(
+        None,
+        [
+            f"ingest.source={geotiff / 'landsat-pucallpa'}",
+            f"ingest.output={output}",
+            "ingest.tile_size=64",
+            "ingest.workers=2",
+        ],
+    )
+    ingest(config, progress=False)
+    return output

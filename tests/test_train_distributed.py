@@ -16,6 +16,7 @@ from atlas_gan.train.checkpoint import load_checkpoint
 from atlas_gan.train.launch import launch_training
 from tests.servers import free_port
 from tests.test_conditional import CONDITIONAL
+from tests.test_stylegan2 import STYLEGAN2
 from tests.test_train import SMALL
 
 pytestmark = pytest.mark.integration
@@ -117,3 +118,29 @@ def test_killed_conditional_sagan_with_diffaugment_restarts_and_resumes(train_da
     state = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000010.pt"))
     assert state["labels"]["by"] == "year" and len(state["labels"]["classes"]) == state["spec"]["num_classes"] == 8
     assert state["config"]["train"]["diffaugment"] == ["color", "translation", "cutout"]
+
+
+def test_two_ranks_train_stylegan2_with_ada_in_sync(train_data_64, tmp_path):
+    """StyleGAN2 + ADA on 2 torchrun ranks (64 px Landsat shards): lazy R1 (step 0), path length (steps 0, 4), ADA's
+    p adjusted from both ranks' D outputs every 2 steps; both ranks end with identical weights and the same p."""
+    run_dir = tmp_path / "run"
+    finish(
+        torchrun(
+            "--standalone",
+            "--nproc-per-node=2",
+            run_dir=run_dir,
+            data=train_data_64,
+            steps=5,
+            extra=STYLEGAN2,
+        )
+    )
+    log = events(run_dir)
+    end = log[-1]
+    assert end["event"] == "end" and end["step"] == 5 and end["ranks_in_sync"] is True
+    assert log[0]["model"] == "stylegan2" and log[0]["global_batch"] == 16
+    steps = [e for e in log if "augment_p" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in steps)
+    state = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000005.pt"))
+    assert float(state["augment"]["p"]) == steps[-1]["augment_p"]
+    assert state["path_length"]["mean"] > 0

@@ -1,0 +1,176 @@
+"""StyleGAN2: network properties (demodulation, truncation, shapes), the R1 penalty against finite differences,
+and training on real 64 px Landsat shards with ADA, lazy R1 and path-length regularization, resumed exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from atlas_gan.losses import r1_penalty
+from atlas_gan.models import build, get_family
+from atlas_gan.models.base import ModelSpec, truncation
+from atlas_gan.models.stylegan2 import MinibatchStd, ModulatedConv2d
+from atlas_gan.storage import LocalStorage
+from atlas_gan.train import distributed
+from atlas_gan.train.checkpoint import load_checkpoint
+from atlas_gan.train.trainer import Trainer, make_optimizer
+from tests.test_train import small_config
+
+TINY = ModelSpec(bands=4, image_size=64, latent_dim=32, g_width=8, d_width=8)
+STYLEGAN2 = [
+    "train.model=stylegan2",
+    "train.latent_dim=32",
+    "train.ada.speed_kimg=0.1",  # p moves 0.24 per 3-step adjustment at batch 8: visible in a few steps
+    "train.ada.interval=3",  # so the step-4 checkpoint falls mid-interval, with sign accumulators to restore
+]
+
+
+@pytest.mark.parametrize("bands", [3, 4, 12])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_shapes_for_any_band_count(bands, num_classes):
+    torch.manual_seed(0)
+    spec = ModelSpec(bands=bands, image_size=64, latent_dim=32, g_width=8, d_width=8, num_classes=num_classes)
+    _, G, D = build("stylegan2", spec)
+    labels = torch.tensor([0, 1, 2, 1, 0]) if num_classes else None
+    images = G(torch.randn(5, 32), labels)
+    assert images.shape == (5, bands, 64, 64) and torch.isfinite(images).all()
+    logits = D(images, labels)
+    assert logits.shape == (5,)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in G.parameters())
+
+
+def test_stylegan2_needs_64_px_or_more():
+    with pytest.raises(ValueError, match="stylegan2 needs image_size 64, 128 or 256; got 32"):
+        build("stylegan2", ModelSpec(bands=4, image_size=32))
+
+
+def test_demodulation_gives_unit_variance_outputs_on_unit_variance_inputs():
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(in_channels=128, out_channels=64, kernel=3, w_dim=32)
+    with torch.no_grad():
+        conv.affine.weight.mul_(3.0)  # styles far from 1: demodulation must undo their scale, not rely on it
+        x = torch.randn(16, 128, 24, 24)
+        y = conv(x, torch.randn(16, 32))[:, :, 1:-1, 1:-1]  # interior: no zero padding in the receptive field
+    per_sample_channel = y.var(dim=(2, 3))
+    assert abs(float(y.var()) - 1.0) < 0.05
+    assert float((per_sample_channel - 1.0).abs().max()) < 0.25  # every (sample, channel), not just on average
+    undemodulated = ModulatedConv2d(128, 64, 3, 32, demodulate=False)
+    undemodulated.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        assert abs(float(undemodulated(x, torch.randn(16, 32)).var()) - 1.0) > 0.5  # the test would see it missing
+
+
+def test_truncation_psi_zero_returns_the_mean_image_for_any_latent():
+    torch.manual_seed(0)
+    _, G, _ = build("stylegan2", TINY)
+    with torch.no_grad():
+        for _ in range(20):  # training-mode mapping calls move w_avg away from 0
+            G.mapping(torch.randn(16, 32), None)
+        G.eval()
+        assert float(G.mapping.w_avg.abs().sum()) > 0
+        with truncation(G, 0.0):
+            images = G(torch.randn(6, 32) * torch.arange(1, 7).view(6, 1))
+        mean_image = G.synthesis(G.mapping.w_avg.view(1, 1, -1).repeat(1, G.num_ws, 1)).clamp(-1, 1)
+        plain = G(torch.randn(6, 32))
+    torch.testing.assert_close(images, mean_image.expand_as(images))
+    assert float((plain - plain[:1]).abs().max()) > 1e-3  # psi = 1: the latents differ, so do the images
+    assert G.truncation_psi == 1.0  # restored after the block
+
+
+def test_truncation_is_refused_where_there_is_no_style_space():
+    _, G, _ = build("dcgan", ModelSpec(bands=4, image_size=32))
+    with pytest.raises(ValueError, match="no style space"), truncation(G, 0.5):
+        pass
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2.0\]"), truncation(G, -1.0):
+        pass
+
+
+def test_r1_penalty_matches_finite_differences():
+    """R1 = mean over images of ||grad_{x_i} sum_j D(x_j)||^2 (the sum, because minibatch stddev couples a batch):
+    autograd against central differences along each image's gradient and along a random direction."""
+    torch.manual_seed(0)
+    _, _, D = build("stylegan2", TINY)
+    D = D.double()
+    x = torch.randn(2, 4, 64, 64, dtype=torch.float64, requires_grad=True)
+    penalty = r1_penalty(D(x), x)
+    (grad,) = torch.autograd.grad(D(x).sum(), x)
+    eps = 1e-5  # small enough that no leaky-ReLU kink is crossed, large enough for float64 differences
+
+    def slope(image: int, direction: torch.Tensor) -> float:
+        step = torch.zeros_like(x)
+        step[image] = eps * direction
+        return float((D(x + step).sum() - D(x - step).sum()) / (2 * eps))
+
+    squared_norms = []
+    with torch.no_grad():
+        for i in range(len(x)):
+            squared_norms.append(slope(i, grad[i] / grad[i].norm()) ** 2)  # the slope along the gradient: its norm
+            random_direction = torch.randn_like(x[i])
+            random_direction /= random_direction.norm()
+            assert slope(i, random_direction) == pytest.approx(float((grad[i] * random_direction).sum()), rel=1e-5)
+    assert float(penalty.detach()) == pytest.approx(sum(squared_norms) / len(x), rel=1e-5)
+
+
+def test_minibatch_std_groups_divide_any_batch():
+    for n in (1, 3, 4, 6, 8):
+        out = MinibatchStd()(torch.randn(n, 5, 4, 4))
+        assert out.shape == (n, 6, 4, 4)
+    same = MinibatchStd()(torch.ones(4, 5, 4, 4))
+    assert float(same[:, -1].abs().max()) < 1e-3  # identical images: no variety to report
+
+
+def test_lazy_regularization_rescales_adam():
+    family = get_family("stylegan2")
+    _, G, _ = build("stylegan2", TINY)
+    optimizer = make_optimizer(family, G.parameters(), 0.0025, lazy_interval=16)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.0025 * 16 / 17)
+    assert group["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
+
+
+def test_trains_with_ada_and_regularizers_and_resumes_exactly(train_data_64, tmp_path):
+    ctx = distributed.setup()
+    run_dir = tmp_path / "run"
+    first = Trainer(small_config(train_data_64, run_dir, "train.steps=4", *STYLEGAN2), ctx, progress=False)
+    assert first.r1_gamma == pytest.approx(0.0002 * 64**2 / 8)  # StyleGAN2-ADA's heuristic at batch 8
+    assert first.path_length.weight == 2.0 and first.ada is not None
+    summary = first.run()
+    assert summary["step"] == 4
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    logged = [e for e in events if "loss_d" in e]
+    assert [e["step"] for e in logged] == [1, 2, 3, 4]
+    assert all(e["augment_p"] >= 0 for e in logged) and any(e["augment_rt"] is not None for e in logged)
+    assert float(first.path_length.mean) > 0  # path-length regularization ran (steps 0 and 4 are due)
+    saved = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000004.pt"))
+    assert float(saved["augment"]["p"]) == first.ada.p and saved["path_length"]["mean"] == float(first.path_length.mean)
+
+    resumed = Trainer(small_config(train_data_64, run_dir, "train.steps=6", *STYLEGAN2), ctx, progress=False)
+    assert (resumed.step, resumed.images_seen) == (first.step, first.images_seen) == (4, 32)
+    assert resumed.ada.state_dict().keys() == first.ada.state_dict().keys()
+    assert float(first.ada.state_dict()["sign_count"]) == 8  # step 4's reals, observed after step 3's adjustment
+    for key, value in first.ada.state_dict().items():
+        assert torch.equal(resumed.ada.state_dict()[key], value), key
+    assert float(resumed.path_length.mean) == float(first.path_length.mean)
+    for key, value in first.ema.model.state_dict().items():
+        assert torch.equal(resumed.ema.model.state_dict()[key], value), key  # EMA weights, w_avg, noise buffers
+    assert resumed.run()["step"] == 6
+
+
+def test_path_length_is_refused_for_families_without_styles(train_data, tmp_path):
+    with pytest.raises(ValueError, match="train.path_length_weight: dcgan has no style space"):
+        Trainer(small_config(train_data, tmp_path / "run", "train.path_length_weight=2"), distributed.setup())
+
+
+def test_ada_is_refused_for_wasserstein_critics(train_data, tmp_path):
+    with pytest.raises(ValueError, match="train.ada: wgan-gp's critic values have an arbitrary offset"):
+        Trainer(small_config(train_data, tmp_path / "run", "train.model=wgan-gp", "train.ada={}"), distributed.setup())
+
+
+def test_ada_and_diffaugment_are_exclusive():
+    from atlas_gan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="choose one of diffaugment and ada"):
+        load_config(None, ["train.ada={}", "train.diffaugment=[color]"])
