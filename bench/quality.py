@@ -1,7 +1,7 @@
 """Sample quality per GAN family at an equal training budget, next to the real-vs-real floor.
 
     python bench/quality.py [--data ../shared/data] [--kimg 20] [--n 1000] [--size 64] [--width 32]
-                            [--runs dcgan,wgan-gp,sngan,sagan,sagan-cond] [--diffaugment both|on|off]
+                            [--runs dcgan,wgan-gp,sngan,sagan,sagan-cond,stylegan2] [--augment both|on|off]
                             [--work runs/bench-quality] [--json quality.json] [--device cpu|cuda]
 
 Ingests ../shared/data/geotiff/landsat8-parana (2 Landsat-8 scenes, bands B2-B4) into 64 px tiles once, then trains
@@ -9,7 +9,9 @@ each family through the real trainer (`Trainer` + `EvaluationHook` + `MLflowHook
 for the same number of real images shown to D (`--kimg` thousands; a WGAN-GP step shows 5 batches, so it gets 1/5
 of the generator steps) and scores the EMA generator with FID and KID against N real tiles (TF-Inception, same
 protocol for all). `sagan-cond` is SAGAN conditioned on the scene (2 labels). Each family runs without and with
-DiffAugment (color, translation, cutout).
+augmentation: DiffAugment (color, translation, cutout; `+da`) for the DCGAN-layout families, adaptive
+discriminator augmentation (blit, geom, color; `+ada`) for StyleGAN2. ADA's p may move from 0 to 1 in a tenth of
+the budget (`train.ada.speed_kimg` = kimg / 10; the paper's 500 kimg would leave p near 0 in a short run).
 
 The floor is the FID/KID between two disjoint random halves of the real tiles, N each: what a perfect generator
 would score with this N. The table prints each run's FID, its ratio to DCGAN's FID (the goal: the best family at
@@ -49,8 +51,16 @@ RUNS = {  # name -> (family, extra overrides)
     "sngan": ("sngan", []),
     "sagan": ("sagan", []),
     "sagan-cond": ("sagan", ["train.condition.by=scene"]),
+    "stylegan2": ("stylegan2", []),
 }
 DIFFAUGMENT = "train.diffaugment=[color,translation,cutout]"
+
+
+def augmentation(family: str, kimg: float) -> tuple[str, list[str]]:
+    """The suffix and overrides of a family's augmented run: ADA for StyleGAN2, DiffAugment for the others."""
+    if family == "stylegan2":
+        return "+ada", ["train.ada.groups=[blit,geom,color]", f"train.ada.speed_kimg={max(kimg / 10, 0.1)}"]
+    return "+da", [DIFFAUGMENT]
 
 
 class TimedEvaluation(EvaluationHook):
@@ -80,7 +90,8 @@ def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool)
 
     n_critic = get_family(family).n_critic
     steps = max(1, round(args.kimg * 1000 / (args.batch * n_critic)))
-    label = f"{name}{'+da' if augmented else ''}"
+    suffix, augment = augmentation(family, args.kimg)
+    label = f"{name}{suffix if augmented else ''}"
     overrides = [
         "ingest.source=unused",
         f"ingest.output={data}",
@@ -106,7 +117,7 @@ def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool)
         "tracking.registered_model=atlas-gan-quality-bench",
         f"tracking.store_dir={args.work / 'mlflow'}",
         *extra,
-        *([DIFFAUGMENT] if augmented else []),
+        *(augment if augmented else []),
         *([f"train.attention_resolution={args.attention}"] if args.attention and get_family(family).attention else []),
     ]
     return load_config(None, overrides), steps
@@ -195,7 +206,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default=",".join(k for k in RUNS if k != "wgan"))
-    parser.add_argument("--diffaugment", choices=["both", "on", "off"], default="both")
+    parser.add_argument(
+        "--augment",
+        "--diffaugment",
+        choices=["both", "on", "off"],
+        default="both",
+        help="runs without and/or with augmentation (DiffAugment; ADA for stylegan2)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="default: <work>/quality.json")
     args = parser.parse_args()
@@ -211,7 +228,7 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     data = prepare_data(source, args.work, args.size)
     ctx = distributed.setup()
-    variants = {"both": [False, True], "on": [True], "off": [False]}[args.diffaugment]
+    variants = {"both": [False, True], "on": [True], "off": [False]}[args.augment]
     rows: list[dict[str, Any]] = []
     floor = None
     for name in names:
@@ -220,13 +237,13 @@ def main() -> None:
             if floor is None:
                 floor = real_floor(config, args.n, ctx.device)
                 print(f"real-vs-real floor at N={args.n}: FID {floor['fid']:.2f}, KID {floor['kid']:.4f}", flush=True)
-            label = f"{name}{'+da' if augmented else ''}"
+            label = Path(config.train.run_dir).name
             run_dir = Path(config.train.run_dir)
             if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
                 shutil.rmtree(run_dir)
                 print(f"removed the previous benchmark run {run_dir}", flush=True)
             print(f"== {label}: {config.train.model}, {steps} G steps of batch {args.batch}", flush=True)
-            row = {"run": label, "family": config.train.model, "diffaugment": augmented, **train_and_score(config, ctx)}
+            row = {"run": label, "family": config.train.model, "augmented": augmented, **train_and_score(config, ctx)}
             rows.append(row)
             print(f"   FID {row['fid']:.2f}  KID {row['kid']:.4f}  ({row['train_seconds']:.0f} s training)", flush=True)
     assert floor is not None

@@ -117,16 +117,16 @@ def reference_loop(batches: list[torch.Tensor], device: torch.device, nz: int = 
 
 
 # ---- atlas-gan ----------------------------------------------------------------------------------------------------
-class _Feed:
+class InMemoryFeed:
     """Hands the trainer whichever in-memory batch the timing loop put in `batch`."""
 
     batch: torch.Tensor
 
-    def __iter__(self) -> _Feed:
+    def __iter__(self) -> InMemoryFeed:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.batch, torch.zeros(1, dtype=torch.long)
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.batch, torch.zeros(len(self.batch), dtype=torch.long), torch.zeros(1, dtype=torch.long)
 
 
 def atlas_loop(data_dir: Path, run_dir: Path, size: int, batch: int):
@@ -142,7 +142,7 @@ def atlas_loop(data_dir: Path, run_dir: Path, size: int, batch: int):
         ],
     )
     trainer = Trainer(config, distributed.setup(), progress=False)
-    feed = _Feed()
+    feed = InMemoryFeed()
 
     def step(real: torch.Tensor) -> None:
         feed.batch = real
