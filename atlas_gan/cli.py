@@ -260,6 +260,48 @@ def sample(
 
 
 @app.command()
+def export(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/generator, or a checkpoint."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write (e.g. generator.onnx or generator.pt)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (onnxruntime, any language) or torchscript."),
+    truncation_psi: float = typer.Option(
+        1.0, "--truncation", "-t", min=0.0, max=2.0, help="StyleGAN2: truncation psi baked into the export; 1: off."
+    ),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config: where MLflow is (tracking.uri)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+) -> None:
+    """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 [and `labels`
+    (n,) int64 for a conditional model], output `images` (n, bands, size, size) in [-1, 1], any batch size.
+    The file carries the bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
+    from atlas_gan.export import export_generator
+    from atlas_gan.models.base import ModelSpec
+    from atlas_gan.sampling import is_mlflow_uri, load_sampler
+
+    if fmt not in ("onnx", "torchscript"):
+        _fail(f"--format must be onnx or torchscript; got {fmt!r}", 2)
+    with _exit_codes():
+        cfg = load_config(config, overrides)
+        tracking = None
+        if is_mlflow_uri(model):
+            from atlas_gan.tracking.store import tracking_uri
+
+            tracking = tracking_uri(cfg.tracking)
+        sampler = load_sampler(model, cfg.storage, tracking)
+        spec = ModelSpec(**sampler.meta["spec"])
+        info = {key: sampler.meta.get(key) for key in ("model", "step", "bands", "labels", "normalization")}
+        info["source"] = model
+        export_generator(sampler.generator, spec, out, fmt, truncation_psi, info)  # type: ignore[arg-type]
+    inputs = "latents, labels" if spec.conditional else "latents"
+    typer.echo(
+        f"wrote {out}: {fmt}, {sampler.meta['model']} step {sampler.meta.get('step')}, inputs ({inputs}) -> images "
+        f"({len(sampler.bands)} bands {spec.image_size}x{spec.image_size}), any batch size"
+        + (f", truncation {truncation_psi}" if truncation_psi != 1.0 else "")
+    )
+
+
+@app.command()
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
     out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),

@@ -4,18 +4,27 @@ and training on real 64 px Landsat shards with ADA, lazy R1 and path-length regu
 from __future__ import annotations
 
 import json
+import warnings
 
+import mlflow.pyfunc
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from atlas_gan.cli import app
 from atlas_gan.losses import r1_penalty
 from atlas_gan.models import build, get_family
-from atlas_gan.models.base import ModelSpec, truncation
+from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents, truncation
 from atlas_gan.models.stylegan2 import MinibatchStd, ModulatedConv2d
 from atlas_gan.storage import LocalStorage
+from atlas_gan.tracking.registry import register_generator
 from atlas_gan.train import distributed
 from atlas_gan.train.checkpoint import load_checkpoint
 from atlas_gan.train.trainer import Trainer, make_optimizer
+from tests.test_tracking import tracked_config, train_tracked
 from tests.test_train import small_config
 
 TINY = ModelSpec(bands=4, image_size=64, latent_dim=32, g_width=8, d_width=8)
@@ -174,3 +183,56 @@ def test_ada_and_diffaugment_are_exclusive():
 
     with pytest.raises(ConfigError, match="choose one of diffaugment and ada"):
         load_config(None, ["train.ada={}", "train.diffaugment=[color]"])
+
+
+@pytest.fixture(scope="module")
+def registered(train_data_64, tmp_path_factory):
+    """A conditional StyleGAN2 with ADA, trained on real 64 px shards, evaluated (FID, N=16) and tracked like any run,
+    then registered in MLflow."""
+    root = tmp_path_factory.mktemp("stylegan2-registered")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = tracked_config(
+        train_data_64, root / "run", root, "train.steps=2", "train.evaluate_every=2", f"tracking.uri={uri}",
+        "train.condition.by=year", *STYLEGAN2,
+    )  # fmt: skip
+    summary = train_tracked(config)
+    return {"summary": summary, "registration": register_generator(config, progress=False), "uri": uri}
+
+
+def test_registered_stylegan2_samples_with_truncation(registered, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
+    assert np.isfinite(registered["registration"].fid)
+    model = mlflow.pyfunc.load_model("models:/tiles-test@champion")
+    empty = np.zeros((0, 32), dtype=np.float32)
+    mean = model.predict(empty, params={"count": 5, "seed": 1, "label": "1990", "truncation_psi": 0.0})
+    varied = model.predict(empty, params={"count": 5, "seed": 1, "label": "1990"})
+    assert mean["images"].shape == (5, 4, 64, 64) and mean["labels"] == ["1990"] * 5
+    assert np.abs(mean["images"] - mean["images"][:1]).max() < 1e-5  # psi 0: one image, whatever the latent
+    assert np.abs(varied["images"] - varied["images"][:1]).max() > 0
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_cli_exports_the_registered_generator(registered, tmp_path, fmt, monkeypatch):
+    """`atlas-gan export` from the registry; the file gives the registered model's images for the same inputs."""
+    out = tmp_path / f"generator.{fmt}"
+    args = ["export", "-m", "models:/tiles-test@champion", "--format", fmt, "--out", str(out), "--truncation", "0.7"]
+    result = CliRunner().invoke(app, [*args, "--set", f"tracking.uri={registered['uri']}"])
+    assert result.exit_code == 0, result.output
+    assert "inputs (latents, labels) -> images (4 bands 64x64), any batch size, truncation 0.7" in result.output
+    latents, labels = seeded_latents(3, 32, seed=5), torch.tensor([0, 7, 3])
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (images,) = session.run(["images"], {"latents": latents.numpy(), "labels": labels.numpy()})
+        meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["atlas_gan.export"])
+    else:
+        extra = {"atlas_gan.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript
+            images = torch.jit.load(str(out), _extra_files=extra)(latents, labels).numpy()
+        meta = json.loads(extra["atlas_gan.json"])
+    assert meta["labels"]["classes"][7] == "2020" and meta["bands"] == ["1", "2", "3", "4"]
+    assert meta["truncation_psi"] == 0.7 and meta["model"] == "stylegan2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
+    generator = mlflow.pyfunc.load_model("models:/tiles-test@champion").unwrap_python_model().generator
+    (expected,) = generate_batched(generator, latents, labels, 8, truncation_psi=0.7)
+    np.testing.assert_allclose(images, expected.numpy(), atol=1e-4, rtol=1e-4)

@@ -42,6 +42,8 @@ def check_labels(labels: torch.Tensor | None, spec: ModelSpec, count: int) -> to
         return None
     if labels is None:
         raise ValueError(f"this network is conditional on {spec.num_classes} labels: pass one label per sample")
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return labels.long()  # a graph cannot raise; branching on sizes or values would freeze or break the capture
     if labels.shape != (count,):
         raise ValueError(f"expected {count} labels, one per sample; got shape {tuple(labels.shape)}")
     labels = labels.long()

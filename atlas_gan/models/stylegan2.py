@@ -244,7 +244,7 @@ class StyleGAN2Generator(nn.Module):
 
     def styles(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Per-layer w's (n, num_ws, w_dim): style mixing in training, truncation in eval."""
-        labels = check_labels(labels, self.spec, len(z))
+        labels = check_labels(labels, self.spec, z.shape[0])  # not len(z): exports keep the batch size symbolic
         w = self.mapping(z, labels)
         if not self.training and self.truncation_psi != 1.0:
             w = self.mapping.w_avg.to(w.dtype).lerp(w, self.truncation_psi)
@@ -312,7 +312,7 @@ class StyleGAN2Discriminator(nn.Module):
         self.embed = EqualLinear(spec.num_classes, top) if spec.conditional else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        labels = check_labels(labels, self.spec, len(x))
+        labels = check_labels(labels, self.spec, x.shape[0])
         x = self.blocks(self.from_image(x))
         x = self.fc(self.conv(self.mbstd(x)).flatten(1))
         out = self.out(x)
