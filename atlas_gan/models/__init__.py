@@ -1,6 +1,6 @@
 """GAN families by name. A family is registered once and the trainer never needs to know which it runs.
 
-The built-in families live in `families.py`; a new one (StyleGAN2, BigGAN, ...) adds a module that calls `register`.
+The built-in families live in `families.py`; a new one (BigGAN, ...) adds a module that calls `register`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Serialization, chosen deliberately: the EMA generator's `state_dict` (`generator
 `torch.load(weights_only=True)`, so loading a model never unpickles code) plus `generator.json` (family, ModelSpec,
 bands, normalization), rebuilt with atlas-gan's own model classes, which are logged with the model (`code_paths`).
 Not torch.export (MLflow 3's default for `mlflow.pytorch`): an exported program is bound to traced shapes and
-operators and not every family exports (style mixing, data-dependent control flow); the same module code gives
-the registered model bit-identical images to the trainer's generator, on every family. Not pickle: unsafe to load.
+operators, and fixes eval-time choices such as StyleGAN2's truncation psi; the same module code gives the
+registered model bit-identical images to the trainer's generator, on every family, with psi a predict parameter.
+ONNX/TorchScript files come from `atlas-gan export` (`atlas_gan/export.py`). Not pickle: unsafe to load.
 """
 
 from __future__ import annotations
