@@ -9,11 +9,15 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from atlas_gan.config import ConfigError, load_config
 from atlas_gan.storage import StorageError
+
+if TYPE_CHECKING:
+    from atlas_gan.sampling import Sampler  # imported lazily at run time: torch is slow to import
 
 app = typer.Typer(
     help="atlas-gan: train GANs on satellite imagery (ingest -> train -> evaluate -> register).",
@@ -193,6 +197,19 @@ def register(
     typer.echo(registration.summary())
 
 
+def _load_sampler(model: str, config: Path | None, overrides: list[str]) -> Sampler:
+    """The generator behind a registry URI (from the configured MLflow store) or a checkpoint path/URL."""
+    from atlas_gan.sampling import is_mlflow_uri, load_sampler
+
+    cfg = load_config(config, overrides)
+    tracking = None
+    if is_mlflow_uri(model):
+        from atlas_gan.tracking.store import tracking_uri
+
+        tracking = tracking_uri(cfg.tracking)
+    return load_sampler(model, cfg.storage, tracking)
+
+
 @app.command()
 def sample(
     model: str = typer.Option(
@@ -227,18 +244,12 @@ def sample(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
     """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or GeoTIFFs with band names."""
-    from atlas_gan.sampling import grid_png, is_mlflow_uri, load_sampler, write_geotiffs
+    from atlas_gan.sampling import grid_png, write_geotiffs
 
     if values not in ("physical", "model"):
         _fail(f"--values must be physical or model; got {values!r}", 2)
     with _exit_codes():
-        cfg = load_config(config, overrides)
-        tracking = None
-        if is_mlflow_uri(model):
-            from atlas_gan.tracking.store import tracking_uri
-
-            tracking = tracking_uri(cfg.tracking)
-        sampler = load_sampler(model, cfg.storage, tracking)
+        sampler = _load_sampler(model, config, overrides)
         images = sampler.generate(count, seed, label, truncation_psi=truncation_psi)
         wanted = [b.strip() for b in bands.split(",")] if bands else None
         if out is None and geotiff is None:
@@ -272,23 +283,16 @@ def export(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config: where MLflow is (tracking.uri)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
-    """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 [and `labels`
-    (n,) int64 for a conditional model], output `images` (n, bands, size, size) in [-1, 1], any batch size.
+    """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 (and `labels`
+    (n,) int64 for a conditional model), output `images` (n, bands, size, size) in [-1, 1], any batch size.
     The file carries the bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
     from atlas_gan.export import export_generator
     from atlas_gan.models.base import ModelSpec
-    from atlas_gan.sampling import is_mlflow_uri, load_sampler
 
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format must be onnx or torchscript; got {fmt!r}", 2)
     with _exit_codes():
-        cfg = load_config(config, overrides)
-        tracking = None
-        if is_mlflow_uri(model):
-            from atlas_gan.tracking.store import tracking_uri
-
-            tracking = tracking_uri(cfg.tracking)
-        sampler = load_sampler(model, cfg.storage, tracking)
+        sampler = _load_sampler(model, config, overrides)
         spec = ModelSpec(**sampler.meta["spec"])
         info = {key: sampler.meta.get(key) for key in ("model", "step", "bands", "labels", "normalization")}
         info["source"] = model

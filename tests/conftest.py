@@ -94,16 +94,13 @@ def s3(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch):
     return s3_server
 
 
-@pytest.fixture(scope="session")
-def train_data(geotiff, tmp_path_factory):
-    """The Pucallpa time series (8 scenes, 4 bands, uint8) as 32 px tiles in 2 shards."""
-    output = tmp_path_factory.mktemp("train-data") / "shards"
+def ingest_pucallpa(geotiff: Path, output: Path, tile_size: int) -> Path:
     config = load_config(
         None,
         [
             f"ingest.source={geotiff / 'landsat-pucallpa'}",
             f"ingest.output={output}",
-            "ingest.tile_size=32",
+            f"ingest.tile_size={tile_size}",
             "ingest.workers=2",
             "ingest.shard_max_samples=1000",
         ],
@@ -113,17 +110,12 @@ def train_data(geotiff, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def train_data(geotiff, tmp_path_factory):
+    """The Pucallpa time series (8 scenes, 4 bands, uint8) as 32 px tiles in 2 shards."""
+    return ingest_pucallpa(geotiff, tmp_path_factory.mktemp("train-data") / "shards", 32)
+
+
+@pytest.fixture(scope="session")
 def train_data_64(geotiff, tmp_path_factory):
     """The Pucallpa time series as 64 px tiles (StyleGAN2's smallest size), in one shard."""
-    output = tmp_path_factory.mktemp("train-data-64") / "shards"
-    config = load_config(
-        None,
-        [
-            f"ingest.source={geotiff / 'landsat-pucallpa'}",
-            f"ingest.output={output}",
-            "ingest.tile_size=64",
-            "ingest.workers=2",
-        ],
-    )
-    ingest(config, progress=False)
-    return output
+    return ingest_pucallpa(geotiff, tmp_path_factory.mktemp("train-data-64") / "shards", 64)

@@ -236,3 +236,13 @@ def test_cli_exports_the_registered_generator(registered, tmp_path, fmt, monkeyp
     generator = mlflow.pyfunc.load_model("models:/tiles-test@champion").unwrap_python_model().generator
     (expected,) = generate_batched(generator, latents, labels, 8, truncation_psi=0.7)
     np.testing.assert_allclose(images, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_trains_stylegan2_on_cpu(train_data_64, tmp_path):
+    """The GPU default (bf16 autocast) with every StyleGAN2 term due at step 0 (R1, path length, ADA)."""
+    config = small_config(train_data_64, tmp_path / "run", "train.steps=2", "train.precision=bf16", *STYLEGAN2)
+    trainer = Trainer(config, distributed.setup(), progress=False)
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert trainer.run()["step"] == 2
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.G.parameters())
+    assert float(trainer.path_length.mean) > 0 and np.isfinite(float(trainer.path_length.mean))
