@@ -57,7 +57,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import tempfile
 import warnings
@@ -69,7 +68,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from atlas_gan.models.base import MAX_TRUNCATION_PSI, ModelSpec, seeded_latents
+from atlas_gan.models.base import ModelSpec, check_truncation, seeded_latents
 from atlas_gan.storage import make_readable
 
 ExportFormat = Literal["torchscript", "onnx"]
@@ -111,16 +110,9 @@ def _prepare(
 ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The wrapped eval-mode float32 CPU copy of `generator` with `truncation_psi` set, and example inputs."""
     truncation_psi = float(truncation_psi)
-    if not math.isfinite(truncation_psi) or not 0.0 <= truncation_psi <= MAX_TRUNCATION_PSI:
-        raise ValueError(f"truncation psi must lie in [0, {MAX_TRUNCATION_PSI}]; got {truncation_psi}")
-    has_psi = hasattr(generator, "truncation_psi")
-    if truncation_psi != 1.0 and not has_psi:
-        raise ValueError(
-            f"truncation_psi={truncation_psi} needs a generator with a style space (a `truncation_psi` attribute, "
-            f"as StyleGAN2's); {type(generator).__name__} has none"
-        )
+    check_truncation(generator, truncation_psi)
     model = copy.deepcopy(generator).to(device="cpu", dtype=torch.float32).eval()
-    if has_psi:
+    if hasattr(model, "truncation_psi"):
         model.truncation_psi = truncation_psi
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -40,19 +40,14 @@ def finish(process, timeout=300):
     return output
 
 
+def train_two_ranks(run_dir, data, steps, extra):
+    """One machine, two gloo ranks, run to the end; the run's log events."""
+    finish(torchrun("--standalone", "--nproc-per-node=2", run_dir=run_dir, data=data, steps=steps, extra=extra))
+    return events(run_dir)
+
+
 def test_two_ranks_stay_in_sync(train_data, tmp_path):
-    run_dir = tmp_path / "run"
-    finish(
-        torchrun(
-            "--standalone",
-            "--nproc-per-node=2",
-            run_dir=run_dir,
-            data=train_data,
-            steps=4,
-            extra=["train.model=wgan-gp"],
-        )
-    )
-    log = events(run_dir)
+    log = train_two_ranks(tmp_path / "run", train_data, 4, ["train.model=wgan-gp"])
     end = log[-1]
     assert end["event"] == "end" and end["step"] == 4 and end["ranks_in_sync"] is True
     assert len(end["rank_fingerprints"]) == 2
@@ -124,17 +119,7 @@ def test_two_ranks_train_stylegan2_with_ada_in_sync(train_data_64, tmp_path):
     """StyleGAN2 + ADA on 2 torchrun ranks (64 px Landsat shards): lazy R1 (step 0), path length (steps 0, 4), ADA's
     p adjusted from both ranks' D outputs every 2 steps; both ranks end with identical weights and the same p."""
     run_dir = tmp_path / "run"
-    finish(
-        torchrun(
-            "--standalone",
-            "--nproc-per-node=2",
-            run_dir=run_dir,
-            data=train_data_64,
-            steps=5,
-            extra=STYLEGAN2,
-        )
-    )
-    log = events(run_dir)
+    log = train_two_ranks(run_dir, train_data_64, 5, STYLEGAN2)
     end = log[-1]
     assert end["event"] == "end" and end["step"] == 5 and end["ranks_in_sync"] is True
     assert log[0]["model"] == "stylegan2" and log[0]["global_batch"] == 16

@@ -102,17 +102,24 @@ def seeded_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
 MAX_TRUNCATION_PSI = 2.0
 
 
+def check_truncation(generator: nn.Module, psi: float) -> None:
+    """psi must lie in [0, MAX_TRUNCATION_PSI], and differ from 1 only for generators with a style space."""
+    if not math.isfinite(psi) or not 0.0 <= psi <= MAX_TRUNCATION_PSI:
+        raise ValueError(f"truncation psi must lie in [0, {MAX_TRUNCATION_PSI}]; got {psi}")
+    if psi != 1.0 and not hasattr(generator, "truncation_psi"):
+        raise ValueError(
+            f"truncation_psi {psi}: {type(generator).__name__} has no style space to truncate (stylegan2 has)"
+        )
+
+
 @contextlib.contextmanager
 def truncation(generator: nn.Module, psi: float) -> Iterator[None]:
     """Sample with the truncation trick (w pulled toward the mean w by `psi`: 1 = off, 0 = the mean image) for
     the duration of the block. Only generators with a style space (StyleGAN2) support psi != 1."""
-    if not math.isfinite(psi) or not 0.0 <= psi <= MAX_TRUNCATION_PSI:
-        raise ValueError(f"truncation psi must lie in [0, {MAX_TRUNCATION_PSI}]; got {psi}")
+    check_truncation(generator, psi)
     if psi == 1.0:
         yield
         return
-    if not hasattr(generator, "truncation_psi"):
-        raise ValueError(f"truncation psi {psi}: this generator has no style space to truncate (stylegan2 has)")
     saved = generator.truncation_psi
     generator.truncation_psi = psi
     try:

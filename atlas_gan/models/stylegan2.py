@@ -57,6 +57,11 @@ def channels_at(width: int, image_size: int, resolution: int) -> int:
     return min(width * image_size // resolution, width * 8)
 
 
+def check_image_size(spec: ModelSpec) -> None:
+    if spec.image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"stylegan2 needs image_size 64, 128 or 256; got {spec.image_size}")
+
+
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
 
@@ -233,8 +238,7 @@ class StyleGAN2Generator(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        if spec.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"stylegan2 needs image_size 64, 128 or 256; got {spec.image_size}")
+        check_image_size(spec)
         self.spec = spec
         self.mapping = MappingNetwork(spec.latent_dim, spec.latent_dim, spec.num_classes)
         self.synthesis = SynthesisNetwork(spec)
@@ -296,8 +300,7 @@ class StyleGAN2Discriminator(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        if spec.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"stylegan2 needs image_size 64, 128 or 256; got {spec.image_size}")
+        check_image_size(spec)
         self.spec = spec
         size = spec.image_size
         resolutions = [2**i for i in range(int(log2(size)), 2, -1)]  # size .. 8

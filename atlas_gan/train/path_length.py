@@ -28,10 +28,13 @@ class PathLengthRegularizer:
         return self.weight > 0 and step % self.interval == 0
 
     def penalty(
-        self, generator: nn.Module, latents: torch.Tensor, labels: torch.Tensor | None, ctx: DistributedContext
+        self, generator: nn.Module, batch_size: int, labels: torch.Tensor | None, ctx: DistributedContext
     ) -> torch.Tensor:
-        """The weighted penalty for `latents` (already shrunk by the caller), differentiable w.r.t. G."""
-        ws = generator.styles(latents, labels)
+        """The weighted penalty on fresh latents for a fraction of the batch (and its first labels),
+        differentiable w.r.t. G."""
+        count = max(1, batch_size // BATCH_SHRINK)
+        latents = torch.randn(count, generator.spec.latent_dim, device=ctx.device)
+        ws = generator.styles(latents, None if labels is None else labels[:count])
         images = generator.synthesis(ws)
         directions = torch.randn_like(images) / sqrt(images.shape[2] * images.shape[3])
         (grads,) = torch.autograd.grad((images * directions).sum(), ws, create_graph=True)

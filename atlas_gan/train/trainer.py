@@ -45,7 +45,6 @@ from atlas_gan.train.data import TileStream, make_loader
 from atlas_gan.train.diffaugment import DiffAugment
 from atlas_gan.train.distributed import DistributedContext
 from atlas_gan.train.ema import EMA
-from atlas_gan.train.path_length import BATCH_SHRINK as PL_BATCH_SHRINK
 from atlas_gan.train.path_length import PathLengthRegularizer
 from atlas_gan.train.sample_grid import write_sample_grids
 
@@ -352,9 +351,7 @@ class Trainer:
         with self._autocast():
             loss_g = generator_loss(self.family.loss, self._discriminate(fake, labels))
             if self.path_length.due(self.step):
-                shrunk = max(1, batch // PL_BATCH_SHRINK)
-                pl_labels = None if labels is None else labels[:shrunk]
-                loss_g = loss_g + self.path_length.penalty(self.G, self._latents(shrunk), pl_labels, self.ctx)
+                loss_g = loss_g + self.path_length.penalty(self.G, batch, labels, self.ctx)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
