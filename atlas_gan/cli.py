@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from atlas_gan.config import ConfigError, load_config
+from atlas_gan.config import load_config
 from atlas_gan.storage import StorageError
 
 if TYPE_CHECKING:
@@ -38,10 +38,13 @@ def _fail(message: str, code: int) -> None:
 
 
 @contextlib.contextmanager
-def _exit_codes() -> Iterator[None]:
-    """Bad configuration or input -> exit 2; storage or MLflow server failures -> exit 3; the message names why."""
+def _exit_codes(rejected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """`rejected` input under --strict -> exit 1; bad configuration or input -> exit 2; storage or MLflow server
+    failures -> exit 3; the message names why."""
     try:
         yield
+    except rejected as exc:
+        _fail(str(exc), 1)
     except (ValueError, FileNotFoundError) as exc:  # ConfigError, WeightsNotFound, a missing checkpoint
         _fail(str(exc), 2)
     except StorageError as exc:
@@ -70,7 +73,7 @@ def ingest(
     Incremental: scenes already in the output's manifest are skipped, new ones add shards. Rejected inputs
     (unreadable files, missing bands, all-nodata scenes, ...) are listed with the reason in the manifest.
     """
-    from atlas_gan.ingest import IngestConfigMismatch, IngestRejected, SourceEmpty
+    from atlas_gan.ingest import IngestRejected
     from atlas_gan.ingest import ingest as run_ingest
 
     flags = [
@@ -78,18 +81,8 @@ def ingest(
         for k, v in {"source": source, "output": output, "workers": workers, "strict": strict}.items()
         if v is not None
     ]
-    try:
-        cfg = load_config(config, [*overrides, *flags])
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-    try:
-        report = run_ingest(cfg, progress=not quiet)
-    except IngestRejected as exc:
-        _fail(str(exc), 1)
-    except (IngestConfigMismatch, SourceEmpty) as exc:
-        _fail(str(exc), 2)
-    except StorageError as exc:
-        _fail(f"storage error: {exc}", 3)
+    with _exit_codes(rejected=(IngestRejected,)):
+        report = run_ingest(load_config(config, [*overrides, *flags]), progress=not quiet)
     typer.echo(report.summary())
     if report_json is not None:
         report_json.write_text(json.dumps(vars(report), indent=2) + "\n")
@@ -114,10 +107,8 @@ def train(
 
     from atlas_gan.train.launch import torchrun_command, write_config_file
 
-    try:
+    with _exit_codes():
         cfg = load_config(config, overrides)  # fail fast, before any process starts
-    except ConfigError as exc:
-        _fail(str(exc), 2)
     if nproc_per_node == 1:
         from atlas_gan.train.__main__ import main as train_main
 
@@ -144,22 +135,13 @@ def evaluate(
     FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands).
     """
     from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint
-    from atlas_gan.metrics.weights import WeightsNotFound
-    from atlas_gan.train import distributed
+    from atlas_gan.runtime import distributed
 
     extra = [f"evaluate.inception_weights={json.dumps(weights)}"] if weights else []
-    try:
+    with _exit_codes():
         cfg = load_config(config, [*overrides, *extra])
         ctx = distributed.setup()
         result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=n, progress=not quiet)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-    except WeightsNotFound as exc:
-        _fail(str(exc), 2)
-    except ValueError as exc:
-        _fail(str(exc), 2)
-    except StorageError as exc:
-        _fail(f"storage error: {exc}", 3)
     if result is None:
         return
     for label, scores in result["scores"].items():
@@ -288,13 +270,14 @@ def export(
     The file carries the bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
     from atlas_gan.export import export_generator
     from atlas_gan.models.base import ModelSpec
+    from atlas_gan.runtime.generator import META_KEYS
 
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format must be onnx or torchscript; got {fmt!r}", 2)
     with _exit_codes():
         sampler = _load_sampler(model, config, overrides)
         spec = ModelSpec(**sampler.meta["spec"])
-        info = {key: sampler.meta.get(key) for key in ("model", "step", "bands", "labels", "normalization")}
+        info = {key: sampler.meta.get(key) for key in META_KEYS}
         info["source"] = model
         export_generator(sampler.generator, spec, out, fmt, truncation_psi, info)  # type: ignore[arg-type]
     inputs = "latents, labels" if spec.conditional else "latents"
@@ -318,12 +301,8 @@ def preview(
     from atlas_gan.storage import storage_for
 
     wanted = [b.strip() for b in bands.split(",")] if bands else None
-    try:
+    with _exit_codes():
         png = write_preview(storage_for(dataset), dataset, count, wanted, columns)
-    except ValueError as exc:
-        _fail(str(exc), 2)
-    except StorageError as exc:
-        _fail(f"storage error: {exc}", 3)
     out.write_bytes(png)
     typer.echo(f"wrote {out} ({len(png):,} bytes)")
 

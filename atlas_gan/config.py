@@ -173,7 +173,7 @@ AdaGroup = Literal["blit", "geom", "color"]
 
 class AdaConfig(_Strict):
     """Adaptive discriminator augmentation (Karras et al. 2020): the probability p of augmenting every image D sees
-    moves toward keeping E[sign(D(real))] at `target` (see atlas_gan/train/ada.py)."""
+    moves toward keeping E[sign(D(real))] at `target` (see atlas_gan/recipes/ada.py)."""
 
     groups: list[AdaGroup] = Field(
         ["blit", "geom", "color"],
@@ -194,11 +194,82 @@ class AdaConfig(_Strict):
         return value
 
 
+class _AdversarialOptions(_Strict):
+    """Options every family of the adversarial recipe takes; `family` picks the networks and the paper defaults."""
+
+    n_critic: int | None = Field(
+        None, ge=1, le=100, description="discriminator steps per G step; null: the family's (wgan, wgan-gp 5; others 1)"
+    )
+    r1_gamma: float | None = Field(
+        None, ge=0, le=1e4, description="R1 penalty weight; null: the family's (stylegan2: 0.0002 size^2 / batch)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_only_keys(cls, data: Any) -> Any:
+        """A key another family owns gets a message naming that family, not just 'extra input'."""
+        if isinstance(data, dict):
+            for key, owner in _FAMILY_ONLY_KEYS.items():
+                if key in data and key not in cls.model_fields:
+                    raise ValueError(f"{key}: {data.get('family')} has no {owner[1]} ({owner[0]} has)")
+        return data
+
+
+class DCGANLayoutOptions(_AdversarialOptions):
+    """dcgan, wgan, wgan-gp, sngan: the DCGAN layout with the loss, normalization and optimizer of each paper."""
+
+    family: Literal["dcgan", "wgan", "wgan-gp", "sngan"]
+
+
+class SAGANOptions(_AdversarialOptions):
+    """sagan: the DCGAN layout with self-attention and spectral norm in G and D."""
+
+    family: Literal["sagan"]
+    attention_resolution: int | None = Field(
+        None, description="feature-map size of the self-attention block; null: 32, or 16 for 32 px images"
+    )
+
+    @field_validator("attention_resolution")
+    @classmethod
+    def _attention_power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value not in (8, 16, 32, 64, 128):
+            raise ValueError("must be 8, 16, 32, 64 or 128 (and at most half the image size)")
+        return value
+
+
+class StyleGAN2Options(_AdversarialOptions):
+    """stylegan2: mapping network, modulated convolutions, lazy R1 and path-length regularization."""
+
+    family: Literal["stylegan2"]
+    path_length_weight: float | None = Field(
+        None, ge=0, le=1e3, description="path-length regularization weight; null: 2 (the paper's), 0 = off"
+    )
+
+
+_FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
+    "attention_resolution": ("sagan", "self-attention block"),
+    "path_length_weight": ("stylegan2", "style space for path-length regularization"),
+}
+
+ModelOptions = Annotated[DCGANLayoutOptions | SAGANOptions | StyleGAN2Options, Field(discriminator="family")]
+MODEL_FAMILIES: tuple[str, ...] = tuple(
+    name for options in ModelOptions.__origin__.__args__ for name in options.model_fields["family"].annotation.__args__
+)
+"""Every family name the config accepts, in the order above (the model registry holds the same names)."""
+
+# Sections that may be given as one plain value: the value of this key (train.model=sagan: the family).
+_SHORTHAND_SECTIONS = {("train", "model"): "family"}
+
+# Keys that lived flat in `train` before family options moved under `train.model`.
+_MOVED_TRAIN_KEYS = ("n_critic", "r1_gamma", "path_length_weight", "attention_resolution")
+
+
 class TrainConfig(_Strict):
     """GAN training: what torchrun runs on every rank. Batch sizes are per rank: global = batch_size x world size."""
 
-    model: str = Field(
-        "dcgan", description="model family from the registry: dcgan, wgan, wgan-gp, sngan, sagan, stylegan2"
+    model: ModelOptions = Field(
+        DCGANLayoutOptions(family="dcgan"),
+        description="the GAN family (`family`) and its options; a plain name (train.model=sagan) sets the family",
     )
     data: Url | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
     run_dir: Url = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
@@ -210,7 +281,6 @@ class TrainConfig(_Strict):
     steps: int = Field(10_000, ge=1, description="generator updates to train for (resumed runs count from their step)")
     lr_g: float | None = Field(None, gt=0, le=1, description="null: the family's default")
     lr_d: float | None = Field(None, gt=0, le=1, description="null: the family's default")
-    n_critic: int | None = Field(None, ge=1, le=100, description="discriminator steps per G step; null: family default")
     ema_half_life_kimg: float = Field(
         10.0, ge=0, description="EMA of G weights, half-life in thousands of images; 0 off"
     )
@@ -224,16 +294,7 @@ class TrainConfig(_Strict):
         [], description="DiffAugment policies for every image D sees, e.g. [color, translation, cutout]"
     )
     ada: AdaConfig | None = Field(None, description="adaptive discriminator augmentation; null: off")
-    r1_gamma: float | None = Field(
-        None, ge=0, le=1e4, description="R1 penalty weight; null: the family's (stylegan2: 0.0002 size^2 / batch)"
-    )
-    path_length_weight: float | None = Field(
-        None, ge=0, le=1e3, description="path-length regularization weight (stylegan2 only); null: family's (2)"
-    )
     condition: ConditionConfig = ConditionConfig()
-    attention_resolution: int | None = Field(
-        None, description="feature-map size of the self-attention block (sagan); null: 32, or 16 for 32 px images"
-    )
     seed: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -246,6 +307,23 @@ class TrainConfig(_Strict):
     nan_patience: int = Field(3, ge=1, le=1000, description="non-finite steps in a row before rolling back")
     max_rollbacks: int = Field(3, ge=0, le=100, description="rollbacks to the last checkpoint before giving up")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="newest checkpoints kept in run_dir")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _MOVED_TRAIN_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"train.{key} moved to train.model.{key}: family options live under train.model, "
+                        f"e.g. --set train.model.family=sagan --set train.model.{key}=..."
+                    )
+        return data
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _family_name(cls, value: Any) -> Any:
+        return {_SHORTHAND_SECTIONS["train", "model"]: value} if isinstance(value, str) else value
 
     @field_validator("image_size")
     @classmethod
@@ -266,13 +344,6 @@ class TrainConfig(_Strict):
         if self.ada is not None and self.diffaugment:
             raise ValueError("choose one of diffaugment and ada: both augment what D sees")
         return self
-
-    @field_validator("attention_resolution")
-    @classmethod
-    def _attention_power_of_two(cls, value: int | None) -> int | None:
-        if value is not None and value not in (8, 16, 32, 64, 128):
-            raise ValueError("must be 8, 16, 32, 64 or 128 (and at most half the image size)")
-        return value
 
 
 class EvaluateConfig(_Strict):
@@ -354,7 +425,8 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "<root>"
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        shown = err["type"] != "missing" and not isinstance(err.get("input"), dict)  # not a whole section
+        got = f" (got {err.get('input')!r})" if shown else ""
         lines.append(f"  {path}: {err['msg']}{got}")
     return f"invalid configuration ({origin}):\n" + "\n".join(lines)
 
@@ -374,6 +446,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         child = node.get(part)
         if child is None:  # a section that is off (null) or absent: setting one of its keys turns it on
             child = node[part] = {}
+        shorthand = _SHORTHAND_SECTIONS.get(tuple(parts[: i + 1]))
+        if shorthand and isinstance(child, str):  # train.model=sagan, then train.model.<option>=...
+            child = node[part] = {shorthand: child}
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child

@@ -68,45 +68,42 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from atlas_gan.models.base import ModelSpec, check_truncation, seeded_latents
+from atlas_gan.models.base import ModelSpec, check_truncation
+from atlas_gan.runtime.signature import LatentSignature, signature_of
 from atlas_gan.storage import make_readable
 
 ExportFormat = Literal["torchscript", "onnx"]
-INPUT_LATENTS, INPUT_LABELS, OUTPUT_IMAGES = "latents", "labels", "images"
+OUTPUT_IMAGES = "images"
 EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so the example batch must be larger for a dynamic axis
 METADATA_KEY = "atlas_gan.export"
 TORCHSCRIPT_EXTRA_FILE = "atlas_gan.json"
 _INSTALL_HINT = "pip install 'atlas-gan[export]'"
 
 
-class _UnconditionalGenerator(nn.Module):
-    """`forward(latents)`: fixes the exported graph's input names and count, nothing else."""
+class _OneInput(nn.Module):
+    """`forward(x)`: fixes the exported graph's input count (one), nothing else."""
 
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
         self.generator = generator
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.generator(latents)
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        return self.generator(first)
 
 
-class _ConditionalGenerator(nn.Module):
-    """`forward(latents, labels)`."""
+class _TwoInputs(nn.Module):
+    """`forward(x, y)`, e.g. latents and labels."""
 
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
         self.generator = generator
 
-    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.generator(latents, labels)
-
-
-def _input_names(spec: ModelSpec) -> list[str]:
-    return [INPUT_LATENTS, INPUT_LABELS] if spec.conditional else [INPUT_LATENTS]
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return self.generator(first, second)
 
 
 def _prepare(
-    generator: nn.Module, spec: ModelSpec, truncation_psi: float
+    generator: nn.Module, spec: ModelSpec, truncation_psi: float, signature: LatentSignature
 ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The wrapped eval-mode float32 CPU copy of `generator` with `truncation_psi` set, and example inputs."""
     truncation_psi = float(truncation_psi)
@@ -116,14 +113,18 @@ def _prepare(
         model.truncation_psi = truncation_psi
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    latents = seeded_latents(EXAMPLE_BATCH, spec.latent_dim, seed=0)
-    if not spec.conditional:
-        return _UnconditionalGenerator(model).eval(), (latents,)
-    labels = torch.arange(EXAMPLE_BATCH, dtype=torch.int64) % spec.num_classes
-    return _ConditionalGenerator(model).eval(), (latents, labels)
+    example = signature.example_inputs(spec, EXAMPLE_BATCH)
+    wrapper = _OneInput(model) if len(example) == 1 else _TwoInputs(model)
+    return wrapper.eval(), example
 
 
-def _metadata(spec: ModelSpec, generator: nn.Module, truncation_psi: float, info: dict[str, Any] | None) -> str:
+def _metadata(
+    spec: ModelSpec,
+    generator: nn.Module,
+    truncation_psi: float,
+    info: dict[str, Any] | None,
+    signature: LatentSignature,
+) -> str:
     """The export's self-description; `info` adds what a consumer needs to read the images (bands, label
     vocabulary, normalization, model family and step)."""
     return json.dumps(
@@ -131,7 +132,8 @@ def _metadata(spec: ModelSpec, generator: nn.Module, truncation_psi: float, info
             **(info or {}),
             "spec": asdict(spec),
             "truncation_psi": float(truncation_psi) if hasattr(generator, "truncation_psi") else None,
-            "inputs": _input_names(spec),
+            "signature": signature.name,
+            "inputs": signature.input_names(spec),
             "outputs": [OUTPUT_IMAGES],
         },
         sort_keys=True,
@@ -162,7 +164,8 @@ def export_torchscript(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Trace `generator` (see the module docstring) and save it as TorchScript at `path`; returns the path."""
-    wrapper, example = _prepare(generator, spec, truncation_psi)
+    signature = signature_of(info or {})
+    wrapper, example = _prepare(generator, spec, truncation_psi, signature)
     with warnings.catch_warnings():
         # PyTorch 2.14 deprecates TorchScript; everything else (TracerWarnings above all) is left to surface.
         warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|save)` is deprecated", FutureWarning)
@@ -170,7 +173,7 @@ def export_torchscript(
             # check_trace re-runs the traced graph against eager: a nondeterministic eval forward (random noise)
             # or a value-dependent branch shows up as a TracerWarning or TracingCheckError here.
             traced = torch.jit.trace(wrapper, example)
-        extra_files = {TORCHSCRIPT_EXTRA_FILE: _metadata(spec, generator, truncation_psi, info)}
+        extra_files = {TORCHSCRIPT_EXTRA_FILE: _metadata(spec, generator, truncation_psi, info, signature)}
         with _atomic_destination(path, ".pt") as temporary:
             torch.jit.save(traced, str(temporary), _extra_files=extra_files)
     return Path(path)
@@ -210,9 +213,11 @@ def export_onnx(
     except ImportError as error:
         raise ImportError(f"ONNX export needs the onnx and onnxscript packages: {_INSTALL_HINT}") from error
 
-    wrapper, example = _prepare(generator, spec, truncation_psi)
+    signature = signature_of(info or {})
+    wrapper, example = _prepare(generator, spec, truncation_psi, signature)
+    input_names = signature.input_names(spec)
     batch = torch.export.Dim("batch")
-    dynamic_shapes = {name: {0: batch} for name in _input_names(spec)}
+    dynamic_shapes = tuple({0: batch} for _ in input_names)
     with _quiet_onnx_exporter(), torch.no_grad():
         # torch.export first, by hand: given the module, torch.onnx.export would retry a capture that specialized
         # the batch size with that size fixed ("suggested fixes"), silently giving a fixed-batch model.
@@ -228,7 +233,7 @@ def export_onnx(
             exported,
             dynamo=True,
             dynamic_shapes=dynamic_shapes,  # here only to name the axis "batch"
-            input_names=_input_names(spec),
+            input_names=input_names,
             output_names=[OUTPUT_IMAGES],
             opset_version=opset,
             verbose=False,
@@ -240,7 +245,7 @@ def export_onnx(
     for value in (*model.graph.input, *model.graph.output):
         if not value.type.tensor_type.shape.dim[0].dim_param:
             raise RuntimeError(f"the ONNX graph's {value.name!r} has a fixed batch size; it should be dynamic")
-    onnx.helper.set_model_props(model, {METADATA_KEY: _metadata(spec, generator, truncation_psi, info)})
+    onnx.helper.set_model_props(model, {METADATA_KEY: _metadata(spec, generator, truncation_psi, info, signature)})
     onnx.checker.check_model(model, full_check=True)
     with _atomic_destination(path, ".onnx") as temporary:
         onnx.save_model(model, str(temporary))

@@ -48,11 +48,12 @@ def champion_version(config: AtlasConfig) -> str | None:
     """The registered model's champion version, or None when there is none (or no such model yet)."""
     from mlflow.exceptions import MlflowException
 
+    from atlas_gan.tracking.promotion import CHAMPION
     from atlas_gan.tracking.store import client_for
 
     try:
         return str(
-            client_for(config.tracking).get_model_version_by_alias(config.tracking.registered_model, "champion").version
+            client_for(config.tracking).get_model_version_by_alias(config.tracking.registered_model, CHAMPION).version
         )
     except MlflowException:
         return None

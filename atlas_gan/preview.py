@@ -29,6 +29,19 @@ def band_positions(bands: list[str], wanted: list[str] | None) -> list[int]:
     return positions * 3 if len(positions) == 1 else positions
 
 
+def band_triplets(bands: list[str], rgb: list[str | int] | None) -> list[tuple[str, list[int]]]:
+    """(label, positions) of each grid: the RGB triplet first, then the remaining bands three at a time."""
+    wanted = None if rgb is None else [bands[b - 1] if isinstance(b, int) else b for b in rgb]
+    first = band_positions(bands, wanted)
+    grids = [("rgb", first)]
+    rest = [i for i in range(len(bands)) if i not in first]
+    for start in range(0, len(rest), 3):
+        group = rest[start : start + 3]
+        group += [group[-1]] * (3 - len(group))  # one or two left: repeat to fill the channels (grey-ish)
+        grids.append(("-".join(dict.fromkeys(bands[i] for i in group)), group))
+    return grids
+
+
 def iter_tiles(store: Storage, output: str, manifest: dict[str, Any]) -> Iterator[np.ndarray]:
     """Every tile of the dataset, in shard order, read with plain tarfile."""
     for shard in manifest["shards"]:

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from atlas_gan.labels import LabelVocabulary, generation_labels
-from atlas_gan.models.base import generate_batched, seeded_latents
+from atlas_gan.labels import LabelVocabulary
+from atlas_gan.models.base import ModelSpec, generate_batched
 from atlas_gan.preview import band_positions, tile_grid
+from atlas_gan.runtime.signature import signature_of
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Sampler:
     """A generator and what is needed to interpret its images."""
 
     generator: torch.nn.Module
-    meta: dict[str, Any]  # model, spec, bands, normalization, step
+    meta: dict[str, Any]  # atlas_gan.runtime.generator.generator_meta
     source: str
 
     @property
@@ -50,9 +51,10 @@ class Sampler:
         """(count, bands, size, size) float32 in [-1, 1]; the same seed (and label) gives the same tiles.
         A conditional generator draws `label` (or, without one, labels in the training data's proportions).
         `truncation_psi` < 1 (StyleGAN2) trades variety for typical-looking tiles."""
-        latents = seeded_latents(count, int(self.meta["spec"]["latent_dim"]), seed)
-        labels = generation_labels(self.vocabulary, count, label, seed)
-        parts = generate_batched(self.generator, latents, labels, batch_size, truncation_psi)
+        inputs = signature_of(self.meta).seeded_inputs(
+            ModelSpec(**self.meta["spec"]), self.vocabulary, count, seed, label
+        )
+        parts = generate_batched(self.generator, inputs, batch_size, truncation_psi)
         return torch.cat(parts).float().numpy()
 
 
@@ -68,8 +70,8 @@ def load_sampler(uri: str, storage_settings: Any = None, tracking: str | None = 
 
         generator, meta = load_registered_generator(uri, tracking)
         return Sampler(generator, meta, uri)
+    from atlas_gan.runtime.generator import load_generator
     from atlas_gan.storage import storage_for
-    from atlas_gan.train.trainer import load_generator
 
     generator, meta = load_generator(storage_for(uri, storage_settings), uri)
     return Sampler(generator, meta, uri)

@@ -38,10 +38,10 @@ from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.metrics.inception import RESIZE_METHOD
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
 from atlas_gan.metrics.weights import load_inception, resolve_weights
+from atlas_gan.preview import band_triplets
+from atlas_gan.runtime import distributed
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train import distributed
-from atlas_gan.train.sample_grid import band_triplets
 from atlas_gan.train.trainer import Trainer
 
 RUNS = {  # name -> (family, extra overrides)
@@ -88,7 +88,7 @@ def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool)
     family, extra = RUNS[name]
     from atlas_gan.models import get_family
 
-    n_critic = get_family(family).n_critic
+    n_critic = get_family(family).training.n_critic
     steps = max(1, round(args.kimg * 1000 / (args.batch * n_critic)))
     suffix, augment = augmentation(family, args.kimg)
     label = f"{name}{suffix if augmented else ''}"
@@ -118,7 +118,11 @@ def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool)
         f"tracking.store_dir={args.work / 'mlflow'}",
         *extra,
         *(augment if augmented else []),
-        *([f"train.attention_resolution={args.attention}"] if args.attention and get_family(family).attention else []),
+        *(
+            [f"train.model.attention_resolution={args.attention}"]
+            if args.attention and get_family(family).attention
+            else []
+        ),
     ]
     return load_config(None, overrides), steps
 

@@ -28,9 +28,9 @@ from train_step import InMemoryFeed, images_per_second
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
+from atlas_gan.runtime import distributed
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train import distributed
 from atlas_gan.train.data import TileStream
 from atlas_gan.train.trainer import Trainer
 
@@ -46,8 +46,8 @@ def real_batches(source: Path, work: Path, size: int, batch: int, device: torch.
     )
     manifest = read_manifest(LocalStorage(), str(data_dir))
     urls = [str(data_dir / s["url"]) for s in manifest["shards"]]
-    stream = iter(TileStream(urls, 0, 1, size, 0, 0, 256, load_config().train.augment))
-    tiles = torch.stack([next(stream)[0] for _ in range(batch * 4)]).to(device)
+    stream = iter(TileStream(urls, 0, 1, image_size=size, seed=0, shuffle_buffer=256))
+    tiles = torch.stack([next(stream)["image"] for _ in range(batch * 4)]).to(device)
     return data_dir, list(tiles.split(batch))
 
 

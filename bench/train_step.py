@@ -24,9 +24,9 @@ from torch import nn
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
 from atlas_gan.models import ModelSpec
+from atlas_gan.runtime import distributed
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train import distributed
 from atlas_gan.train.data import TileStream
 from atlas_gan.train.trainer import Trainer
 
@@ -125,8 +125,8 @@ class InMemoryFeed:
     def __iter__(self) -> InMemoryFeed:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.batch, torch.zeros(len(self.batch), dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return {"image": self.batch, "label": torch.zeros(len(self.batch), dtype=torch.long)}
 
 
 def atlas_loop(data_dir: Path, run_dir: Path, size: int, batch: int):
@@ -193,8 +193,8 @@ def main() -> None:
         )
         manifest = read_manifest(LocalStorage(), str(data_dir))
         urls = [str(data_dir / s["url"]) for s in manifest["shards"]]
-        stream = iter(TileStream(urls, 0, 1, args.size, 0, 0, 256, load_config().train.augment))
-        tiles = torch.stack([next(stream)[0] for _ in range(args.batch * 4)]).to(device)
+        stream = iter(TileStream(urls, 0, 1, image_size=args.size, seed=0, shuffle_buffer=256))
+        tiles = torch.stack([next(stream)["image"] for _ in range(args.batch * 4)]).to(device)
         batches = list(tiles.split(args.batch))
         ref = images_per_second(reference_loop(batches, device), batches, args.steps, args.repeats, device)
         step, trainer = atlas_loop(data_dir, Path(tmp) / "run", args.size, args.batch)

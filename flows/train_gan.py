@@ -28,9 +28,9 @@ from atlas_gan.pipeline import (
     skip_reason,
     where_text,
 )
+from atlas_gan.runtime import distributed
 from atlas_gan.storage import join_url
 from atlas_gan.tracking.registry import register_generator
-from atlas_gan.train import distributed
 from atlas_gan.train.launch import launch_training
 from flows.ingest import ingest_imagery, task_runner_for
 

@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from atlas_gan.train import ada
-from atlas_gan.train.ada import (
+from atlas_gan.recipes import ada
+from atlas_gan.recipes.ada import (
     GROUPS,
     AdaptiveAugment,
     blit_matrices,
@@ -21,7 +21,7 @@ from atlas_gan.train.ada import (
     saturation,
     warp,
 )
-from atlas_gan.train.distributed import DistributedContext
+from atlas_gan.runtime.distributed import DistributedContext
 
 SINGLE = DistributedContext(0, 0, 1, torch.device("cpu"), None)
 

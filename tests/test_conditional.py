@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from atlas_gan.cli import app
 from atlas_gan.labels import UnknownLabel
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.sampling import load_sampler
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train import distributed
-from atlas_gan.train.checkpoint import load_checkpoint
 from atlas_gan.train.data import TileStream, to_training_range
 from atlas_gan.train.trainer import Trainer
 from tests.test_tracking import tracked_config, train_tracked
@@ -38,13 +38,13 @@ def test_the_stream_labels_every_tile_with_its_scenes_class(train_data):
     index = {scene["id"]: i for i, scene in enumerate(manifest["scenes"])}
     index.pop("landsat_2020")  # an unlabelled scene (condition.unlabeled=drop) is left out
     off = small_config(train_data, "unused").train.augment.model_copy(update={"flips": False, "rot90": False})
-    stream = TileStream(urls, 0, 1, 32, seed=0, start_epoch=0, shuffle_buffer=64, augment_config=off,
+    stream = TileStream(urls, 0, 1, image_size=32, seed=0, start_epoch=0, shuffle_buffer=64, augment_config=off,
                         scene_labels=index)  # fmt: skip
     labels = {}
-    for tile, label, epoch in stream:
-        if epoch:
+    for sample in stream:
+        if sample["epoch"]:
             break
-        labels[tile.numpy().tobytes()] = label
+        labels[sample["image"].numpy().tobytes()] = sample["label"]
     assert len(labels) == sum(s["tiles"] for s in manifest["scenes"] if s["id"] in index)
     assert all(index[scene_of[tile]] == label for tile, label in labels.items())
 
@@ -82,7 +82,7 @@ def test_conditional_sagan_trains_and_keeps_its_vocabulary(conditional):
 
 def trained_labels(checkpoint):
     """Years whose class embedding left its initial value: the labels the 4 training steps saw."""
-    scales = load_checkpoint(LocalStorage(), checkpoint)["G_ema"]["net.1.scale.weight"]
+    scales = load_checkpoint(LocalStorage(), checkpoint)["ema"]["G"]["net.1.scale.weight"]
     return [year for year, row in zip(YEARS, scales, strict=True) if not torch.all(row == 1.0)]
 
 
@@ -128,6 +128,7 @@ def test_resuming_with_other_labels_is_refused(conditional):
 def test_wgan_critic_weights_stay_inside_the_clip(train_data, tmp_path):
     trainer = Trainer(small_config(train_data, tmp_path / "run", "train.model=wgan", "train.steps=2"),
                       distributed.setup(), progress=False)  # fmt: skip
-    assert isinstance(trainer.opt_d, torch.optim.RMSprop) and trainer.n_critic == 5
+    recipe = trainer.recipe
+    assert isinstance(recipe.optimizers["D"], torch.optim.RMSprop) and recipe.n_critic == 5
     trainer.run()
-    assert max(p.abs().max().item() for p in trainer.D.parameters()) <= 0.01
+    assert max(p.abs().max().item() for p in recipe.D.parameters()) <= 0.01

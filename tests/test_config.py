@@ -70,3 +70,25 @@ def test_missing_required_section(tmp_path: Path):
     empty.write_text("storage: {}\n")
     with pytest.raises(ConfigError, match="ingest: Field required"):
         load_config(empty)
+
+
+def test_family_options_live_under_train_model():
+    from atlas_gan.config import MODEL_FAMILIES
+    from atlas_gan.models import family_names
+
+    assert sorted(MODEL_FAMILIES) == family_names()  # one list of families: the config's and the registry's agree
+    base = ["ingest.source=x", "ingest.output=y"]
+    assert load_config(None, base).train.model.family == "dcgan"
+    sagan = load_config(None, [*base, "train.model=sagan"]).train.model  # a plain name sets the family
+    assert (sagan.family, sagan.attention_resolution, sagan.n_critic) == ("sagan", None, None)
+    styled = load_config(None, [*base, "train.model.family=stylegan2", "train.model.path_length_weight=0"])
+    assert styled.train.model.path_length_weight == 0.0
+    for key in ("n_critic", "r1_gamma", "path_length_weight", "attention_resolution"):
+        with pytest.raises(ConfigError, match=f"train.{key} moved to train.model.{key}"):
+            load_config(None, [*base, f"train.{key}=1"])
+    with pytest.raises(ConfigError, match="attention_resolution: wgan has no self-attention block .sagan has."):
+        load_config(None, [*base, "train.model.family=wgan", "train.model.attention_resolution=16"])
+    with pytest.raises(ConfigError, match="train.model: Input tag 'stylegan9' .* does not match"):
+        load_config(None, [*base, "train.model=stylegan9"])
+    with pytest.raises(ConfigError, match="attention_resolution.*must be 8, 16, 32, 64 or 128"):
+        load_config(None, [*base, "train.model=sagan", "train.model.attention_resolution=24"])

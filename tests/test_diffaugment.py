@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from atlas_gan.train.diffaugment import DiffAugment, brightness, contrast, cutout, saturation, translation
+from atlas_gan.recipes.diffaugment import DiffAugment, brightness, contrast, cutout, saturation, translation
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from atlas_gan.metrics.weights import (
     load_inception,
     resolve_weights,
 )
+from atlas_gan.runtime import distributed
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train import distributed
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import SMALL
 

@@ -4,7 +4,7 @@ import torch
 from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
 from atlas_gan.models import ModelSpec, build, family_names, get_family
 from atlas_gan.models.layers import ConditionalBatchNorm2d, SelfAttention
-from atlas_gan.train.trainer import make_optimizer
+from atlas_gan.recipes.adversarial import make_optimizer
 
 FAMILIES = ["dcgan", "wgan", "wgan-gp", "sngan", "sagan"]
 
@@ -83,21 +83,24 @@ def test_self_attention_rows_sum_to_one_and_start_as_identity():
     d_blocks = [m for m in discriminator.modules() if isinstance(m, SelfAttention)]
     assert len(g_blocks) == len(d_blocks) == 1 and generator.spec.attention_resolution == 32
     assert all(hasattr(m, "parametrizations") for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d))
-    assert (family.lr_g, family.lr_d, family.betas, family.loss) == (1e-4, 4e-4, (0.0, 0.9), "hinge")
+    training = family.training
+    assert (training.lr_g, training.lr_d, training.betas, training.loss) == (1e-4, 4e-4, (0.0, 0.9), "hinge")
     with pytest.raises(ValueError, match="attention_resolution must be one of"):
         ModelSpec(4, 32, attention_resolution=32)
 
 
 def test_wgan_follows_the_paper():
     family, _, critic = build("wgan", spec_for("wgan"))
-    assert (family.optimizer, family.lr_d, family.weight_clip, family.n_critic) == ("rmsprop", 5e-5, 0.01, 5)
-    assert family.loss == "wasserstein" and not any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
-    assert isinstance(make_optimizer(family, critic.parameters(), family.lr_d), torch.optim.RMSprop)
+    training = family.training
+    assert (training.optimizer, training.lr_d, training.weight_clip, training.n_critic) == ("rmsprop", 5e-5, 0.01, 5)
+    assert training.loss == "wasserstein" and not any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
+    assert isinstance(make_optimizer(training, critic.parameters(), training.lr_d), torch.optim.RMSprop)
 
 
 def test_dcgan_follows_the_paper():
     family, generator, discriminator = build("dcgan", ModelSpec(3, 64))
-    assert (family.lr_g, family.lr_d, family.betas, family.loss) == (2e-4, 2e-4, (0.5, 0.999), "nonsaturating")
+    training = family.training
+    assert (training.lr_g, training.lr_d, training.betas, training.loss) == (2e-4, 2e-4, (0.5, 0.999), "nonsaturating")
     d_layers = list(discriminator.net)
     assert isinstance(d_layers[0], torch.nn.Conv2d) and not isinstance(d_layers[1], torch.nn.BatchNorm2d)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in d_layers)
@@ -117,8 +120,9 @@ def test_critics_of_wgan_gp_and_sngan():
     family, _, sn_critic = build("sngan", ModelSpec(3, 32))
     convs = [m for m in sn_critic.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(hasattr(m, "parametrizations") for m in convs)  # spectral norm on every layer
-    assert family.loss == "hinge"
-    assert get_family("wgan-gp").n_critic == 5 and get_family("wgan-gp").gradient_penalty == 10.0
+    assert family.training.loss == "hinge"
+    wgan_gp = get_family("wgan-gp").training
+    assert wgan_gp.n_critic == 5 and wgan_gp.gp_weight == 10.0
 
 
 def _clip(model, clip):
@@ -132,36 +136,37 @@ def _clip(model, clip):
 def test_one_step_lowers_each_networks_own_loss(name, classes):
     torch.manual_seed(0)
     family, generator, discriminator = build(name, spec_for(name, classes=classes))
+    training = family.training
     real = torch.rand(16, 4, 32, 32) * 2 - 1
     z = torch.randn(16, 16)
     labels = torch.arange(16) % 3 if classes else None
-    opt_d = make_optimizer(family, discriminator.parameters(), family.lr_d)
-    opt_g = make_optimizer(family, generator.parameters(), family.lr_g)
-    if family.weight_clip:
-        _clip(discriminator, family.weight_clip)  # WGAN's critic lives inside the clip box from the start
+    opt_d = make_optimizer(training, discriminator.parameters(), training.lr_d)
+    opt_g = make_optimizer(training, generator.parameters(), training.lr_g)
+    if training.weight_clip:
+        _clip(discriminator, training.weight_clip)  # WGAN's critic lives inside the clip box from the start
 
     def d_loss():
         fake = generator(z, labels).detach()
-        loss = discriminator_loss(family.loss, discriminator(real, labels), discriminator(fake, labels))
-        if family.gradient_penalty:
+        loss = discriminator_loss(training.loss, discriminator(real, labels), discriminator(fake, labels))
+        if training.gp_weight:
             torch.manual_seed(1)  # same interpolation points before and after
             critic = lambda x: discriminator(x, labels)  # noqa: E731
-            loss = loss + family.gradient_penalty * gradient_penalty(critic, real, fake)
+            loss = loss + training.gp_weight * gradient_penalty(critic, real, fake)
         return loss
 
     before = d_loss()
     opt_d.zero_grad()
     before.backward()
     opt_d.step()
-    if family.weight_clip:
-        _clip(discriminator, family.weight_clip)
-        assert all(p.abs().max() <= family.weight_clip for p in discriminator.parameters())
-    with torch.no_grad() if not family.gradient_penalty else torch.enable_grad():
+    if training.weight_clip:
+        _clip(discriminator, training.weight_clip)
+        assert all(p.abs().max() <= training.weight_clip for p in discriminator.parameters())
+    with torch.no_grad() if not training.gp_weight else torch.enable_grad():
         after = d_loss()
     assert after.item() < before.item()
 
     def g_loss():
-        return generator_loss(family.loss, discriminator(generator(z, labels), labels))
+        return generator_loss(training.loss, discriminator(generator(z, labels), labels))
 
     before = g_loss()
     opt_g.zero_grad()

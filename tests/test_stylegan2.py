@@ -15,15 +15,17 @@ import torch
 from typer.testing import CliRunner
 
 from atlas_gan.cli import app
+from atlas_gan.config import ConfigError
 from atlas_gan.losses import r1_penalty
 from atlas_gan.models import build, get_family
 from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents, truncation
 from atlas_gan.models.stylegan2 import MinibatchStd, ModulatedConv2d
+from atlas_gan.recipes.adversarial import make_optimizer
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.storage import LocalStorage
 from atlas_gan.tracking.registry import register_generator
-from atlas_gan.train import distributed
-from atlas_gan.train.checkpoint import load_checkpoint
-from atlas_gan.train.trainer import Trainer, make_optimizer
+from atlas_gan.train.trainer import Trainer
 from tests.test_tracking import tracked_config, train_tracked
 from tests.test_train import small_config
 
@@ -134,7 +136,7 @@ def test_minibatch_std_groups_divide_any_batch():
 def test_lazy_regularization_rescales_adam():
     family = get_family("stylegan2")
     _, G, _ = build("stylegan2", TINY)
-    optimizer = make_optimizer(family, G.parameters(), 0.0025, lazy_interval=16)
+    optimizer = make_optimizer(family.training, G.parameters(), 0.0025, lazy_interval=16)
     group = optimizer.param_groups[0]
     assert group["lr"] == pytest.approx(0.0025 * 16 / 17)
     assert group["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
@@ -143,10 +145,11 @@ def test_lazy_regularization_rescales_adam():
 def test_trains_with_ada_and_regularizers_and_resumes_exactly(train_data_64, tmp_path):
     ctx = distributed.setup()
     run_dir = tmp_path / "run"
-    first = Trainer(small_config(train_data_64, run_dir, "train.steps=4", *STYLEGAN2), ctx, progress=False)
+    trainer = Trainer(small_config(train_data_64, run_dir, "train.steps=4", *STYLEGAN2), ctx, progress=False)
+    first = trainer.recipe
     assert first.r1_gamma == pytest.approx(0.0002 * 64**2 / 8)  # StyleGAN2-ADA's heuristic at batch 8
     assert first.path_length.weight == 2.0 and first.ada is not None
-    summary = first.run()
+    summary = trainer.run()
     assert summary["step"] == 4
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     logged = [e for e in events if "loss_d" in e]
@@ -154,23 +157,27 @@ def test_trains_with_ada_and_regularizers_and_resumes_exactly(train_data_64, tmp
     assert all(e["augment_p"] >= 0 for e in logged) and any(e["augment_rt"] is not None for e in logged)
     assert float(first.path_length.mean) > 0  # path-length regularization ran (steps 0 and 4 are due)
     saved = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000004.pt"))
-    assert float(saved["augment"]["p"]) == first.ada.p and saved["path_length"]["mean"] == float(first.path_length.mean)
+    augment, path_length = saved["recipe_ranks"][0]["augment"], saved["recipe_state"]["path_length"]
+    assert float(augment["p"]) == first.ada.p and path_length["mean"] == float(first.path_length.mean)
 
-    resumed = Trainer(small_config(train_data_64, run_dir, "train.steps=6", *STYLEGAN2), ctx, progress=False)
-    assert (resumed.step, resumed.images_seen) == (first.step, first.images_seen) == (4, 32)
+    again = Trainer(small_config(train_data_64, run_dir, "train.steps=6", *STYLEGAN2), ctx, progress=False)
+    resumed = again.recipe
+    assert (again.step, again.images_seen) == (trainer.step, trainer.images_seen) == (4, 32)
     assert resumed.ada.state_dict().keys() == first.ada.state_dict().keys()
     assert float(first.ada.state_dict()["sign_count"]) == 8  # step 4's reals, observed after step 3's adjustment
     for key, value in first.ada.state_dict().items():
         assert torch.equal(resumed.ada.state_dict()[key], value), key
     assert float(resumed.path_length.mean) == float(first.path_length.mean)
-    for key, value in first.ema.model.state_dict().items():
-        assert torch.equal(resumed.ema.model.state_dict()[key], value), key  # EMA weights, w_avg, noise buffers
-    assert resumed.run()["step"] == 6
+    for key, value in trainer.generator.state_dict().items():
+        assert torch.equal(again.generator.state_dict()[key], value), key  # EMA weights, w_avg, noise buffers
+    assert again.run()["step"] == 6
 
 
 def test_path_length_is_refused_for_families_without_styles(train_data, tmp_path):
-    with pytest.raises(ValueError, match="train.path_length_weight: dcgan has no style space"):
-        Trainer(small_config(train_data, tmp_path / "run", "train.path_length_weight=2"), distributed.setup())
+    with pytest.raises(ConfigError, match="path_length_weight: dcgan has no style space .*stylegan2 has"):
+        small_config(train_data, tmp_path / "run", "train.model.path_length_weight=2")
+    with pytest.raises(ConfigError, match="train.path_length_weight moved to train.model.path_length_weight"):
+        small_config(train_data, tmp_path / "run", "train.path_length_weight=2")
 
 
 def test_ada_is_refused_for_wasserstein_critics(train_data, tmp_path):
@@ -234,7 +241,7 @@ def test_cli_exports_the_registered_generator(registered, tmp_path, fmt, monkeyp
     assert meta["truncation_psi"] == 0.7 and meta["model"] == "stylegan2"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
     generator = mlflow.pyfunc.load_model("models:/tiles-test@champion").unwrap_python_model().generator
-    (expected,) = generate_batched(generator, latents, labels, 8, truncation_psi=0.7)
+    (expected,) = generate_batched(generator, (latents, labels), 8, truncation_psi=0.7)
     np.testing.assert_allclose(images, expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -244,5 +251,6 @@ def test_bf16_autocast_trains_stylegan2_on_cpu(train_data_64, tmp_path):
     trainer = Trainer(config, distributed.setup(), progress=False)
     assert trainer.autocast_dtype == torch.bfloat16
     assert trainer.run()["step"] == 2
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.G.parameters())
-    assert float(trainer.path_length.mean) > 0 and np.isfinite(float(trainer.path_length.mean))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.recipe.G.parameters())
+    path_length = trainer.recipe.path_length
+    assert float(path_length.mean) > 0 and np.isfinite(float(path_length.mean))

@@ -24,14 +24,15 @@ from atlas_gan.cli import app
 from atlas_gan.config import AtlasConfig, ConfigError, load_config
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import seeded_latents
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.generator import load_generator
 from atlas_gan.sampling import load_sampler
 from atlas_gan.storage import LocalStorage
 from atlas_gan.tracking.hook import MLflowHook
 from atlas_gan.tracking.promotion import CHALLENGER, CHAMPION, Score, decide
 from atlas_gan.tracking.registry import Registration, register_generator
 from atlas_gan.tracking.store import flatten, read_run_id, redact, tracking_uri
-from atlas_gan.train import distributed
-from atlas_gan.train.trainer import Trainer, load_generator
+from atlas_gan.train.trainer import Trainer
 from tests.servers import MlflowServer, free_port
 from tests.test_train import SMALL
 
@@ -192,7 +193,7 @@ def test_the_training_run_is_tracked(tracked):
     run = client.get_run(run_info.run_id)
     assert run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
-    assert params["train.steps"] == str(run_info.config.train.steps) and params["train.model"] == "dcgan"
+    assert params["train.steps"] == str(run_info.config.train.steps) and params["train.model.family"] == "dcgan"
     assert params["ingest.output"] == run_info.config.ingest.output and params["evaluate.n"] == "16"
     manifest = json.loads((Path(run_info.config.dataset_url) / "manifest.json").read_text())
     assert tags["atlas.dataset.checksum"] == manifest["checksum"]

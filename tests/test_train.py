@@ -8,13 +8,15 @@ import torch
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
+from atlas_gan.preview import band_triplets
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.checkpoint import list_checkpoints, load_checkpoint
+from atlas_gan.runtime.generator import load_generator
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage, StorageError
-from atlas_gan.train import distributed
-from atlas_gan.train.checkpoint import list_checkpoints, load_checkpoint
 from atlas_gan.train.data import TileStream, augment, to_training_range
-from atlas_gan.train.sample_grid import band_triplets
-from atlas_gan.train.trainer import Trainer, TrainHooks, load_generator
+from atlas_gan.train.hooks import TrainHooks
+from atlas_gan.train.trainer import Trainer
 
 SMALL = [
     "train.latent_dim=16",
@@ -44,12 +46,12 @@ def test_stream_splits_an_epoch_exactly_over_consumers(train_data):
         seen = []
         for rank in range(world):
             tiles = []
-            for tile, _, epoch in TileStream(
-                urls, rank, world, 32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off
+            for sample in TileStream(
+                urls, rank, world, image_size=32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off
             ):
-                if epoch != 3:
+                if sample["epoch"] != 3:
                     break
-                tiles.append(tile.numpy().tobytes())
+                tiles.append(sample["image"].numpy().tobytes())
             seen.append(tiles)
         assert sum(len(t) for t in seen) == total
         assert len(set().union(*map(set, seen))) == total  # disjoint, and everything once
@@ -93,18 +95,22 @@ def test_train_resume_restores_everything(train_data, tmp_path):
         small_config(train_data, run_dir, "train.steps=6", "train.ema_half_life_kimg=0.05"), ctx, progress=False
     )
     assert (resumed.step, resumed.images_seen, resumed.resumed_from) == (4, 32, 4)
-    for name, model in (("G", resumed.G), ("D", resumed.D), ("G_ema", resumed.ema.model)):
+    recipe = resumed.recipe
+    models = [(saved["networks"][name], model) for name, model in recipe.networks.items()]
+    models += [(saved["ema"][name], ema.model) for name, ema in resumed.emas.items()]
+    assert [name for name in recipe.networks] == ["G", "D"] and list(resumed.emas) == ["G"]
+    for saved_state, model in models:
         for key, value in model.state_dict().items():
-            assert torch.equal(value, saved[name][key]), (name, key)
-    for opt_name, opt in (("opt_g", resumed.opt_g), ("opt_d", resumed.opt_d)):
+            assert torch.equal(value, saved_state[key]), key
+    for name, opt in recipe.optimizers.items():
         state = opt.state_dict()["state"]
-        for index, entry in saved[opt_name]["state"].items():
+        for index, entry in saved["optimizers"][name]["state"].items():
             assert torch.equal(state[index]["exp_avg"], entry["exp_avg"])
             assert torch.equal(state[index]["exp_avg_sq"], entry["exp_avg_sq"])
             assert float(state[index]["step"]) == float(entry["step"])
     assert torch.equal(torch.get_rng_state(), saved["rng"][0]["torch"])
     assert not all(
-        torch.equal(a, b) for a, b in zip(resumed.G.parameters(), resumed.ema.model.parameters(), strict=True)
+        torch.equal(a, b) for a, b in zip(recipe.G.parameters(), resumed.generator.parameters(), strict=True)
     )  # EMA is its own average, not a copy of G
     assert resumed.run()["step"] == 6
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -130,7 +136,7 @@ class PoisonOnce(TrainHooks):
         if trainer.step == 3 and not self.done:
             self.done = True
             with torch.no_grad():
-                next(trainer.G.parameters()).fill_(float("nan"))
+                next(trainer.recipe.G.parameters()).fill_(float("nan"))
 
 
 def test_non_finite_losses_roll_back_to_the_last_checkpoint(train_data, tmp_path, caplog):
@@ -208,7 +214,7 @@ def test_bf16_autocast_path_runs_on_cpu(train_data, tmp_path):
     assert trainer.autocast_dtype == torch.bfloat16
     summary = trainer.run()
     assert summary["step"] == 2
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.G.parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.recipe.G.parameters())
 
 
 def test_ema_half_life_and_rampup():

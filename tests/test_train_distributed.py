@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from atlas_gan.config import load_config
+from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train.checkpoint import load_checkpoint
 from atlas_gan.train.launch import launch_training
 from tests.servers import free_port
 from tests.test_conditional import CONDITIONAL
@@ -127,5 +127,5 @@ def test_two_ranks_train_stylegan2_with_ada_in_sync(train_data_64, tmp_path):
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in steps)
     state = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000005.pt"))
-    assert float(state["augment"]["p"]) == steps[-1]["augment_p"]
-    assert state["path_length"]["mean"] > 0
+    assert [float(own["augment"]["p"]) for own in state["recipe_ranks"]] == [steps[-1]["augment_p"]] * 2
+    assert state["recipe_state"]["path_length"]["mean"] > 0

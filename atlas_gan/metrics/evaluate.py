@@ -19,17 +19,17 @@ import torch
 import torch.distributed as dist
 
 from atlas_gan.config import AtlasConfig
-from atlas_gan.labels import LabelVocabulary
 from atlas_gan.metrics.features import embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
+from atlas_gan.preview import band_triplets
+from atlas_gan.runtime.checkpoint import list_checkpoints
+from atlas_gan.runtime.distributed import DistributedContext, barrier
+from atlas_gan.runtime.generator import load_generator
+from atlas_gan.runtime.precision import autocast_dtype
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import Storage, join_url, storage_for
-from atlas_gan.train.checkpoint import list_checkpoints
-from atlas_gan.train.distributed import DistributedContext, barrier
-from atlas_gan.train.sample_grid import band_triplets
-from atlas_gan.train.trainer import load_generator
 
 
 def _reference_url(dataset: str, fields: dict[str, Any]) -> str:
@@ -113,14 +113,14 @@ def evaluate_generator(
     progress: bool = True,
     write: bool = True,
 ) -> dict[str, Any] | None:
-    """Scores of `generator` (meta: step, model, spec, bands; checkpoint if any). Collective, like the above."""
+    """Scores of `generator` (meta: `generator_meta`, plus checkpoint if any). Collective, like the above."""
     cfg = config.evaluate
     started = time.perf_counter()
     n_fake = n or cfg.n
     n_real = cfg.n_real or n_fake
     weights = resolve_weights(cfg.inception_weights)
     model = load_inception(weights).to(ctx.device)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
+    bf16 = autocast_dtype(cfg.precision, ctx.device) is not None
     was_training = generator.training
     generator = generator.eval().to(ctx.device)
     data_store = storage_for(config.dataset_url, config.storage)
@@ -150,14 +150,7 @@ def evaluate_generator(
     }
     for label, positions in triplets:
         batches = generated_batches(
-            generator,
-            meta["spec"]["latent_dim"],
-            share,
-            cfg.batch_size,
-            positions,
-            ctx.device,
-            cfg.seed * 1_000_003 + ctx.rank,
-            LabelVocabulary.from_dict(meta.get("labels")),
+            generator, meta, share, cfg.batch_size, positions, ctx.device, cfg.seed * 1_000_003 + ctx.rank
         )
         fake, probabilities = embed_batches(model, batches, share, ctx.device, bf16, f"embed generated ({label})", show)
         fake, probabilities = _gather(fake, ctx), _gather(probabilities, ctx)

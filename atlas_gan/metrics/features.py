@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from atlas_gan.labels import LabelVocabulary
 from atlas_gan.metrics.inception import FIDInception, preprocess
+from atlas_gan.models.base import ModelSpec
+from atlas_gan.runtime.signature import signature_of
 from atlas_gan.storage import Storage, join_url
 
 
@@ -87,23 +89,20 @@ def real_tile_batches(
 
 def generated_batches(
     generator: torch.nn.Module,
-    latent_dim: int,
+    meta: dict[str, Any],
     n: int,
     batch_size: int,
     positions: list[int],
     device: torch.device,
     seed: int,
-    vocabulary: LabelVocabulary | None = None,
 ) -> Iterator[torch.Tensor]:
-    """n generator samples as band-triplet images in [0, 1]; latents (and, for a conditional generator, labels
-    drawn with the training data's label frequencies) from a seeded generator."""
+    """n generator samples as band-triplet images in [0, 1], from inputs its signature draws from a seeded generator
+    (latents; for a conditional generator, labels with the training data's label frequencies)."""
     rng = torch.Generator(device="cpu").manual_seed(seed)
-    done = 0
-    while done < n:
-        count = min(batch_size, n - done)
-        z = torch.randn(count, latent_dim, generator=rng).to(device)
-        labels = vocabulary.sample(count, rng).to(device) if vocabulary else None
+    signature = signature_of(meta)
+    spec = ModelSpec(**meta["spec"])
+    vocabulary = LabelVocabulary.from_dict(meta.get("labels"))
+    for inputs in signature.random_batches(spec, vocabulary, n, batch_size, rng, device):
         with torch.no_grad():
-            images = generator(z, labels).float()
+            images = generator(*inputs).float()
         yield ((images[:, positions] + 1.0) / 2.0).cpu()
-        done += count

@@ -6,7 +6,8 @@ from typing import Any
 
 from atlas_gan.metrics.evaluate import evaluate_generator
 from atlas_gan.metrics.weights import resolve_weights
-from atlas_gan.train.trainer import Trainer, TrainHooks
+from atlas_gan.train.hooks import TrainHooks
+from atlas_gan.train.trainer import Trainer
 
 
 class EvaluationHook(TrainHooks):
@@ -21,7 +22,7 @@ class EvaluationHook(TrainHooks):
 
     def on_evaluate(self, trainer: Trainer) -> None:
         result = evaluate_generator(
-            trainer.config, trainer.ema.model, trainer.generator_meta(), trainer.ctx, n=self.n, progress=False
+            trainer.config, trainer.generator, trainer.generator_meta(), trainer.ctx, n=self.n, progress=False
         )
         if result is None:  # not rank 0
             return

@@ -47,36 +47,62 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class GANFamily:
-    """A model family: builders, loss kind and the optimizer defaults of its paper."""
+class AdversarialDefaults:
+    """A family's settings for the adversarial recipe, from its paper. `train.model` options override n_critic and
+    the R1 weight (and, per family, attention and path length); the rest defines the family."""
 
-    name: str
-    generator: Callable[[ModelSpec], nn.Module]
-    discriminator: Callable[[ModelSpec], nn.Module]
     loss: str  # a key of atlas_gan.losses.LOSSES
     lr_g: float
     lr_d: float
     betas: tuple[float, float]
-    n_critic: int = 1
-    gradient_penalty: float = 0.0  # weight of the WGAN-GP penalty; 0 = none
     optimizer: Literal["adam", "rmsprop"] = "adam"  # rmsprop ignores betas
+    n_critic: int = 1
+    gp_weight: float = 0.0  # weight of the WGAN-GP gradient penalty; 0 = none
     weight_clip: float = 0.0  # > 0: clamp every discriminator parameter to [-clip, clip] after each update (WGAN)
-    conditioning: Literal["concat", "projection"] = "concat"  # projection: conditional BN in G + projection D
-    attention: bool = False  # the family has a self-attention block (spec.attention_resolution)
     # R1 penalty (gamma / 2) E||grad D(real)||^2, lazily every r1_interval D steps. Its default gamma follows
     # StyleGAN2-ADA's heuristic: r1_coefficient x image_size^2 / global batch; 0 = no R1.
     r1_coefficient: float = 0.0
     r1_interval: int = 16
     pl_weight: float = 0.0  # StyleGAN2's path-length regularization weight (every pl_interval G steps); 0 = none
     pl_interval: int = 4
+
+    def default_r1_gamma(self, image_size: int, global_batch: int) -> float:
+        return self.r1_coefficient * image_size**2 / global_batch
+
+
+@dataclass(frozen=True)
+class GANFamily:
+    """A model family: its networks for a given spec, the recipe that trains them and that recipe's defaults."""
+
+    name: str
+    generator: Callable[[ModelSpec], nn.Module]
+    discriminator: Callable[[ModelSpec], nn.Module]
+    training: AdversarialDefaults
+    recipe: str = "adversarial"  # a key of atlas_gan.recipes.RECIPES
+    attention: bool = False  # the networks have a self-attention block (spec.attention_resolution)
     description: str = ""
 
     def default_attention_resolution(self, image_size: int) -> int:
         """SAGAN puts attention on the 32x32 features at 64+ px (16x16 for 32 px images)."""
         return min(32, image_size // 2) if self.attention else 0
 
-    def default_r1_gamma(self, image_size: int, global_batch: int) -> float:
-        return self.r1_coefficient * image_size**2 / global_batch
+
+def check_labels(labels: torch.Tensor | None, spec: ModelSpec, count: int) -> torch.Tensor | None:
+    """Labels as a network needs them: (count,) int64 in range for a conditional network, None otherwise."""
+    if not spec.conditional:
+        if labels is not None:
+            raise ValueError("this network is unconditional: it takes no labels")
+        return None
+    if labels is None:
+        raise ValueError(f"this network is conditional on {spec.num_classes} labels: pass one label per sample")
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return labels.long()  # a graph cannot raise; branching on sizes or values would freeze or break the capture
+    if labels.shape != (count,):
+        raise ValueError(f"expected {count} labels, one per sample; got shape {tuple(labels.shape)}")
+    labels = labels.long()
+    if count and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+        raise ValueError(f"label indexes must lie in [0, {spec.num_classes}); got {labels.tolist()}")
+    return labels
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -131,14 +157,15 @@ def truncation(generator: nn.Module, psi: float) -> Iterator[None]:
 @torch.no_grad()
 def generate_batched(
     generator: nn.Module,
-    latents: torch.Tensor,
-    labels: torch.Tensor | None,
+    inputs: tuple[torch.Tensor | None, ...],
     batch_size: int,
     truncation_psi: float = 1.0,
 ) -> list[torch.Tensor]:
-    """The generator's images for `latents` (and their `labels`, if conditional), `batch_size` at a time."""
+    """The generator's images for `inputs` (its positional arguments, split along the batch; None stays None),
+    `batch_size` at a time."""
+    count = len(inputs[0])
     with truncation(generator, truncation_psi):
         return [
-            generator(z, None if labels is None else labels[start : start + len(z)])
-            for start, z in zip(range(0, len(latents), batch_size), latents.split(batch_size), strict=True)
+            generator(*(None if x is None else x[start : start + batch_size] for x in inputs))
+            for start in range(0, count, batch_size)
         ]

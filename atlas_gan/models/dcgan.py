@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas_gan.models.base import ModelSpec, init_dcgan_weights
+from atlas_gan.models.base import ModelSpec, check_labels, init_dcgan_weights
 from atlas_gan.models.layers import ConditionalBatchNorm2d, LabelSequential, SelfAttention, one_hot_planes
 
 Wrap = Callable[[nn.Module], nn.Module]
@@ -32,24 +32,6 @@ Conditioning = Literal["concat", "projection"]
 
 def _identity(layer: nn.Module) -> nn.Module:
     return layer
-
-
-def check_labels(labels: torch.Tensor | None, spec: ModelSpec, count: int) -> torch.Tensor | None:
-    """Labels as the network needs them: (count,) int64 in range for a conditional network, None otherwise."""
-    if not spec.conditional:
-        if labels is not None:
-            raise ValueError("this network is unconditional: it takes no labels")
-        return None
-    if labels is None:
-        raise ValueError(f"this network is conditional on {spec.num_classes} labels: pass one label per sample")
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
-        return labels.long()  # a graph cannot raise; branching on sizes or values would freeze or break the capture
-    if labels.shape != (count,):
-        raise ValueError(f"expected {count} labels, one per sample; got shape {tuple(labels.shape)}")
-    labels = labels.long()
-    if count and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-        raise ValueError(f"label indexes must lie in [0, {spec.num_classes}); got {labels.tolist()}")
-    return labels
 
 
 class DCGANGenerator(nn.Module):

@@ -4,7 +4,8 @@ The first five share the DCGAN layout (`dcgan.py`); what differs is normalizatio
 self-attention and how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not
 by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
-adds the lazy R1 and path-length regularizers, which the trainer applies for any family that sets them.
+adds the lazy R1 and path-length regularizers. Every family here trains with the adversarial recipe
+(`atlas_gan/recipes/adversarial.py`); `training` holds that recipe's settings from the family's paper.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from functools import partial
 
 from torch.nn.utils.parametrizations import spectral_norm
 
-from atlas_gan.models.base import GANFamily
+from atlas_gan.models.base import AdversarialDefaults, GANFamily
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
@@ -21,10 +22,7 @@ DCGAN = GANFamily(
     name="dcgan",
     generator=DCGANGenerator,
     discriminator=DCGANDiscriminator,
-    loss="nonsaturating",
-    lr_g=2e-4,
-    lr_d=2e-4,
-    betas=(0.5, 0.999),
+    training=AdversarialDefaults(loss="nonsaturating", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999)),
     description="Radford et al. 2015: batch norm, non-saturating BCE loss, Adam(2e-4, 0.5)",
 )
 
@@ -32,13 +30,9 @@ WGAN = GANFamily(
     name="wgan",
     generator=DCGANGenerator,
     discriminator=partial(DCGANDiscriminator, batch_norm=False),
-    loss="wasserstein",
-    lr_g=5e-5,
-    lr_d=5e-5,
-    betas=(0.0, 0.0),
-    n_critic=5,
-    optimizer="rmsprop",
-    weight_clip=0.01,
+    training=AdversarialDefaults(
+        loss="wasserstein", lr_g=5e-5, lr_d=5e-5, betas=(0.0, 0.0), optimizer="rmsprop", n_critic=5, weight_clip=0.01
+    ),
     description="Arjovsky et al. 2017: critic weights clipped to +-0.01, RMSprop(5e-5), 5 critic steps",
 )
 
@@ -46,12 +40,9 @@ WGAN_GP = GANFamily(
     name="wgan-gp",
     generator=DCGANGenerator,
     discriminator=partial(DCGANDiscriminator, batch_norm=False),
-    loss="wasserstein",
-    lr_g=1e-4,
-    lr_d=1e-4,
-    betas=(0.0, 0.9),
-    n_critic=5,
-    gradient_penalty=10.0,
+    training=AdversarialDefaults(
+        loss="wasserstein", lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9), n_critic=5, gp_weight=10.0
+    ),
     description="Gulrajani et al. 2017: critic without batch norm, gradient penalty 10, 5 critic steps",
 )
 
@@ -59,11 +50,7 @@ SNGAN = GANFamily(
     name="sngan",
     generator=partial(DCGANGenerator, conditioning="projection"),
     discriminator=partial(DCGANDiscriminator, batch_norm=False, wrap=spectral_norm, conditioning="projection"),
-    loss="hinge",
-    lr_g=2e-4,
-    lr_d=2e-4,
-    betas=(0.5, 0.999),
-    conditioning="projection",
+    training=AdversarialDefaults(loss="hinge", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999)),
     description="Miyato et al. 2018: spectral norm on every discriminator layer, hinge loss",
 )
 
@@ -71,11 +58,7 @@ SAGAN = GANFamily(
     name="sagan",
     generator=partial(DCGANGenerator, conditioning="projection", wrap=spectral_norm),
     discriminator=partial(DCGANDiscriminator, batch_norm=False, wrap=spectral_norm, conditioning="projection"),
-    loss="hinge",
-    lr_g=1e-4,
-    lr_d=4e-4,
-    betas=(0.0, 0.9),
-    conditioning="projection",
+    training=AdversarialDefaults(loss="hinge", lr_g=1e-4, lr_d=4e-4, betas=(0.0, 0.9)),
     attention=True,
     description="Zhang et al. 2018: self-attention in G and D, spectral norm in both, hinge loss, TTUR (1e-4, 4e-4)",
 )
@@ -84,15 +67,16 @@ STYLEGAN2 = GANFamily(
     name="stylegan2",
     generator=StyleGAN2Generator,
     discriminator=StyleGAN2Discriminator,
-    loss="nonsaturating",
-    lr_g=0.0025,
-    lr_d=0.0025,
-    betas=(0.0, 0.99),
-    conditioning="projection",
-    r1_coefficient=0.0002,
-    r1_interval=16,
-    pl_weight=2.0,
-    pl_interval=4,
+    training=AdversarialDefaults(
+        loss="nonsaturating",
+        lr_g=0.0025,
+        lr_d=0.0025,
+        betas=(0.0, 0.99),
+        r1_coefficient=0.0002,
+        r1_interval=16,
+        pl_weight=2.0,
+        pl_interval=4,
+    ),
     description=(
         "Karras et al. 2020: mapping network, modulated/demodulated convolutions, noise, skip G, residual D with "
         "minibatch stddev, lazy R1 (gamma = 0.0002 size^2 / batch) and path-length regularization, style mixing; "

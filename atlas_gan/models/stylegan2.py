@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas_gan.models.base import ModelSpec
-from atlas_gan.models.dcgan import check_labels
+from atlas_gan.models.base import ModelSpec, check_labels
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = sqrt(2.0)  # keeps the activations' second moment through leaky ReLU

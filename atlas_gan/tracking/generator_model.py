@@ -18,9 +18,10 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from atlas_gan.labels import LabelVocabulary, generation_labels
-from atlas_gan.models import build
-from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents
+from atlas_gan.labels import LabelVocabulary
+from atlas_gan.models.base import ModelSpec, generate_batched
+from atlas_gan.runtime.generator import build_generator
+from atlas_gan.runtime.signature import signature_of
 
 WEIGHTS_ARTIFACT = "weights"
 META_ARTIFACT = "meta"
@@ -30,7 +31,7 @@ def generator_from_files(weights_path: str, meta_path: str) -> tuple[torch.nn.Mo
     """Rebuild the generator from the two artifact files (CPU, eval mode)."""
     with open(meta_path) as handle:
         meta = json.load(handle)
-    _, generator, _ = build(meta["model"], ModelSpec(**meta["spec"]))
+    generator = build_generator(meta)
     generator.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return generator.eval(), meta
 
@@ -49,34 +50,26 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.generator, self.meta = generator_from_files(
             context.artifacts[WEIGHTS_ARTIFACT], context.artifacts[META_ARTIFACT]
         )
-        self.latent_dim = int(self.meta["spec"]["latent_dim"])
+        self.spec = ModelSpec(**self.meta["spec"])
+        self.signature = signature_of(self.meta)
         self.vocabulary = LabelVocabulary.from_dict(self.meta.get("labels"))
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> dict[str, Any]:
         params = params or {}
         count = int(params.get("count") or 0)
+        seed = int(params.get("seed") or 0)
+        label = params.get("label")
         if count > 0:
-            latents = seeded_latents(count, self.latent_dim, int(params.get("seed") or 0))
+            inputs = self.signature.seeded_inputs(self.spec, self.vocabulary, count, seed, label)
         else:
-            if isinstance(model_input, dict):  # a named tensor input arrives as {"latents": array}
-                model_input = model_input.get("latents", next(iter(model_input.values()), None))
-            if hasattr(model_input, "to_numpy"):  # a DataFrame (e.g. from a JSON request)
-                model_input = model_input.to_numpy()
-            array = np.asarray(model_input, dtype=np.float32)
-            if array.ndim != 2 or array.shape[1] != self.latent_dim:
-                raise ValueError(
-                    f"latents must have shape (n, {self.latent_dim}); got {array.shape}. "
-                    "Or pass params={'count': n, 'seed': s}."
-                )
-            latents = torch.from_numpy(array)
-        labels = generation_labels(self.vocabulary, len(latents), params.get("label"), int(params.get("seed") or 0))
+            inputs = self.signature.request_inputs(model_input, self.spec, self.vocabulary, seed, label)
         batch = int(params.get("batch_size") or 256)
         psi = float(params.get("truncation_psi", 1.0))
-        parts = generate_batched(self.generator, latents, labels, batch, psi)
+        parts = generate_batched(self.generator, inputs, batch, psi)
         if parts:
             images = torch.cat(parts)
         else:
-            size = self.meta["spec"]["image_size"]
+            size = self.spec.image_size
             images = torch.empty(0, len(self.meta["bands"]), size, size)
-        names = [self.vocabulary.classes[i] for i in labels.tolist()] if labels is not None else []
+        names = self.signature.label_names(inputs, self.vocabulary)
         return {"images": images.float().numpy(), "bands": list(self.meta["bands"]), "labels": names}

@@ -21,7 +21,8 @@ import yaml
 
 from atlas_gan.config import config_to_dict
 from atlas_gan.tracking.store import client_for, flatten, label_tags, open_run, redact
-from atlas_gan.train.trainer import Trainer, TrainHooks
+from atlas_gan.train.hooks import TrainHooks
+from atlas_gan.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class MLflowHook(TrainHooks):
         tags = {
             **dataset_tags(trainer.manifest, trainer.config.dataset_url),
             "atlas.run_dir": redact(trainer.config.train.run_dir),
-            "atlas.model": trainer.family.name,
+            "atlas.model": trainer.model_name,
             "atlas.world_size": str(trainer.ctx.world_size),
             "atlas.device": str(trainer.ctx.device),
             **label_tags(trainer.label_meta),

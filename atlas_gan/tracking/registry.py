@@ -25,13 +25,15 @@ import torch
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint
+from atlas_gan.models.base import ModelSpec
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.generator import load_generator
+from atlas_gan.runtime.signature import LATENT, signature_of
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
 from atlas_gan.tracking.promotion import CHAMPION, Decision, Score, decide, family_key, protocol_key
 from atlas_gan.tracking.store import client_for, label_tags, open_run, redact, tracking_uri
-from atlas_gan.train import distributed
-from atlas_gan.train.trainer import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Registration:
     def summary(self) -> str:
         return (
             f"registered {self.model_uri} (FID {self.fid}) as {self.alias}: {self.reason}\n"
-            f"load the best with: models:/{self.name}@champion"
+            f"load the best with: models:/{self.name}@{CHAMPION}"
         )
 
 
@@ -72,15 +74,19 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
     return result
 
 
-MODEL_METADATA_KEYS = ("model", "spec", "bands", "step", "images_seen", "labels")
+MODEL_METADATA_KEYS = ("model", "signature", "spec", "bands", "step", "images_seen", "labels")
 
 
-def model_signature(latent_dim: int, bands: int, size: int):
+def model_signature(meta: dict[str, Any]):
+    """The MLflow signature of a registered generator, from its generator signature (latent: latents in)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
+    spec = meta["spec"]
+    inputs = {LATENT: [TensorSpec(np.dtype(np.float32), (-1, spec["latent_dim"]), "latents")]}
+    size, bands = spec["image_size"], spec["bands"]
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim), "latents")]),
+        inputs=Schema(inputs[signature_of(meta).name]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, bands, size, size), "images")]),
         params=ParamSchema(
             [
@@ -141,14 +147,14 @@ def log_generator_model(
         weights, meta_file = folder / "generator.pt", folder / "generator.json"
         torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, weights)
         meta_file.write_text(json.dumps(meta, indent=2))
-        example = np.random.default_rng(0).standard_normal((2, spec["latent_dim"])).astype(np.float32)
+        example = signature_of(meta).example_inputs(ModelSpec(**spec), 2)[0].numpy()
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=str(PYFUNC_CODE),
                 artifacts={WEIGHTS_ARTIFACT: str(weights), META_ARTIFACT: str(meta_file)},
                 code_paths=[str(_copy_code(folder / "code"))],
-                signature=model_signature(spec["latent_dim"], spec["bands"], spec["image_size"]),
+                signature=model_signature(meta),
                 input_example=example,
                 pip_requirements=["torch>=2.4", "numpy>=1.26"],
                 metadata={"atlas_gan": {k: meta.get(k) for k in MODEL_METADATA_KEYS}},

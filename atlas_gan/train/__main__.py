@@ -7,7 +7,7 @@ import logging
 import sys
 
 from atlas_gan.config import ConfigError, load_config
-from atlas_gan.train import distributed
+from atlas_gan.runtime import distributed
 from atlas_gan.train.trainer import Trainer, TrainingDiverged
 
 

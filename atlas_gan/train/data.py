@@ -48,18 +48,20 @@ def to_training_range(tile: np.ndarray, image_size: int) -> np.ndarray:
 
 
 class TileStream(IterableDataset):
-    """Endless stream of (tile tensor, label, epoch) for one rank; DataLoader workers split it further."""
+    """Endless stream of samples `{"image", "label", "epoch"}` for one rank; DataLoader workers split it further
+    (and collate them into batches of the same keys)."""
 
     def __init__(
         self,
         shard_urls: list[str],
         rank: int,
         world_size: int,
+        *,
         image_size: int,
         seed: int,
-        start_epoch: int,
-        shuffle_buffer: int,
-        augment_config: AugmentConfig,
+        start_epoch: int = 0,
+        shuffle_buffer: int = 1000,
+        augment_config: AugmentConfig | None = None,
         storage: StorageConfig | None = None,
         scene_labels: dict[str, int] | None = None,
     ) -> None:
@@ -69,7 +71,7 @@ class TileStream(IterableDataset):
         self.shard_urls = list(shard_urls)
         self.rank, self.world_size = rank, world_size
         self.image_size, self.seed, self.start_epoch = image_size, seed, start_epoch
-        self.shuffle_buffer, self.augment_config = shuffle_buffer, augment_config
+        self.shuffle_buffer, self.augment_config = shuffle_buffer, augment_config or AugmentConfig()
         self.storage = storage
         self.scene_labels = scene_labels
 
@@ -82,7 +84,7 @@ class TileStream(IterableDataset):
         pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode())
         yield from pipeline
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         if any(is_s3(url) for url in self.shard_urls):
             register_webdataset_s3(self.storage)  # in this worker process
         me, consumers = self._consumer()
@@ -103,7 +105,7 @@ class TileStream(IterableDataset):
 
     def _shuffled(
         self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, epoch: int
-    ) -> Iterator[tuple[torch.Tensor, int, int]]:
+    ) -> Iterator[dict[str, Any]]:
         buffer: list[tuple[np.ndarray, int]] = []
         for sample in samples:
             label = self._label(sample)
@@ -115,10 +117,10 @@ class TileStream(IterableDataset):
                 continue
             i = int(rng.integers(len(buffer)))
             buffer[i], item = item, buffer[i]
-            yield torch.from_numpy(item[0]), item[1], epoch
+            yield {"image": torch.from_numpy(item[0]), "label": item[1], "epoch": epoch}
         order = rng.permutation(len(buffer))
         for i in order:
-            yield torch.from_numpy(buffer[i][0]), buffer[i][1], epoch
+            yield {"image": torch.from_numpy(buffer[i][0]), "label": buffer[i][1], "epoch": epoch}
 
 
 def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:

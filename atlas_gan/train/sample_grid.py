@@ -7,21 +7,8 @@ import io
 import torch
 from PIL import Image
 
-from atlas_gan.preview import band_positions, tile_grid
+from atlas_gan.preview import band_triplets, tile_grid
 from atlas_gan.storage import Storage
-
-
-def band_triplets(bands: list[str], rgb: list[str | int] | None) -> list[tuple[str, list[int]]]:
-    """(label, positions) of each grid: the RGB triplet first, then the remaining bands three at a time."""
-    wanted = None if rgb is None else [bands[b - 1] if isinstance(b, int) else b for b in rgb]
-    first = band_positions(bands, wanted)
-    grids = [("rgb", first)]
-    rest = [i for i in range(len(bands)) if i not in first]
-    for start in range(0, len(rest), 3):
-        group = rest[start : start + 3]
-        group += [group[-1]] * (3 - len(group))  # one or two left: repeat to fill the channels (grey-ish)
-        grids.append(("-".join(dict.fromkeys(bands[i] for i in group)), group))
-    return grids
 
 
 def write_sample_grids(

@@ -1,38 +1,33 @@
-"""The GAN training loop that `torchrun` runs on every rank (or one process on its own).
+"""The training loop that `torchrun` runs on every rank (or one process on its own), for any recipe.
 
-One *step* is one generator update, preceded by the family's `n_critic` discriminator updates. Gradients are
-averaged over ranks by hand (see `distributed.py`); a step whose loss is not finite on any rank is skipped on all
-of them, and `nan_patience` such steps in a row roll the run back to its last checkpoint. On start the trainer
-resumes from the newest checkpoint in `run_dir`, so `torchrun --max-restarts=K` simply continues after a failure.
-MLflow and metrics plug in through `TrainHooks`; nothing here imports them.
+The loop does the mechanics; the recipe (`atlas_gan/recipes/`) does the maths of each step. The loop builds the
+recipe for the dataset, keeps an EMA of the networks the recipe names, streams the data, counts steps and images,
+writes sample grids, checkpoints and `log.jsonl`, and calls the hooks. A step whose loss is not finite on any rank
+is skipped on all of them (the recipe's `Update` checks), and `nan_patience` such steps in a row roll the run back to
+its last checkpoint. On start the trainer resumes from the newest checkpoint in `run_dir`, so
+`torchrun --max-restarts=K` simply continues after a failure. MLflow and metrics plug in through `TrainHooks`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
+from atlas_gan.config import AtlasConfig, config_to_dict
 from atlas_gan.labels import LabelVocabulary, scene_labels
-from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
-from atlas_gan.models import GANFamily, ModelSpec, build, get_family
-from atlas_gan.shards import read_manifest, shard_urls
-from atlas_gan.storage import Storage, join_url, storage_for
-from atlas_gan.train import distributed as dist_utils
-from atlas_gan.train.ada import AdaptiveAugment
-from atlas_gan.train.checkpoint import (
+from atlas_gan.recipes import Batch, Progress, Recipe, Update, build_recipe, model_spec
+from atlas_gan.runtime import distributed as dist_utils
+from atlas_gan.runtime.checkpoint import (
     checkpoint_url,
     list_checkpoints,
     load_checkpoint,
@@ -41,69 +36,22 @@ from atlas_gan.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from atlas_gan.runtime.distributed import DistributedContext
+from atlas_gan.runtime.generator import generator_meta
+from atlas_gan.runtime.precision import autocast_dtype
+from atlas_gan.shards import read_manifest, shard_urls
+from atlas_gan.storage import Storage, join_url, storage_for
 from atlas_gan.train.data import TileStream, make_loader
-from atlas_gan.train.diffaugment import DiffAugment
-from atlas_gan.train.distributed import DistributedContext
 from atlas_gan.train.ema import EMA
-from atlas_gan.train.path_length import PathLengthRegularizer
+from atlas_gan.train.hooks import TrainHooks
+from atlas_gan.train.run_log import RunLog
 from atlas_gan.train.sample_grid import write_sample_grids
 
 log = logging.getLogger("atlas_gan.train")
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, epochs
 
 
 class TrainingDiverged(RuntimeError):
     """Losses stayed non-finite after every allowed rollback."""
-
-
-class TrainHooks:
-    """Extension points (metrics, MLflow). Called on rank 0 unless noted; the defaults do nothing."""
-
-    def on_start(self, trainer: Trainer) -> None: ...
-
-    def on_step_start(self, trainer: Trainer) -> None:
-        """Every rank, before each step."""
-
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
-
-    def on_samples(self, trainer: Trainer, urls: list[str]) -> None: ...
-
-    def on_checkpoint(self, trainer: Trainer, url: str) -> None: ...
-
-    def on_evaluate(self, trainer: Trainer) -> None:
-        """Every rank, every `evaluate_every` steps (evaluation may itself be distributed)."""
-
-    def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None: ...
-
-
-def attention_resolution(family: GANFamily, cfg: TrainConfig, image_size: int) -> int:
-    if cfg.attention_resolution is None:
-        return family.default_attention_resolution(image_size)
-    if not family.attention:
-        raise ValueError(f"train.attention_resolution: {family.name} has no self-attention block (sagan has)")
-    return cfg.attention_resolution
-
-
-def make_optimizer(
-    family: GANFamily, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
-) -> torch.optim.Optimizer:
-    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
-    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
-    if lazy_interval:
-        ratio = lazy_interval / (lazy_interval + 1)
-        lr, betas = lr * ratio, (family.betas[0] ** ratio, family.betas[1] ** ratio)
-    else:
-        betas = family.betas
-    if family.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=betas)
-
-
-def make_augment(cfg: TrainConfig) -> DiffAugment | AdaptiveAugment:
-    if cfg.ada is None:
-        return DiffAugment(cfg.diffaugment)
-    ada = cfg.ada
-    return AdaptiveAugment(ada.groups, ada.target, ada.interval, ada.speed_kimg, ada.initial_p)
 
 
 class Trainer:
@@ -126,113 +74,113 @@ class Trainer:
         labels = scene_labels(manifest, cfg.condition, config.storage)
         self.scene_labels: dict[str, int] | None = labels.by_scene if labels else None
         self.vocabulary: LabelVocabulary | None = labels.vocabulary if labels else None
-        family = get_family(cfg.model)
-        self.spec = ModelSpec(
-            len(self.bands),
-            image_size,
-            cfg.latent_dim,
-            cfg.g_width,
-            cfg.d_width,
-            num_classes=len(self.vocabulary.classes) if self.vocabulary else 0,
-            attention_resolution=attention_resolution(family, cfg, image_size),
-        )
-        torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
-        family, generator, discriminator = build(cfg.model, self.spec)
-        self.family: GANFamily = family
-        self.n_critic = cfg.n_critic or family.n_critic
-        self.augment = make_augment(cfg)
-        self.ada = self.augment if isinstance(self.augment, AdaptiveAugment) else None
-        if self.ada and family.loss == "wasserstein":
-            raise ValueError(
-                f"train.ada: {family.name}'s critic values have an arbitrary offset, so ADA's overfitting "
-                "heuristic E[sign(D(real))] means nothing there; use train.diffaugment"
-            )
-        self.r1_gamma = (
-            cfg.r1_gamma
-            if cfg.r1_gamma is not None
-            else family.default_r1_gamma(image_size, cfg.batch_size * ctx.world_size)
-        )
-        pl_weight = cfg.path_length_weight if cfg.path_length_weight is not None else family.pl_weight
-        if pl_weight and not hasattr(generator, "styles"):
-            raise ValueError(f"train.path_length_weight: {family.name} has no style space (stylegan2 has)")
-        self.path_length = PathLengthRegularizer(pl_weight, family.pl_interval)
+        num_classes = len(self.vocabulary.classes) if self.vocabulary else 0
+        self.spec = model_spec(cfg, len(self.bands), image_size, num_classes)
+        self.model_name = cfg.model.family
         device = ctx.device
-        self.memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
-        self.G = generator.to(device, memory_format=self.memory_format or torch.contiguous_format)
-        self.D = discriminator.to(device, memory_format=self.memory_format or torch.contiguous_format)
-        lazy_g = family.pl_interval if pl_weight else 0
-        lazy_d = family.r1_interval if self.r1_gamma else 0
-        self.opt_g = make_optimizer(family, self.G.parameters(), cfg.lr_g or family.lr_g, lazy_g)
-        self.opt_d = make_optimizer(family, self.D.parameters(), cfg.lr_d or family.lr_d, lazy_d)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self.step = 0
-        self.images_seen = 0
-        self.epoch = 0
+        memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
+        self.autocast_dtype = autocast_dtype(cfg.precision, device)
+        torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
+        self.recipe: Recipe = build_recipe(cfg, self.spec, ctx, self.autocast_dtype, memory_format)
+        self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
-        torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # per-rank latents; replaced by the checkpoint's on resume
-        fixed = torch.Generator().manual_seed(cfg.seed)
-        self.fixed_latents = torch.randn(cfg.sample_count, cfg.latent_dim, generator=fixed).to(device)
-        self.fixed_labels = None  # conditional: the sample grid shows the classes in equal blocks, in order
-        if self.spec.conditional:
-            self.fixed_labels = (torch.arange(cfg.sample_count) * self.spec.num_classes // cfg.sample_count).to(device)
-        dist_utils.broadcast_module(self.G, ctx)
-        dist_utils.broadcast_module(self.D, ctx)
-        self.ema = EMA(self.G, cfg.ema_half_life_kimg, cfg.ema_rampup)
-        self._log_lines: list[str] = []
+        torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # per-rank randomness; replaced by the checkpoint's on resume
+        self.fixed_inputs = self.recipe.fixed_inputs(cfg.sample_count, cfg.seed)
+        for network in self.recipe.networks.values():
+            dist_utils.broadcast_module(network, ctx)
+        self.emas = {
+            name: EMA(self.recipe.networks[name], cfg.ema_half_life_kimg, cfg.ema_rampup)
+            for name in self.recipe.ema_networks
+        }
+        self.update = Update(ctx)
+        self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume()
+
+    # ---- what hooks read ------------------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def images_seen(self) -> int:
+        return self.state.images_seen
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
 
     @property
     def label_meta(self) -> dict[str, Any] | None:
         """The label vocabulary as saved with checkpoints and models (None: unconditional)."""
         return self.vocabulary.to_dict() if self.vocabulary else None
 
+    @property
+    def generator(self) -> nn.Module:
+        """The network the recipe calls the generator, as evaluated and registered: its EMA when it has one."""
+        name = self.recipe.generator_name
+        return self.emas[name].model if name in self.emas else self.recipe.networks[name]
+
+    def generator_meta(self) -> dict[str, Any]:
+        """What evaluation, sampling and the registry need to know about the generator being trained."""
+        return generator_meta(
+            model=self.model_name,
+            signature=self.recipe.signature,
+            spec=asdict(self.spec),
+            bands=self.bands,
+            labels=self.label_meta,
+            normalization=self.manifest["normalization"],
+            step=self.step,
+            images_seen=self.images_seen,
+        )
+
     # ---- state -------------------------------------------------------------------------------------------------
 
     def _payload(
-        self, rng_states: list[object], epochs: list[object], augment_states: list[object] | None
+        self, rng_states: list[object], epochs: list[object], recipe_ranks: list[object] | None
     ) -> dict[str, Any]:
+        recipe = self.recipe
         return {
             "step": self.step,
             "images_seen": self.images_seen,
             "epochs": epochs,
             "world_size": self.ctx.world_size,
             "rng": rng_states,
-            "model": self.family.name,
+            "recipe": recipe.name,
+            "model": self.model_name,
             "spec": asdict(self.spec),
             "bands": self.bands,
             "dataset_checksum": self.manifest.get("checksum"),
             "normalization": self.manifest["normalization"],
             "labels": self.label_meta,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "G_ema": self.ema.model.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
+            "generator": {"network": recipe.generator_name, "signature": recipe.signature},
+            "networks": {name: network.state_dict() for name, network in recipe.networks.items()},
+            "ema": {name: ema.model.state_dict() for name, ema in self.emas.items()},
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in recipe.optimizers.items()},
             "grad_scaler": None,  # bf16 autocast needs none
-            "augment": augment_states[0] if augment_states else None,  # p and the step counter: equal on all ranks
-            "augment_ranks": augment_states,  # with each rank's own sign accumulators, for an exact resume
-            "path_length": self.path_length.state_dict(),
+            "recipe_state": recipe.state_dict(),
+            "recipe_ranks": recipe_ranks,  # each rank's own recipe state, for an exact resume
             "rollbacks": self.rollbacks,
             "config": config_to_dict(self.config),
         }
 
     def save(self) -> str:
         """Checkpoint on every rank's behalf (collective: call on all ranks)."""
-        dist_utils.average_buffers(self.G, self.ctx)
-        dist_utils.average_buffers(self.D, self.ctx)
-        self.ema.copy_buffers(self.G)
+        for network in self.recipe.networks.values():
+            dist_utils.average_buffers(network, self.ctx)
+        for name, ema in self.emas.items():
+            ema.copy_buffers(self.recipe.networks[name])
         rng_states = dist_utils.gather_objects(rng_state(), self.ctx)
         epochs = dist_utils.gather_objects(self.epoch, self.ctx)
-        augment_states = None
-        if self.ada:
-            own = {key: value.cpu() for key, value in self.ada.state_dict().items()}
-            augment_states = dist_utils.gather_objects(own, self.ctx)
+        own = self.recipe.rank_state_dict()
+        recipe_ranks = dist_utils.gather_objects(own, self.ctx) if own is not None else None
         url = checkpoint_url(self.config.train.run_dir, self.step)
         if self.ctx.is_main:
-            save_checkpoint(self.store, url, self._payload(rng_states, epochs, augment_states))
+            save_checkpoint(self.store, url, self._payload(rng_states, epochs, recipe_ranks))
             prune_checkpoints(self.store, self.config.train.run_dir, self.config.train.keep_checkpoints)
+            if self.run_log is not None:
+                self.run_log.flush()
             for hook in self.hooks:
                 hook.on_checkpoint(self, url)
         dist_utils.barrier(self.ctx)
@@ -245,10 +193,10 @@ class Trainer:
             return False
         step, url = found[-1]
         state = load_checkpoint(self.store, url, map_location=self.ctx.device)
-        if state["spec"] != asdict(self.spec) or state["model"] != self.family.name:
+        if state["spec"] != asdict(self.spec) or state["model"] != self.model_name:
             raise ValueError(
                 f"{url}: checkpoint is {state['model']} {state['spec']}, the config asks for "
-                f"{self.family.name} {asdict(self.spec)}; use another train.run_dir"
+                f"{self.model_name} {asdict(self.spec)}; use another train.run_dir"
             )
         if state.get("labels") != self.label_meta:
             raise ValueError(
@@ -256,19 +204,20 @@ class Trainer:
                 f"{self.label_meta}; "
                 "use another train.run_dir"
             )
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.ema.model.load_state_dict(state["G_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        recipe = self.recipe
+        for name, network in recipe.networks.items():
+            network.load_state_dict(state["networks"][name])
+        for name, ema in self.emas.items():
+            ema.model.load_state_dict(state["ema"][name])
+        for name, optimizer in recipe.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
         same_world = state["world_size"] == self.ctx.world_size
-        if self.ada and state.get("augment"):
-            ranks = state.get("augment_ranks")
-            self.ada.load_state_dict(ranks[self.ctx.rank] if ranks and same_world else state["augment"])
-        if state.get("path_length"):
-            self.path_length.load_state_dict(state["path_length"])
-        self.step, self.images_seen, self.rollbacks = state["step"], state["images_seen"], state["rollbacks"]
-        self.epoch = int(state["epochs"][self.ctx.rank] if same_world else min(state["epochs"]))
+        ranks = state.get("recipe_ranks")
+        own = (ranks[self.ctx.rank] if same_world else ranks[0]) if ranks else None
+        recipe.load_state_dict(state.get("recipe_state") or {}, own)
+        self.state.step, self.state.images_seen = state["step"], state["images_seen"]
+        self.rollbacks = state["rollbacks"]
+        self.state.epoch = int(state["epochs"][self.ctx.rank] if same_world else min(state["epochs"]))
         if same_world:
             restore_rng_state(state["rng"][self.ctx.rank])
         elif self.ctx.is_main:
@@ -283,87 +232,16 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------------------------
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
-
-    def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.spec.latent_dim, device=self.ctx.device)
-
-    def _real(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Real images and, when conditional, their labels (which the fakes of the same step reuse, so G is
-        asked for each label as often as the data holds it)."""
-        real, labels, epochs = next(batches)
-        self.epoch = max(self.epoch, int(epochs.max()))
-        real = real.to(self.ctx.device, non_blocking=True)
-        real = real.contiguous(memory_format=self.memory_format) if self.memory_format else real
-        return real, labels.to(self.ctx.device) if self.spec.conditional else None
-
-    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """D's output on augmented images (DiffAugment or ADA; identity without either)."""
-        augmented = self.augment(images)
-        if self.memory_format and augmented is not images:  # ADA's resampling returns NCHW
-            augmented = augmented.contiguous(memory_format=self.memory_format)
-        return self.D(augmented, labels)
-
-    def _clip_discriminator(self) -> None:
-        if self.family.weight_clip:
-            with torch.no_grad():
-                for parameter in self.D.parameters():
-                    parameter.clamp_(-self.family.weight_clip, self.family.weight_clip)
-
     def train_step(self, batches: Iterator[Batch]) -> dict[str, float] | None:
-        """n_critic D updates and one G update; None when a non-finite loss made every rank skip it."""
-        batch = self.config.train.batch_size
-        loss_d_total = 0.0
-        for critic_step in range(self.n_critic):
-            real, labels = self._real(batches)
-            # The last critic step's fakes keep their graph and serve the G update too (one G forward per step,
-            # as pytorch/examples' DCGAN does); D only ever sees them detached.
-            with torch.set_grad_enabled(critic_step == self.n_critic - 1), self._autocast():
-                fake = self.G(self._latents(batch), labels)
-            detached = fake.detach()
-            # lazy R1 (StyleGAN2): every r1_interval steps, on the real images before augmentation
-            r1_due = self.r1_gamma > 0 and critic_step == 0 and self.step % self.family.r1_interval == 0
-            real = real.detach().requires_grad_(r1_due)
-            with self._autocast():
-                real_logits = self._discriminate(real, labels)
-                loss_d = discriminator_loss(self.family.loss, real_logits, self._discriminate(detached, labels))
-            if self.ada:
-                self.ada.observe(real_logits)
-            if r1_due:
-                loss_d = loss_d + r1_penalty(real_logits, real) * (self.r1_gamma / 2 * self.family.r1_interval)
-            if self.family.gradient_penalty:
-                critic = partial(self._discriminate, labels=labels)
-                loss_d = loss_d + self.family.gradient_penalty * gradient_penalty(critic, real, detached)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            dist_utils.average_gradients(self.D, self.ctx)
-            if not dist_utils.all_true(bool(torch.isfinite(loss_d)), self.ctx):
-                return None
-            self.opt_d.step()
-            self._clip_discriminator()
-            loss_d_total += float(loss_d.detach())
-            self.images_seen += batch * self.ctx.world_size
-
-        self.D.requires_grad_(False)
-        with self._autocast():
-            loss_g = generator_loss(self.family.loss, self._discriminate(fake, labels))
-            if self.path_length.due(self.step):
-                loss_g = loss_g + self.path_length.penalty(self.G, batch, labels, self.ctx)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.D.requires_grad_(True)
-        dist_utils.average_gradients(self.G, self.ctx)
-        if not dist_utils.all_true(bool(torch.isfinite(loss_g)), self.ctx):
+        """The recipe's step, then the EMAs; None when a non-finite loss made every rank skip it."""
+        losses = self.recipe.step(batches, self.update, self.state)
+        if losses is None:
             return None
-        self.opt_g.step()
-        self.ema.update(self.G, batch * self.ctx.world_size, self.images_seen)
-        if self.ada:
-            self.ada.adjust(batch * self.ctx.world_size * self.n_critic, self.ctx)
-        self.step += 1
-        return {"loss_d": loss_d_total / self.n_critic, "loss_g": float(loss_g.detach())}
+        images = self.recipe.batch_size * self.ctx.world_size
+        for name, ema in self.emas.items():
+            ema.update(self.recipe.networks[name], images, self.images_seen)
+        self.state.step += 1
+        return losses
 
     def _rollback(self, bad_steps: int) -> None:
         self.rollbacks += 1
@@ -389,47 +267,38 @@ class Trainer:
     # ---- outputs ---------------------------------------------------------------------------------------------------
 
     def log_event(self, record: dict[str, Any]) -> None:
-        """Rank 0 (hooks too): add a JSON line to run_dir/log.jsonl (rewritten whole, so S3 run dirs work too)."""
-        self._log_lines.append(json.dumps(record))
-        text = "\n".join(self._log_lines) + "\n"
-        self.store.write_bytes(join_url(self.config.train.run_dir, "log.jsonl"), text.encode())
-
-    def _load_log(self) -> None:
-        url = join_url(self.config.train.run_dir, "log.jsonl")
-        if self.store.exists(url):
-            self._log_lines = [line for line in self.store.read_bytes(url).decode().splitlines() if line.strip()]
-
-    def generator_meta(self) -> dict[str, Any]:
-        """What evaluation needs to know about the generator being trained."""
-        return {
-            "step": self.step,
-            "model": self.family.name,
-            "spec": asdict(self.spec),
-            "bands": self.bands,
-            "labels": self.label_meta,
-        }
+        """Rank 0 (hooks too): add a record to run_dir/log.jsonl."""
+        if self.run_log is None:
+            self.run_log = RunLog(self.store, self.config.train.run_dir)
+        self.run_log.write(record)
 
     def write_samples(self) -> list[str]:
-        """Rank 0: fixed-latent grids from the EMA generator (RGB triplet, then the other bands in threes)."""
-        with torch.no_grad(), self._autocast():
-            images = self.ema.model(self.fixed_latents, self.fixed_labels).float().cpu()
+        """Rank 0: fixed-input grids from the (EMA) generator (RGB triplet, then the other bands in threes)."""
+        with torch.no_grad(), self.recipe.autocast():
+            images = self.generator(*self.fixed_inputs).float().cpu()
         prefix = join_url(self.config.train.run_dir, "samples", f"step-{self.step:08d}")
         return write_sample_grids(self.store, prefix, images, self.bands, self.config.train.rgb_bands)
 
     def fingerprint(self) -> str:
-        """Digest of G's and D's parameters: equal on every rank when training is in sync."""
+        """Digest of every network's parameters: equal on every rank when training is in sync."""
         digest = hashlib.sha256()
-        for model in (self.G, self.D):
-            for tensor in model.state_dict().values():
+        for network in self.recipe.networks.values():
+            for tensor in network.state_dict().values():
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     # ---- the loop ----------------------------------------------------------------------------------------------------
 
+    def _tracking_epochs(self, loader: Iterable[Batch]) -> Iterator[Batch]:
+        """The loader's batches, noting the newest data epoch seen (checkpoints restart the stream there)."""
+        for batch in loader:
+            self.state.epoch = max(self.state.epoch, int(batch["epoch"].max()))
+            yield batch
+
     def run(self) -> dict[str, Any]:
         cfg, ctx = self.config.train, self.ctx
         if ctx.is_main:
-            self._load_log()
+            self.run_log = RunLog(self.store, cfg.run_dir)
             self.store.write_bytes(
                 join_url(cfg.run_dir, "config.json"), json.dumps(config_to_dict(self.config), indent=2).encode()
             )
@@ -439,7 +308,7 @@ class Trainer:
                     "step": self.step,
                     "world_size": ctx.world_size,
                     "resumed_from": self.resumed_from,
-                    "model": self.family.name,
+                    "model": self.model_name,
                     "global_batch": cfg.batch_size * ctx.world_size,
                     "device": str(ctx.device),
                 }
@@ -450,15 +319,16 @@ class Trainer:
             shard_urls(self.manifest, self.config.dataset_url),
             ctx.rank,
             ctx.world_size,
-            self.spec.image_size,
-            cfg.seed,
-            self.epoch,
-            cfg.shuffle_buffer,
-            cfg.augment,
-            self.config.storage,
-            self.scene_labels,
+            image_size=self.spec.image_size,
+            seed=cfg.seed,
+            start_epoch=self.epoch,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment_config=cfg.augment,
+            storage=self.config.storage,
+            scene_labels=self.scene_labels,
         )
-        batches = iter(make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda"))
+        loader = make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
+        batches = self._tracking_epochs(loader)
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -512,10 +382,8 @@ class Trainer:
             "loss_g": float(sums[1] / sums[2]),
             "images_per_s": (self.images_seen - window_images) / elapsed if elapsed > 0 else None,
             "time": time.time(),
+            **self.recipe.log_values(),
         }
-        if self.ada:
-            record["augment_p"] = self.ada.p
-            record["augment_rt"] = self.ada.rt
         if self.ctx.is_main:
             self.log_event(record)
             for hook in self.hooks:
@@ -533,16 +401,8 @@ class Trainer:
         }
         if self.ctx.is_main:
             self.log_event(summary)
+            if self.run_log is not None:
+                self.run_log.flush()
             for hook in self.hooks:
                 hook.on_end(self, summary)
         return summary
-
-
-def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The (EMA) generator of a checkpoint, in eval mode on CPU, with the checkpoint's metadata."""
-    state = load_checkpoint(store, url)
-    spec = ModelSpec(**state["spec"])
-    _, generator, _ = build(state["model"], spec)
-    generator.load_state_dict(state["G_ema" if ema else "G"])
-    meta = {k: state[k] for k in ("step", "images_seen", "model", "spec", "bands", "normalization")}
-    return generator.eval(), {**meta, "labels": state.get("labels")}

@@ -1,0 +1,191 @@
+"""The adversarial recipe: one latent-to-image generator G against one discriminator D. dcgan, wgan, wgan-gp, sngan,
+sagan and stylegan2 are its configurations (their networks and paper settings: `atlas_gan/models/families.py`).
+
+One step is `n_critic` D updates, each on a fresh real batch, then one G update. The last D update's fakes keep their
+graph and serve the G update too (one G forward per step, as pytorch/examples' DCGAN does); D only ever sees them
+detached. Conditional runs give the fakes the real batch's labels, so G is asked for each label as often as the data
+holds it. Around that:
+- augmentation of everything D sees: DiffAugment or ADA (ADA counts the signs of D's outputs on reals and adjusts
+  its p once per step, over all ranks);
+- D's regularizers: lazy R1 every `r1_interval` steps on the real images before augmentation, the WGAN-GP penalty,
+  weight clipping after each D update;
+- G's regularizer: StyleGAN2's path-length penalty every `pl_interval` steps;
+- optimizers rescaled for lazy regularization (StyleGAN2's rule), RMSprop for WGAN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from atlas_gan.config import ModelOptions, TrainConfig
+from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from atlas_gan.models.base import AdversarialDefaults, GANFamily, ModelSpec
+from atlas_gan.recipes.ada import AdaptiveAugment
+from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
+from atlas_gan.recipes.diffaugment import DiffAugment
+from atlas_gan.recipes.path_length import PathLengthRegularizer
+from atlas_gan.runtime.distributed import DistributedContext
+
+
+def make_optimizer(
+    defaults: AdversarialDefaults, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
+) -> torch.optim.Optimizer:
+    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
+    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
+    if lazy_interval:
+        ratio = lazy_interval / (lazy_interval + 1)
+        lr, betas = lr * ratio, (defaults.betas[0] ** ratio, defaults.betas[1] ** ratio)
+    else:
+        betas = defaults.betas
+    if defaults.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    return torch.optim.Adam(parameters, lr=lr, betas=betas)
+
+
+def make_augment(cfg: TrainConfig) -> DiffAugment | AdaptiveAugment:
+    if cfg.ada is None:
+        return DiffAugment(cfg.diffaugment)
+    ada = cfg.ada
+    return AdaptiveAugment(ada.groups, ada.target, ada.interval, ada.speed_kimg, ada.initial_p)
+
+
+def attention_resolution(family: GANFamily, options: ModelOptions, image_size: int) -> int:
+    """Where the self-attention block goes (0: none): the option, else the family's default."""
+    chosen = getattr(options, "attention_resolution", None)
+    return family.default_attention_resolution(image_size) if chosen is None else chosen
+
+
+class AdversarialRecipe(Recipe):
+    name = "adversarial"
+
+    def __init__(
+        self,
+        family: GANFamily,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        ctx: DistributedContext,
+        autocast_dtype: torch.dtype | None,
+        memory_format: torch.memory_format | None,
+    ) -> None:
+        """Builds G then D (the caller seeds the global RNG first), the augmentation, regularizers, optimizers."""
+        super().__init__(spec, cfg.batch_size, ctx, autocast_dtype, memory_format)
+        options, defaults = cfg.model, family.training
+        self.family, self.defaults = family, defaults
+        generator, discriminator = family.generator(spec), family.discriminator(spec)
+        self.n_critic = options.n_critic or defaults.n_critic
+        self.augment = make_augment(cfg)
+        self.ada = self.augment if isinstance(self.augment, AdaptiveAugment) else None
+        if self.ada and defaults.loss == "wasserstein":
+            raise ValueError(
+                f"train.ada: {family.name}'s critic values have an arbitrary offset, so ADA's overfitting "
+                "heuristic E[sign(D(real))] means nothing there; use train.diffaugment"
+            )
+        self.r1_gamma = (
+            options.r1_gamma
+            if options.r1_gamma is not None
+            else defaults.default_r1_gamma(spec.image_size, cfg.batch_size * ctx.world_size)
+        )
+        pl_weight = getattr(options, "path_length_weight", None)
+        pl_weight = defaults.pl_weight if pl_weight is None else pl_weight
+        self.path_length = PathLengthRegularizer(pl_weight, defaults.pl_interval)
+        self.G, self.D = self.place(generator), self.place(discriminator)
+        lazy_g = defaults.pl_interval if pl_weight else 0
+        lazy_d = defaults.r1_interval if self.r1_gamma else 0
+        self.networks = {"G": self.G, "D": self.D}
+        self.optimizers = {
+            "G": make_optimizer(defaults, self.G.parameters(), cfg.lr_g or defaults.lr_g, lazy_g),
+            "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy_d),
+        }
+
+    # ---- state ------------------------------------------------------------------------------------------------------
+
+    def fixed_inputs(self, count: int, seed: int) -> tuple[torch.Tensor | None, ...]:
+        """Seeded latents; a conditional grid shows the classes in equal blocks, in order."""
+        latents = torch.randn(count, self.spec.latent_dim, generator=torch.Generator().manual_seed(seed))
+        labels = None
+        if self.spec.conditional:
+            labels = (torch.arange(count) * self.spec.num_classes // count).to(self.ctx.device)
+        return latents.to(self.ctx.device), labels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"path_length": self.path_length.state_dict()}
+
+    def rank_state_dict(self) -> dict[str, Any] | None:
+        """ADA's p and step counter (equal on all ranks) with each rank's own sign accumulators."""
+        if self.ada is None:
+            return None
+        return {"augment": {key: value.cpu() for key, value in self.ada.state_dict().items()}}
+
+    def load_state_dict(self, shared: dict[str, Any], own: dict[str, Any] | None) -> None:
+        if self.ada is not None and own and own.get("augment"):
+            self.ada.load_state_dict(own["augment"])
+        if shared.get("path_length"):
+            self.path_length.load_state_dict(shared["path_length"])
+
+    def log_values(self) -> dict[str, float | None]:
+        return {"augment_p": self.ada.p, "augment_rt": self.ada.rt} if self.ada else {}
+
+    # ---- one step ---------------------------------------------------------------------------------------------------
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.spec.latent_dim, device=self.ctx.device)
+
+    def _real(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = next(batches)
+        labels = batch["label"].to(self.ctx.device) if self.spec.conditional else None
+        return self.on_device(batch["image"]), labels
+
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """D's output on augmented images (DiffAugment or ADA; identity without either)."""
+        augmented = self.augment(images)
+        if self.memory_format and augmented is not images:  # ADA's resampling returns NCHW
+            augmented = augmented.contiguous(memory_format=self.memory_format)
+        return self.D(augmented, labels)
+
+    def _clip_discriminator(self) -> None:
+        with torch.no_grad():
+            for parameter in self.D.parameters():
+                parameter.clamp_(-self.defaults.weight_clip, self.defaults.weight_clip)
+
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+        batch = self.batch_size
+        world = self.ctx.world_size
+        clip = self._clip_discriminator if self.defaults.weight_clip else None
+        loss_d_total = 0.0
+        for critic_step in range(self.n_critic):
+            real, labels = self._real(batches)
+            with torch.set_grad_enabled(critic_step == self.n_critic - 1), self.autocast():
+                fake = self.G(self._latents(batch), labels)
+            detached = fake.detach()
+            r1_due = self.r1_gamma > 0 and critic_step == 0 and progress.step % self.defaults.r1_interval == 0
+            real = real.detach().requires_grad_(r1_due)
+            with self.autocast():
+                real_logits = self.discriminate(real, labels)
+                loss_d = discriminator_loss(self.defaults.loss, real_logits, self.discriminate(detached, labels))
+            if self.ada:
+                self.ada.observe(real_logits)
+            if r1_due:
+                loss_d = loss_d + r1_penalty(real_logits, real) * (self.r1_gamma / 2 * self.defaults.r1_interval)
+            if self.defaults.gp_weight:
+                critic = partial(self.discriminate, labels=labels)
+                loss_d = loss_d + self.defaults.gp_weight * gradient_penalty(critic, real, detached)
+            if not update(loss_d, self.D, self.optimizers["D"], after_step=clip):
+                return None
+            loss_d_total += float(loss_d.detach())
+            progress.images_seen += batch * world
+
+        with frozen(self.D):
+            with self.autocast():
+                loss_g = generator_loss(self.defaults.loss, self.discriminate(fake, labels))
+                if self.path_length.due(progress.step):
+                    loss_g = loss_g + self.path_length.penalty(self.G, batch, labels, self.ctx)
+            if not update(loss_g, self.G, self.optimizers["G"]):
+                return None
+        if self.ada:
+            self.ada.adjust(batch * world * self.n_critic, self.ctx)
+        return {"loss_d": loss_d_total / self.n_critic, "loss_g": float(loss_g.detach())}

@@ -1,0 +1,141 @@
+"""What every training recipe is: named networks and optimizers, the one network that is *the generator*, and a
+`step` that does the maths of one training step. The loop (`atlas_gan/train/trainer.py`) does the mechanics around
+it: data, device placement, ranks, EMA, checkpoints, rollback, logging, hooks.
+
+A recipe declares:
+- `networks` and `optimizers`, by name (`"G"`, `"D"`; CycleGAN would have two of each). Checkpoints save them by
+  these names, so a new recipe needs no new checkpoint keys.
+- `ema_networks`: the networks the loop keeps an exponential moving average of (sampled, evaluated, registered).
+- `generator_name` and `signature`: which network is evaluated, exported and registered, and what it takes
+  (`latent`: latent vectors and, if conditional, labels; `image`: images). Everything downstream dispatches on the
+  signature, never on a family name.
+- `step(batches, update, progress)`: pulls the batches it needs and updates its networks through `update`, which
+  does what every update needs (zero grad, backward, average over ranks, finite check, step, post-step hook).
+- `fixed_inputs(n)`: the generator inputs of the sample grids, the same at every step.
+- `state_dict` / `rank_state_dict`: state beyond networks and optimizers (ADA's p, the path-length mean, ...):
+  shared (equal on every rank) or per rank (saved for every rank, restored exactly when the world size is equal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from atlas_gan.models.base import ModelSpec
+from atlas_gan.runtime import distributed as dist_utils
+from atlas_gan.runtime.distributed import DistributedContext
+from atlas_gan.runtime.signature import LATENT
+
+Batch = dict[str, torch.Tensor]  # "image" (n, bands, h, w) in [-1, 1], "label" (n,), "epoch" (n,)
+
+
+@dataclass
+class Progress:
+    """Where training stands; owned by the loop, advanced by recipes as they consume real images."""
+
+    step: int = 0
+    images_seen: int = 0
+    epoch: int = 0
+
+
+class Update:
+    """One network update, the same for every recipe and network."""
+
+    def __init__(self, ctx: DistributedContext) -> None:
+        self.ctx = ctx
+
+    def __call__(
+        self,
+        loss: torch.Tensor,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        after_step: Callable[[], None] | None = None,
+    ) -> bool:
+        """zero grad, backward, average gradients over ranks, then step only if the loss is finite on every rank
+        (False: nothing was changed, on any rank), then `after_step` (e.g. weight clipping)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        dist_utils.average_gradients(network, self.ctx)
+        if not dist_utils.all_true(bool(torch.isfinite(loss)), self.ctx):
+            return False
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        return True
+
+
+@contextlib.contextmanager
+def frozen(network: nn.Module) -> Iterator[None]:
+    """No gradients for `network`'s parameters inside the block (its input still gets them)."""
+    network.requires_grad_(False)
+    try:
+        yield
+    finally:
+        network.requires_grad_(True)
+
+
+class Recipe:
+    """Base class of training recipes; see the module docstring."""
+
+    name: ClassVar[str]
+    generator_name: ClassVar[str] = "G"
+    signature: ClassVar[str] = LATENT
+    ema_networks: ClassVar[tuple[str, ...]] = ("G",)
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        batch_size: int,
+        ctx: DistributedContext,
+        autocast_dtype: torch.dtype | None,
+        memory_format: torch.memory_format | None,
+    ) -> None:
+        self.spec, self.batch_size, self.ctx = spec, batch_size, ctx
+        self.autocast_dtype, self.memory_format = autocast_dtype, memory_format
+        self.networks: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # ---- what subclasses implement -----------------------------------------------------------------------------
+
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+        """One training step; returns the losses to log, or None when a non-finite loss made every rank skip it."""
+        raise NotImplementedError
+
+    def fixed_inputs(self, count: int, seed: int) -> tuple[torch.Tensor | None, ...]:
+        """The generator's inputs for the sample grids (on the training device)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State equal on every rank (beyond networks and optimizers)."""
+        return {}
+
+    def rank_state_dict(self) -> dict[str, Any] | None:
+        """State that differs per rank; None when there is none."""
+        return None
+
+    def load_state_dict(self, shared: dict[str, Any], own: dict[str, Any] | None) -> None:
+        """Restore `state_dict()`'s and (when saved by the same world size, else rank 0's) `rank_state_dict()`'s."""
+
+    def log_values(self) -> dict[str, float | None]:
+        """Extra values for the training log (e.g. the augmentation probability)."""
+        return {}
+
+    # ---- helpers for subclasses -----------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the training device, in the training memory format."""
+        images = images.to(self.ctx.device, non_blocking=True)
+        return images.contiguous(memory_format=self.memory_format) if self.memory_format else images
+
+    def place(self, network: nn.Module) -> nn.Module:
+        return network.to(self.ctx.device, memory_format=self.memory_format or torch.contiguous_format)

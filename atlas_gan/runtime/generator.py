@@ -1,0 +1,66 @@
+"""The generator of a training checkpoint, and the one description of a generator that travels with it (into
+evaluation results, registered models and exports)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from atlas_gan.models import get_family
+from atlas_gan.models.base import ModelSpec
+from atlas_gan.runtime.checkpoint import load_checkpoint
+from atlas_gan.runtime.signature import signature_of
+from atlas_gan.storage import Storage
+
+META_KEYS = ("model", "signature", "spec", "bands", "labels", "normalization", "step", "images_seen")
+
+
+def generator_meta(
+    *,
+    model: str,
+    signature: str,
+    spec: dict[str, Any],
+    bands: list[str],
+    labels: dict[str, Any] | None,
+    normalization: dict[str, Any] | None,
+    step: int,
+    images_seen: int,
+) -> dict[str, Any]:
+    """What is needed to rebuild a generator and read its images: family, input signature, ModelSpec fields, band
+    names, label vocabulary (None: unconditional), the dataset's normalization, and how far it was trained."""
+    return {
+        "model": model,
+        "signature": signature,
+        "spec": spec,
+        "bands": bands,
+        "labels": labels,
+        "normalization": normalization,
+        "step": step,
+        "images_seen": images_seen,
+    }
+
+
+def build_generator(meta: dict[str, Any]) -> nn.Module:
+    """An untrained generator of the family and spec `meta` describes."""
+    signature_of(meta)  # refuse a generator this atlas-gan cannot feed before building anything
+    return get_family(meta["model"]).generator(ModelSpec(**meta["spec"]))
+
+
+def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The (EMA) generator of a checkpoint, in eval mode on CPU, with its `generator_meta`."""
+    state = load_checkpoint(store, url)
+    name = state["generator"]["network"]
+    meta = generator_meta(
+        model=state["model"],
+        signature=state["generator"]["signature"],
+        spec=state["spec"],
+        bands=state["bands"],
+        labels=state.get("labels"),
+        normalization=state["normalization"],
+        step=state["step"],
+        images_seen=state["images_seen"],
+    )
+    generator = build_generator(meta)
+    generator.load_state_dict(state["ema"][name] if ema and name in state["ema"] else state["networks"][name])
+    return generator.eval(), meta

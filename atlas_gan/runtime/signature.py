@@ -1,0 +1,110 @@
+"""Generator signatures: what a generator takes, so sampling, evaluation, export and the registered model can feed
+any recipe's generator without knowing its family.
+
+A signature turns a request ("n samples from this seed", "n random inputs for FID", "an example for export") into
+the positional arguments of `generator(*inputs)`. Each recipe names its generator's signature and checkpoints and
+registered models record it (`meta["signature"]`; absent in files written before signatures: `latent`).
+
+- `latent`: `generator(latents, labels)`: latents float32 (n, latent_dim) ~ N(0, I); labels int64 (n,) for a
+  conditional generator, else None.
+
+Image-to-image recipes (translation, super-resolution) add their signature here, with inputs drawn from images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from atlas_gan.labels import LabelVocabulary, generation_labels
+from atlas_gan.models.base import ModelSpec, seeded_latents
+
+LATENT = "latent"
+
+Inputs = tuple[torch.Tensor | None, ...]
+
+
+class LatentSignature:
+    """Latent vectors (and labels, if conditional) in; see the module docstring."""
+
+    name: ClassVar[str] = LATENT
+
+    def input_names(self, spec: ModelSpec) -> list[str]:
+        return ["latents", "labels"] if spec.conditional else ["latents"]
+
+    def example_inputs(self, spec: ModelSpec, count: int) -> tuple[torch.Tensor, ...]:
+        """Fixed example inputs (export tracing): seeded latents and labels cycling through the classes."""
+        latents = seeded_latents(count, spec.latent_dim, seed=0)
+        if not spec.conditional:
+            return (latents,)
+        return latents, torch.arange(count, dtype=torch.int64) % spec.num_classes
+
+    def seeded_inputs(
+        self, spec: ModelSpec, vocabulary: LabelVocabulary | None, count: int, seed: int, label: str | None = None
+    ) -> Inputs:
+        """`count` inputs from `seed`: the same seed (and label) gives the same inputs on every machine. A
+        conditional generator gets `label` for all, or labels in the training data's proportions."""
+        return seeded_latents(count, spec.latent_dim, seed), generation_labels(vocabulary, count, label, seed)
+
+    def request_inputs(
+        self,
+        model_input: Any,
+        spec: ModelSpec,
+        vocabulary: LabelVocabulary | None,
+        seed: int,
+        label: str | None = None,
+    ) -> Inputs:
+        """The inputs of a serving request (the registered model's `predict`): latents as an array, a named
+        tensor ({"latents": array}) or a DataFrame; labels as for `seeded_inputs`."""
+        if isinstance(model_input, dict):
+            model_input = model_input.get("latents", next(iter(model_input.values()), None))
+        if hasattr(model_input, "to_numpy"):  # a DataFrame (e.g. from a JSON request)
+            model_input = model_input.to_numpy()
+        array = np.asarray(model_input, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != spec.latent_dim:
+            raise ValueError(
+                f"latents must have shape (n, {spec.latent_dim}); got {array.shape}. "
+                "Or pass params={'count': n, 'seed': s}."
+            )
+        return torch.from_numpy(array), generation_labels(vocabulary, len(array), label, seed)
+
+    def label_names(self, inputs: Inputs, vocabulary: LabelVocabulary | None) -> list[str]:
+        """The label of each input, by name ([] for an unconditional generator)."""
+        labels = inputs[1] if len(inputs) > 1 else None
+        return [vocabulary.classes[i] for i in labels.tolist()] if vocabulary and labels is not None else []
+
+    def random_batches(
+        self,
+        spec: ModelSpec,
+        vocabulary: LabelVocabulary | None,
+        count: int,
+        batch_size: int,
+        rng: torch.Generator,
+        device: torch.device,
+    ) -> Iterator[Inputs]:
+        """`count` inputs in batches, drawn from `rng` (evaluation: labels in the training data's proportions)."""
+        done = 0
+        while done < count:
+            size = min(batch_size, count - done)
+            latents = torch.randn(size, spec.latent_dim, generator=rng).to(device)
+            labels = vocabulary.sample(size, rng).to(device) if vocabulary else None
+            yield latents, labels
+            done += size
+
+
+SIGNATURES: dict[str, LatentSignature] = {LATENT: LatentSignature()}
+
+
+def signature_of(meta: dict[str, Any]) -> LatentSignature:
+    """The signature a checkpoint's or registered model's metadata records (default `latent`)."""
+    name = meta.get("signature") or LATENT
+    try:
+        return SIGNATURES[name]
+    except KeyError:
+        raise ValueError(
+            f"generator signature {name!r} is not known to this atlas-gan (known: {sorted(SIGNATURES)}); "
+            "upgrade atlas-gan to use this model"
+        ) from None
