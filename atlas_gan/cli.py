@@ -146,9 +146,14 @@ def evaluate(
         return
     for label, scores in result["scores"].items():
         is_text = f"IS {scores['is']:.3f}" if scores["is"] is not None else "IS unavailable (no classifier head)"
+        floor = scores["floor_fid"]
+        floor_text = f"{floor:.3f} (N {scores['floor_n']})" if floor is not None else "n/a (too few tiles)"
+        spread = scores["spread_ratio"]
         typer.echo(
             f"{label} {','.join(scores['bands'])}: FID {scores['fid']:.3f}  KID {scores['kid']:.5f}  {is_text}"
-            f"  (N real {scores['n_real']}, N fake {result['n_fake']})"
+            f"  (N real {scores['n_real']}, N fake {result['n_fake']})\n"
+            f"  real-vs-real floor {floor_text}; sample spread "
+            f"{'n/a' if spread is None else format(spread, '.2f')} of the real tiles'"
         )
     typer.echo(
         f"step {result['step']}; weights sha256 {result['weights_sha256'][:16]}; {result['resize']}; "

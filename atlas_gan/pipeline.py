@@ -89,6 +89,8 @@ class PipelineOutcome:
     fid: float | None = None
     kid: float | None = None
     fid_n: int | None = None
+    floor_fid: float | None = None  # the real-vs-real floor at the same N
+    spread_ratio: float | None = None  # samples' pixel spread / the real tiles'
     registration: dict[str, Any] | None = None
     sample_grid: str | None = None
 
@@ -110,7 +112,9 @@ class PipelineOutcome:
             "| metric | value |",
             "|---|---|",
             f"| FID (N={self.fid_n}) | {_number(self.fid)} |",
+            f"| real-vs-real floor at that N | {_number(self.floor_fid)} |",
             f"| KID | {_number(self.kid)} |",
+            f"| sample spread / real tiles' | {_number(self.spread_ratio)} |",
             f"| model version | `{reg.get('model_uri')}` |",
             f"| decision | **{reg.get('alias')}**: {reg.get('reason')} |",
             f"| champion before | {reg.get('champion_version') or 'none'} (FID {_number(reg.get('champion_fid'))}) |",
@@ -132,7 +136,9 @@ def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
         lines += [
             f"run dir:       {outcome['run_dir']}",
             f"sample grid:   {outcome['sample_grid']}",
-            f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])}",
+            f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "
+            f"{_number(outcome.get('floor_fid'))}; sample spread {_number(outcome.get('spread_ratio'))} of the "
+            "real tiles')",
             f"MLflow run:    {registration.get('run_id')} in {uri}",
             f"this model:    {registration.get('model_uri')} -> {registration.get('alias')}",
             f"               ({registration.get('reason')})",

@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -85,15 +86,17 @@ def main() -> None:
         metric.update(speed_batches[0].to(device), real=True)  # warm-up
         t_ref = timed(lambda: [metric.update(b.to(device), real=True) for b in speed_batches])
 
-        _, generator, _ = build("dcgan", ModelSpec(3, 64, 128))
+        spec = ModelSpec(3, 64, 128)
+        _, generator, _ = build("dcgan", spec)
         generator = generator.eval().to(device)
+        meta = {"model": "dcgan", "signature": "latent", "spec": asdict(spec)}
         n_real = sum(b.shape[0] for b in real)
         real_features, _ = embed_batches(ours, iter(real), n_real, device, args.bf16, "embed real", True)
         real_stats = FeatureStats.of(real_features)
         start = time.perf_counter()
         fake, _ = embed_batches(
             ours,
-            generated_batches(generator, 128, args.n, args.batch, [0, 1, 2], device, 0),
+            generated_batches(generator, meta, args.n, args.batch, [0, 1, 2], device, 0),
             args.n,
             device,
             args.bf16,

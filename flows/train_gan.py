@@ -56,10 +56,12 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
     result = evaluate_checkpoint(config, checkpoint, distributed.setup(), progress=False)
     assert result is not None  # single process: rank 0
     get_run_logger().info(
-        "FID %.4f KID %.5f at N=%d (%s)",
+        "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles' (%s)",
         result["fid"],
+        result["floor_fid"],
         next(iter(result["scores"].values()))["kid"],
         result["n_fake"],
+        result["spread_ratio"],
         result["written_to"],
     )
     return result
@@ -120,6 +122,7 @@ def train_gan(
             main["kid"],
             evaluation["n_fake"],
         )
+        outcome.floor_fid, outcome.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         outcome.registration, outcome.sample_grid = registration, newest_sample_grid(run_config)
     create_markdown_artifact(key="train-gan-report", markdown=outcome.markdown(), description="atlas-gan pipeline run")
     return asdict(outcome)

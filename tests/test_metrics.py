@@ -305,3 +305,13 @@ def test_two_ranks_each_embed_their_share(checkpoint, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["world_size"] == 2 and result["n_fake"] == 6
     assert np.isfinite(result["scores"]["rgb"]["fid"])
+
+
+def test_the_floor_tiles_never_overlap_the_reference_set():
+    from atlas_gan.metrics.features import chosen_tiles
+
+    reference = chosen_tiles(100, 30, seed=0)
+    assert reference == set(np.random.default_rng(0).choice(100, size=30, replace=False).tolist())  # as cached before
+    floor = chosen_tiles(100, 50, seed=1, exclude=reference)
+    assert len(floor) == 50 and not floor & reference
+    assert chosen_tiles(100, 500, seed=1, exclude=reference) == set(range(100)) - reference  # what is left

@@ -5,6 +5,11 @@ the manifest checksum, the weights' sha256, N, the resize method, the band tripl
 evaluations only embed generated images. Under torchrun each rank generates and embeds its share; rank 0 gathers
 the features and computes the scores. Every result records its protocol: weights sha256, N real, N fake, resize
 method, band triplet.
+
+Next to each FID: the real-vs-real floor at the same N (real tiles outside the reference set scored against it,
+cached beside the reference) and the distance to it, so an FID reads as "this far from what real tiles score"; and
+the pixel spread of the samples against the real tiles' (`PixelSpread`), which flags a collapsed generator that a
+single FID number can hide.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import hashlib
 import io
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from atlas_gan.config import AtlasConfig
-from atlas_gan.metrics.features import embed_batches, generated_batches, real_tile_batches
+from atlas_gan.metrics.features import PixelSpread, chosen_tiles, embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
@@ -31,10 +37,59 @@ from atlas_gan.runtime.precision import autocast_dtype
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import Storage, join_url, storage_for
 
+REFERENCE_CONTENT = 2  # 2: features and pixel spread (1 held features only)
+
 
 def _reference_url(dataset: str, fields: dict[str, Any]) -> str:
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return join_url(dataset, "fid-reference", f"{key}.pt")
+
+
+@dataclass(frozen=True)
+class RealReference:
+    """The real side of an evaluation: Inception features of the reference tiles and their pixel spread."""
+
+    features: torch.Tensor
+    spread: float
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Floor:
+    """FID/KID of real tiles outside the reference set against it: what a perfect generator scores at this N."""
+
+    fid: float
+    kid: float
+    n: int
+
+
+def _load_cached(store: Storage, url: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    if not store.exists(url):
+        return None
+    cached = torch.load(io.BytesIO(store.read_bytes(url)), map_location="cpu", weights_only=True)
+    return cached if cached.get("fields") == fields else None
+
+
+def _save_cached(store: Storage, url: str, payload: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    store.write_bytes(url, buffer.getvalue())
+
+
+def reference_fields(
+    manifest: dict[str, Any], weights: InceptionWeights, positions: list[int], n: int, seed: int, bf16: bool
+) -> dict[str, Any]:
+    """What identifies a reference set and its features (the cache key)."""
+    return {
+        "dataset": manifest["checksum"],
+        "weights": weights.sha256,
+        "n": min(n, manifest["totals"]["samples"]),
+        "resize": RESIZE_METHOD,
+        "bands": positions,
+        "seed": seed,
+        "bf16": bf16,
+        "content": REFERENCE_CONTENT,
+    }
 
 
 def reference_features(
@@ -42,37 +97,59 @@ def reference_features(
     dataset: str,
     manifest: dict[str, Any],
     model: FIDInception,
-    weights: InceptionWeights,
-    positions: list[int],
-    n: int,
+    fields: dict[str, Any],
     batch_size: int,
-    seed: int,
     device: torch.device,
-    bf16: bool,
     progress: bool,
-) -> tuple[torch.Tensor, bool]:
-    """Real-tile features from the cache, or embedded now and cached. Returns (features, was_cached)."""
-    n = min(n, manifest["totals"]["samples"])
-    fields = {
-        "dataset": manifest["checksum"],
-        "weights": weights.sha256,
-        "n": n,
-        "resize": RESIZE_METHOD,
-        "bands": positions,
-        "seed": seed,
-        "bf16": bf16,
-    }
+) -> RealReference:
+    """Real-tile features and spread from the cache, or computed now and cached."""
     url = _reference_url(dataset, fields)
-    if store.exists(url):
-        cached = torch.load(io.BytesIO(store.read_bytes(url)), map_location="cpu", weights_only=True)
-        if cached.get("fields") == fields:
-            return cached["features"], True
-    batches = real_tile_batches(store, dataset, manifest, positions, n, batch_size, seed)
+    cached = _load_cached(store, url, fields)
+    if cached is not None:
+        return RealReference(cached["features"], float(cached["spread"]), True)
+    n, positions, seed, bf16 = fields["n"], fields["bands"], fields["seed"], fields["bf16"]
+    spread = PixelSpread()
+    batches = spread.passing(real_tile_batches(store, dataset, manifest, positions, n, batch_size, seed))
     features, _ = embed_batches(model, batches, n, device, bf16, "embed real tiles", progress)
-    buffer = io.BytesIO()
-    torch.save({"fields": fields, "features": features}, buffer)
-    store.write_bytes(url, buffer.getvalue())
-    return features, False
+    _save_cached(store, url, {"fields": fields, "features": features, "spread": spread.value()})
+    return RealReference(features, spread.value(), False)
+
+
+def real_floor(
+    store: Storage,
+    dataset: str,
+    manifest: dict[str, Any],
+    model: FIDInception,
+    reference: RealReference,
+    fields: dict[str, Any],
+    n_fake: int,
+    kid_subsets: int,
+    kid_subset_size: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> Floor | None:
+    """The real-vs-real floor for `n_fake` samples against the reference: n_fake real tiles that are not in the
+    reference set (fewer when the dataset is too small: the floor then reports its own N), computed once per
+    dataset, reference and N and cached beside the reference. None when fewer than 2 tiles are left over."""
+    total = manifest["totals"]["samples"]
+    n = min(n_fake, total - fields["n"])
+    if n < 2:
+        return None
+    floor_fields = {**fields, "floor_n": n}
+    url = _reference_url(dataset, floor_fields)
+    cached = _load_cached(store, url, floor_fields)
+    if cached is None:
+        exclude = chosen_tiles(total, fields["n"], fields["seed"])
+        batches = real_tile_batches(
+            store, dataset, manifest, fields["bands"], n, batch_size, fields["seed"] + 1, exclude
+        )
+        features, _ = embed_batches(model, batches, n, device, fields["bf16"], "embed real tiles (floor)", progress)
+        kid, _ = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, fields["seed"])
+        fid = frechet_distance(FeatureStats.of(reference.features), FeatureStats.of(features))
+        cached = {"fields": floor_fields, "fid": fid, "kid": kid, "n": n}
+        _save_cached(store, url, cached)
+    return Floor(float(cached["fid"]), float(cached["kid"]), int(cached["n"]))
 
 
 def _gather(tensor: torch.Tensor | None, ctx: DistributedContext) -> torch.Tensor | None:
@@ -149,35 +226,61 @@ def evaluate_generator(
         "scores": {},
     }
     for label, positions in triplets:
-        batches = generated_batches(
-            generator, meta, share, cfg.batch_size, positions, ctx.device, cfg.seed * 1_000_003 + ctx.rank
+        spread = PixelSpread()
+        batches = spread.passing(
+            generated_batches(
+                generator, meta, share, cfg.batch_size, positions, ctx.device, cfg.seed * 1_000_003 + ctx.rank
+            )
         )
         fake, probabilities = embed_batches(model, batches, share, ctx.device, bf16, f"embed generated ({label})", show)
         fake, probabilities = _gather(fake, ctx), _gather(probabilities, ctx)
+        spread_state = spread.state()
+        if ctx.enabled:
+            spread_state = spread_state.to(ctx.device)
+            dist.all_reduce(spread_state)
         if ctx.is_main:
-            real, cached = reference_features(
+            fields = reference_fields(manifest, weights, positions, n_real, cfg.seed, bf16)
+            reference = reference_features(
+                data_store, config.dataset_url, manifest, model, fields, cfg.batch_size, ctx.device, show
+            )
+            floor = real_floor(
                 data_store,
                 config.dataset_url,
                 manifest,
                 model,
-                weights,
-                positions,
-                n_real,
+                reference,
+                fields,
+                n_fake,
+                cfg.kid_subsets,
+                cfg.kid_subset_size,
                 cfg.batch_size,
-                cfg.seed,
                 ctx.device,
-                bf16,
                 show,
             )
+            real = reference.features
             fake = fake[:n_fake]
+            if not torch.isfinite(fake).all():
+                raise ValueError(
+                    f"the generator at step {meta.get('step')} drew non-finite samples (NaN or inf): its weights "
+                    "diverged, so there is nothing to score; resume from an earlier checkpoint or lower the learning rate"
+                )
             kid_mean, kid_std = kernel_inception_distance(real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+            fid = frechet_distance(FeatureStats.of(real), FeatureStats.of(fake))
+            fake_spread = PixelSpread.value_of(spread_state.cpu())
             scores: dict[str, Any] = {
                 "bands": [bands[i] for i in dict.fromkeys(positions)],
-                "fid": frechet_distance(FeatureStats.of(real), FeatureStats.of(fake)),
+                "fid": fid,
                 "kid": kid_mean,
                 "kid_std": kid_std,
                 "n_real": real.shape[0],
-                "reference_cached": cached,
+                "reference_cached": reference.cached,
+                "floor_fid": floor.fid if floor else None,
+                "floor_kid": floor.kid if floor else None,
+                "floor_n": floor.n if floor else None,
+                "fid_above_floor": fid - floor.fid if floor else None,
+                "spread": fake_spread,
+                "real_spread": reference.spread,
+                "spread_ratio": fake_spread / reference.spread if reference.spread > 0 else None,
             }
             if probabilities is not None:
                 scores["is"], scores["is_std"] = inception_score(probabilities[:n_fake], cfg.is_splits)
@@ -192,7 +295,9 @@ def evaluate_generator(
     generator.train(was_training)
     if not ctx.is_main:
         return None
-    result["fid"] = result["scores"][triplets[0][0]]["fid"]
+    main = result["scores"][triplets[0][0]]
+    result["fid"] = main["fid"]
+    result["floor_fid"], result["spread_ratio"] = main["floor_fid"], main["spread_ratio"]
     result["seconds"] = time.perf_counter() - started
     if write:
         out = join_url(config.train.run_dir, "eval", f"step-{meta['step']:08d}.json")

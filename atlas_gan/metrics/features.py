@@ -64,12 +64,28 @@ def embed_batches(
     return torch.cat(features), (torch.cat(probabilities) if probabilities else None)
 
 
+def chosen_tiles(total: int, n: int, seed: int, exclude: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    """A seeded random subset of min(n, available) tile indexes out of `total`, none of them in `exclude`."""
+    rng = np.random.default_rng(seed)
+    if not exclude:
+        return set(rng.choice(total, size=min(n, total), replace=False).tolist())
+    pool = np.setdiff1d(np.arange(total), np.fromiter(exclude, dtype=np.int64))
+    return set(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
+
+
 def real_tile_batches(
-    store: Storage, dataset: str, manifest: dict[str, Any], positions: list[int], n: int, batch_size: int, seed: int
+    store: Storage,
+    dataset: str,
+    manifest: dict[str, Any],
+    positions: list[int],
+    n: int,
+    batch_size: int,
+    seed: int,
+    exclude: set[int] | frozenset[int] = frozenset(),
 ) -> Iterator[torch.Tensor]:
-    """A seeded random subset of n tiles of the dataset, as (batch, 3, h, w) in [0, 1], in shard order."""
-    total = manifest["totals"]["samples"]
-    chosen = set(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
+    """A seeded random subset of n tiles of the dataset (none in `exclude`), as (batch, 3, h, w) in [0, 1], in
+    shard order."""
+    chosen = chosen_tiles(manifest["totals"]["samples"], n, seed, exclude)
     index, batch = 0, []
     for shard in manifest["shards"]:
         with store.open_read(join_url(dataset, shard["url"])) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -85,6 +101,48 @@ def real_tile_batches(
                 index += 1
     if batch:
         yield torch.stack(batch)
+
+
+class PixelSpread:
+    """How much images vary from one to the next: the per-pixel standard deviation across images, averaged over
+    pixels and bands. A collapsed generator (one tile, or one tile plus noise that does not vary) scores near 0;
+    real tiles score their own variety. Feed batches with `add` (or wrap an iterator with `passing`)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, images: torch.Tensor) -> None:
+        x = images.detach().to("cpu", torch.float64)
+        if self.total is None:
+            self.total, self.squares = torch.zeros_like(x[0]), torch.zeros_like(x[0])
+        self.total += x.sum(dim=0)
+        self.squares += x.square().sum(dim=0)
+        self.count += x.shape[0]
+
+    def passing(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for batch in batches:
+            self.add(batch)
+            yield batch
+
+    def state(self) -> torch.Tensor:
+        """count, sums and sums of squares as one float64 tensor (to add up over ranks)."""
+        assert self.total is not None and self.squares is not None
+        return torch.cat(
+            [torch.tensor([float(self.count)], dtype=torch.float64), self.total.flatten(), self.squares.flatten()]
+        )
+
+    @staticmethod
+    def value_of(state: torch.Tensor) -> float:
+        count, rest = float(state[0]), state[1:]
+        total, squares = rest.chunk(2)
+        mean = total / count
+        variance = (squares / count - mean.square()).clamp(min=0) * count / max(count - 1, 1)
+        return float(variance.sqrt().mean())
+
+    def value(self) -> float:
+        return self.value_of(self.state())
 
 
 def generated_batches(
