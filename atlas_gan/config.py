@@ -18,6 +18,8 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "sate
 # Landsat `LC08_..._B4.TIF`, `l8_BQA.tif`; Sentinel-2 `..._B04.jp2`, `..._B8A.tif`. Case-insensitive.
 DEFAULT_BAND_FILE_PATTERN = r"^(?P<scene>.+?)[_-](?P<band>B(?:\d{1,2}A?|QA))\.[A-Za-z0-9]+$"
 
+IMAGE_SIZES = (32, 64, 128, 256, 512)  # square training images, px (each model family states its own range)
+
 Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
 
 
@@ -246,12 +248,24 @@ class StyleGAN2Options(_AdversarialOptions):
     )
 
 
+class FastGANOptions(_AdversarialOptions):
+    """fastgan: skip-layer excitation in G, a self-supervised D that reconstructs real images (few-shot data)."""
+
+    family: Literal["fastgan"]
+    reconstruction_weight: float = Field(
+        1.0, ge=0, le=100, description="weight of D's reconstruction loss on real images; 0 = plain hinge GAN"
+    )
+
+
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "attention_resolution": ("sagan", "self-attention block"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
+    "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
 }
 
-ModelOptions = Annotated[DCGANLayoutOptions | SAGANOptions | StyleGAN2Options, Field(discriminator="family")]
+ModelOptions = Annotated[
+    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions, Field(discriminator="family")
+]
 MODEL_FAMILIES: tuple[str, ...] = tuple(
     name for options in ModelOptions.__origin__.__args__ for name in options.model_fields["family"].annotation.__args__
 )
@@ -273,7 +287,7 @@ class TrainConfig(_Strict):
     )
     data: Url | None = Field(None, description="dataset folder or s3:// prefix with manifest.json; null: ingest.output")
     run_dir: Url = Field("runs/satellite/train", description="checkpoints, samples and logs (local or s3://)")
-    image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128 or 256")
+    image_size: int | None = Field(None, description="null: the dataset's tile size; must be 32, 64, 128, 256 or 512")
     latent_dim: int = Field(128, ge=1, le=4096)
     g_width: int = Field(64, ge=4, le=1024, description="generator channels at the last layer (doubles per level up)")
     d_width: int = Field(64, ge=4, le=1024, description="discriminator channels at the first layer")
@@ -290,8 +304,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="samples held for shuffling, per worker")
     augment: AugmentConfig = AugmentConfig()
-    diffaugment: list[DiffAugmentPolicy] = Field(
-        [], description="DiffAugment policies for every image D sees, e.g. [color, translation, cutout]"
+    diffaugment: list[DiffAugmentPolicy] | None = Field(
+        None,
+        description="DiffAugment policies for every image D sees, e.g. [color, translation, cutout]; [] off; "
+        "null: picked from the dataset size (on below 20,000 tiles, see atlas_gan/train/data_defaults.py)",
     )
     ada: AdaConfig | None = Field(None, description="adaptive discriminator augmentation; null: off")
     condition: ConditionConfig = ConditionConfig()
@@ -328,14 +344,14 @@ class TrainConfig(_Strict):
     @field_validator("image_size")
     @classmethod
     def _power_of_two(cls, value: int | None) -> int | None:
-        if value is not None and value not in (32, 64, 128, 256):
-            raise ValueError("must be 32, 64, 128 or 256")
+        if value is not None and value not in IMAGE_SIZES:
+            raise ValueError(f"must be one of {', '.join(map(str, IMAGE_SIZES))}")
         return value
 
     @field_validator("diffaugment")
     @classmethod
-    def _policies_unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
+    def _policies_unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError(f"policies repeat: {value}")
         return value
 
@@ -403,6 +419,17 @@ class TrackingConfig(_Strict):
     registered_model: MlflowName = Field("atlas-gan-satellite", description="registered model of the generators")
     reevaluate_champion: bool = Field(
         True, description="score the champion again when its FID was measured under another protocol"
+    )
+    champion_min_spread: float | None = Field(
+        0.3,
+        ge=0,
+        le=10,
+        description="a version is crowned only if its samples' pixel spread is at least this fraction of the real "
+        "tiles' (a collapsed generator draws one tile); null: no check",
+    )
+    champion_max_fid: float | None = Field(None, gt=0, description="no champion with a higher FID; null: no ceiling")
+    champion_max_fid_over_floor: float | None = Field(
+        None, gt=1, description="no champion whose FID is more than this x the real-vs-real floor; null: no ceiling"
     )
 
 

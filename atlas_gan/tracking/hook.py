@@ -26,8 +26,8 @@ from atlas_gan.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss_d", "loss_g", "images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")
-EVAL_KEYS = ("fid", "kid", "is")
+LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*
+EVAL_KEYS = ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")
 
 
 def git_commit(directory: Path) -> str | None:
@@ -140,6 +140,7 @@ class MLflowHook(TrainHooks):
             "atlas.world_size": str(trainer.ctx.world_size),
             "atlas.device": str(trainer.ctx.device),
             **label_tags(trainer.label_meta),
+            **{f"atlas.auto.{p.key}": f"{json.dumps(p.value)}: {p.reason}"[:5000] for p in trainer.data_defaults},
         }
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:
@@ -164,7 +165,8 @@ class MLflowHook(TrainHooks):
             return
         if "event" in record:
             return
-        self._send_metrics(record["step"], {k: record.get(k) for k in LOSS_KEYS})
+        keys = [k for k in record if k.startswith("loss_")] + list(LOSS_KEYS)
+        self._send_metrics(record["step"], {k: record.get(k) for k in keys})
 
     def _on_evaluation(self, record: dict[str, Any]) -> None:
         self._send_metrics(record["step"], {k: record.get(k) for k in EVAL_KEYS})

@@ -4,6 +4,11 @@ A new version becomes `champion` only when its FID is strictly lower than the ch
 same metric protocol (Inception weights, N real/fake, resize, band triplet, dataset checksum, seed) on the same
 dataset family (dataset location, bands, tile size, normalization). Ties, missing or non-finite FIDs and
 incomparable measurements never demote a champion: the new version becomes `challenger`.
+
+A version must also pass the quality gate to be crowned, even when there is no champion yet (a registry may have
+no champion rather than a bad one): its samples must vary (pixel spread at least `min_spread_ratio` of the real
+tiles': a collapsed generator draws one tile) and its FID must stay under the configured ceilings (absolute, and
+relative to the real-vs-real floor at the same N). A refused version is registered as `challenger` with the reason.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Score:
     fid: float | None
     protocol: str | None
     family: str | None
+    floor_fid: float | None = None  # the real-vs-real floor at the same N
+    spread_ratio: float | None = None  # the samples' pixel spread / the real tiles'
 
     @property
     def usable(self) -> bool:
@@ -68,9 +75,41 @@ class Decision:
     reason: str
 
 
-def decide(new: Score, champion: Score | None) -> Decision:
+@dataclass(frozen=True)
+class QualityGate:
+    """What a version must reach to be crowned at all (None: that check is off)."""
+
+    min_spread_ratio: float | None = None
+    max_fid: float | None = None
+    max_fid_over_floor: float | None = None
+
+
+def gate_refusal(new: Score, gate: QualityGate) -> str | None:
+    """Why `new` may not become champion whatever the champion's score, or None when it passes the gate."""
+    if gate.min_spread_ratio is not None:
+        if new.spread_ratio is None:
+            return "no pixel-spread measurement (evaluated before atlas-gan measured it): score it again"
+        if new.spread_ratio < gate.min_spread_ratio:
+            return (
+                f"samples collapsed: their pixel spread is {new.spread_ratio:.2f} of the real tiles' "
+                f"(at least {gate.min_spread_ratio} required)"
+            )
+    if gate.max_fid is not None and new.fid > gate.max_fid:
+        return f"FID {new.fid:.2f} is above the ceiling {gate.max_fid}"
+    if gate.max_fid_over_floor is not None and new.floor_fid and new.fid > gate.max_fid_over_floor * new.floor_fid:
+        return (
+            f"FID {new.fid:.2f} is {new.fid / new.floor_fid:.1f}x the real-vs-real floor {new.floor_fid:.2f} "
+            f"(at most {gate.max_fid_over_floor}x allowed)"
+        )
+    return None
+
+
+def decide(new: Score, champion: Score | None, gate: QualityGate | None = None) -> Decision:
     if not new.usable:
         return Decision(CHALLENGER, f"no usable FID for the new version ({new.fid}); the champion stays")
+    refusal = gate_refusal(new, gate) if gate is not None else None
+    if refusal is not None:
+        return Decision(CHALLENGER, f"not crowned: {refusal}")
     if champion is None:
         return Decision(CHAMPION, f"first version with an FID ({new.fid:.4f}): no champion yet")
     if champion.family != new.family:

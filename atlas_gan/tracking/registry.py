@@ -32,7 +32,15 @@ from atlas_gan.runtime.signature import LATENT, signature_of
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
-from atlas_gan.tracking.promotion import CHAMPION, Decision, Score, decide, family_key, protocol_key
+from atlas_gan.tracking.promotion import (
+    CHAMPION,
+    Decision,
+    QualityGate,
+    Score,
+    decide,
+    family_key,
+    protocol_key,
+)
 from atlas_gan.tracking.store import client_for, label_tags, open_run, redact, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,11 @@ class Registration:
         )
 
 
+def quality_gate(config: AtlasConfig) -> QualityGate:
+    promotion = config.tracking
+    return QualityGate(promotion.champion_min_spread, promotion.champion_max_fid, promotion.champion_max_fid_over_floor)
+
+
 def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str, Any] | None:
     """run_dir/eval/step-N.json when it was made at evaluate.n against the current dataset."""
     url = join_url(config.train.run_dir, "eval", f"step-{step:08d}.json")
@@ -70,6 +83,8 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
         return None
     result = json.loads(store.read_bytes(url))
     if result.get("n_fake") != config.evaluate.n or result.get("dataset_checksum") != checksum:
+        return None
+    if "spread_ratio" not in result:  # scored before the floor and spread were measured: score again
         return None
     return result
 
@@ -227,11 +242,13 @@ def register_generator(
         float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
         protocol_key(evaluation, config.evaluate.seed),
         family_key(config.dataset_url, manifest),
+        evaluation.get("floor_fid"),
+        evaluation.get("spread_ratio"),
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
     main_scores = next(iter(evaluation["scores"].values()))
-    for key in ("fid", "kid", "is"):
+    for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio"):
         if main_scores.get(key) is not None:
             client.log_metric(run_id, key, float(main_scores[key]), step=meta["step"])
     model_meta = {
@@ -247,6 +264,8 @@ def register_generator(
         TAG_PROTOCOL: str(new.protocol),
         TAG_FAMILY: str(new.family),
         "atlas.kid": str(main_scores.get("kid")),
+        "atlas.fid.floor": str(new.floor_fid),
+        "atlas.spread_ratio": str(new.spread_ratio),
         "atlas.fid.n_fake": str(evaluation["n_fake"]),
         "atlas.fid.n_real": str(main_scores["n_real"]),
         "atlas.fid.weights_sha256": evaluation["weights_sha256"],
@@ -269,7 +288,7 @@ def register_generator(
         and config.tracking.reevaluate_champion
     ):
         champion_score = _rescore_champion(config, client, champion, str(new.protocol), ctx)
-    decision: Decision = decide(new, champion_score)
+    decision: Decision = decide(new, champion_score, quality_gate(config))
     client.set_registered_model_alias(name, decision.alias, version)
     if decision.alias == CHAMPION and champion is not None:
         client.set_model_version_tag(name, str(champion.version), "atlas.superseded_by", version)
