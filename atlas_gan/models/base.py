@@ -12,10 +12,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from atlas_gan.config import IMAGE_SIZES
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of the problem: any band count, square images of 32-256 px."""
+    """Shape of the problem: any band count, square images of 32-512 px (each family says which it takes)."""
 
     bands: int
     image_size: int
@@ -26,8 +28,8 @@ class ModelSpec:
     attention_resolution: int = 0  # > 0: a self-attention block where feature maps have this size (SAGAN)
 
     def __post_init__(self) -> None:
-        if self.image_size not in (32, 64, 128, 256):
-            raise ValueError(f"image_size must be 32, 64, 128 or 256; got {self.image_size}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {', '.join(map(str, IMAGE_SIZES))}; got {self.image_size}")
         if self.bands < 1:
             raise ValueError(f"bands must be at least 1; got {self.bands}")
         if self.num_classes < 0:

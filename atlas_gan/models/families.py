@@ -16,6 +16,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import AdversarialDefaults, GANFamily
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
 from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 DCGAN = GANFamily(
@@ -84,4 +85,16 @@ STYLEGAN2 = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2)
+FASTGAN = GANFamily(
+    name="fastgan",
+    generator=FastGANGenerator,
+    discriminator=FastGANDiscriminator,
+    training=AdversarialDefaults(loss="hinge", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999)),
+    recipe="fastgan",
+    description=(
+        "Liu et al. 2021: skip-layer excitation in G, spectrally normalized D that reconstructs real images from its "
+        "own features, hinge loss; made for hundreds to thousands of images; 64-512 px"
+    ),
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN)

@@ -13,9 +13,10 @@ from atlas_gan.models import get_family
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.recipes.adversarial import AdversarialRecipe, attention_resolution
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update
+from atlas_gan.recipes.fastgan import FastGANRecipe
 from atlas_gan.runtime.distributed import DistributedContext
 
-RECIPES: dict[str, type[AdversarialRecipe]] = {AdversarialRecipe.name: AdversarialRecipe}
+RECIPES: dict[str, type[AdversarialRecipe]] = {recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe)}
 
 
 def model_spec(cfg: TrainConfig, bands: int, image_size: int, num_classes: int) -> ModelSpec:

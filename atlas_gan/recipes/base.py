@@ -125,6 +125,9 @@ class Recipe:
         """Extra values for the training log (e.g. the augmentation probability)."""
         return {}
 
+    def calibrate(self, generator: nn.Module) -> None:
+        """Make an EMA copy of the generator ready to sample (e.g. its batch-norm statistics); nothing by default."""
+
     # ---- helpers for subclasses -----------------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from atlas_gan.config import AtlasConfig, config_to_dict
+from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
 from atlas_gan.labels import LabelVocabulary, scene_labels
 from atlas_gan.recipes import Batch, Progress, Recipe, Update, build_recipe, model_spec
 from atlas_gan.runtime import distributed as dist_utils
@@ -42,6 +42,7 @@ from atlas_gan.runtime.precision import autocast_dtype
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import Storage, join_url, storage_for
 from atlas_gan.train.data import TileStream, make_loader
+from atlas_gan.train.data_defaults import DataDefault, apply_data_defaults, pick_data_defaults
 from atlas_gan.train.ema import EMA
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.run_log import RunLog
@@ -71,6 +72,11 @@ class Trainer:
         image_size = cfg.image_size or tile_size
         if tile_size % image_size or tile_size < image_size:
             raise ValueError(f"train.image_size {image_size} must divide the dataset's tile size {tile_size}")
+        found = list_checkpoints(self.store, cfg.run_dir)
+        saved = load_checkpoint(self.store, found[-1][1], map_location=ctx.device) if found else None
+        self.data_defaults = self._data_defaults(cfg, manifest, saved)
+        cfg = apply_data_defaults(cfg, self.data_defaults)
+        self.config = config = config.model_copy(update={"train": cfg})
         labels = scene_labels(manifest, cfg.condition, config.storage)
         self.scene_labels: dict[str, int] | None = labels.by_scene if labels else None
         self.vocabulary: LabelVocabulary | None = labels.vocabulary if labels else None
@@ -94,8 +100,24 @@ class Trainer:
             for name in self.recipe.ema_networks
         }
         self.update = Update(ctx)
+        self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
-        self.resume()
+        self.resume(saved)
+        del saved
+
+    @staticmethod
+    def _data_defaults(cfg: TrainConfig, manifest: dict[str, Any], saved: dict[str, Any] | None) -> list[DataDefault]:
+        """Settings left to the data: picked for this dataset, or (resuming) the values the run started with."""
+        picks = pick_data_defaults(cfg, manifest["totals"]["samples"])
+        if saved is None:
+            return picks
+        kept = saved["config"]["train"]
+        return [
+            DataDefault(p.key, kept[p.key.removeprefix("train.")], f"kept from the checkpoint of step {saved['step']}")
+            if kept.get(p.key.removeprefix("train.")) is not None
+            else p
+            for p in picks
+        ]
 
     # ---- what hooks read ------------------------------------------------------------------------------------------
 
@@ -118,9 +140,20 @@ class Trainer:
 
     @property
     def generator(self) -> nn.Module:
-        """The network the recipe calls the generator, as evaluated and registered: its EMA when it has one."""
+        """The network the recipe calls the generator, as evaluated and registered: its EMA when it has one, made
+        ready to sample by the recipe (batch-norm statistics) once per step."""
         name = self.recipe.generator_name
-        return self.emas[name].model if name in self.emas else self.recipe.networks[name]
+        if name not in self.emas:
+            return self.recipe.networks[name]
+        self._calibrate_ema()
+        return self.emas[name].model
+
+    def _calibrate_ema(self) -> None:
+        """Let the recipe make the EMA generator ready to sample, unless it already did since the last update."""
+        name = self.recipe.generator_name
+        if name in self.emas and self._calibrated_at != self.step:
+            self.recipe.calibrate(self.emas[name].model)
+            self._calibrated_at = self.step
 
     def generator_meta(self) -> dict[str, Any]:
         """What evaluation, sampling and the registry need to know about the generator being trained."""
@@ -171,6 +204,8 @@ class Trainer:
             dist_utils.average_buffers(network, self.ctx)
         for name, ema in self.emas.items():
             ema.copy_buffers(self.recipe.networks[name])
+        self._calibrated_at = None
+        self._calibrate_ema()  # the saved EMA generator samples as it was evaluated
         rng_states = dist_utils.gather_objects(rng_state(), self.ctx)
         epochs = dist_utils.gather_objects(self.epoch, self.ctx)
         own = self.recipe.rank_state_dict()
@@ -186,13 +221,14 @@ class Trainer:
         dist_utils.barrier(self.ctx)
         return url
 
-    def resume(self) -> bool:
-        """Load the newest checkpoint of the run, if any (every rank reads it)."""
-        found = list_checkpoints(self.store, self.config.train.run_dir)
-        if not found:
-            return False
-        step, url = found[-1]
-        state = load_checkpoint(self.store, url, map_location=self.ctx.device)
+    def resume(self, state: dict[str, Any] | None = None) -> bool:
+        """Load the newest checkpoint of the run, if any (every rank reads it), or the already loaded `state`."""
+        if state is None:
+            found = list_checkpoints(self.store, self.config.train.run_dir)
+            if not found:
+                return False
+            state = load_checkpoint(self.store, found[-1][1], map_location=self.ctx.device)
+        step, url = state["step"], checkpoint_url(self.config.train.run_dir, state["step"])
         if state["spec"] != asdict(self.spec) or state["model"] != self.model_name:
             raise ValueError(
                 f"{url}: checkpoint is {state['model']} {state['spec']}, the config asks for "
@@ -209,6 +245,7 @@ class Trainer:
             network.load_state_dict(state["networks"][name])
         for name, ema in self.emas.items():
             ema.model.load_state_dict(state["ema"][name])
+        self._calibrated_at = None
         for name, optimizer in recipe.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         same_world = state["world_size"] == self.ctx.world_size
@@ -241,6 +278,7 @@ class Trainer:
         for name, ema in self.emas.items():
             ema.update(self.recipe.networks[name], images, self.images_seen)
         self.state.step += 1
+        self._calibrated_at = None
         return losses
 
     def _rollback(self, bad_steps: int) -> None:
@@ -313,6 +351,16 @@ class Trainer:
                     "device": str(ctx.device),
                 }
             )
+            if self.data_defaults:
+                self.log_event(
+                    {
+                        "event": "data_defaults",
+                        "step": self.step,
+                        "picked": {p.key: {"value": p.value, "reason": p.reason} for p in self.data_defaults},
+                    }
+                )
+                for pick in self.data_defaults:
+                    log.info("%s = %s: %s", pick.key, pick.value, pick.reason)
             for hook in self.hooks:
                 hook.on_start(self)
         stream = TileStream(
@@ -338,7 +386,8 @@ class Trainer:
             disable=not (self.progress and ctx.is_main),
         )
         window_start, window_images, bad_steps = time.perf_counter(), self.images_seen, 0
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums: dict[str, float] = {}  # each loss summed over the steps since the last log record
+        steps_summed = 0
         while self.step < cfg.steps:
             for hook in self.hooks:
                 hook.on_step_start(self)
@@ -352,11 +401,13 @@ class Trainer:
                     bad_steps = 0
                 continue
             bad_steps = 0
-            sums += torch.tensor([losses["loss_d"], losses["loss_g"], 1.0], dtype=torch.float64)
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps_summed += 1
             bar.update()
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_step(sums, window_start, window_images)
-                sums.zero_()
+                self._log_step(sums, steps_summed, window_start, window_images)
+                sums, steps_summed = {}, 0
                 window_start, window_images = time.perf_counter(), self.images_seen
             if self.step % cfg.sample_every == 0 and ctx.is_main:
                 urls = self.write_samples()
@@ -370,16 +421,17 @@ class Trainer:
         bar.close()
         return self._finish()
 
-    def _log_step(self, sums: torch.Tensor, window_start: float, window_images: int) -> None:
+    def _log_step(self, sums: dict[str, float], steps: int, window_start: float, window_images: int) -> None:
+        keys = ["loss_d", "loss_g", *sorted(set(sums) - {"loss_d", "loss_g"})]  # the same order on every rank
+        totals = torch.tensor([*(sums[key] for key in keys), float(steps)], dtype=torch.float64)
         if self.ctx.enabled:
-            torch.distributed.all_reduce(sums)  # losses averaged over ranks
+            torch.distributed.all_reduce(totals)  # losses averaged over ranks
         elapsed = time.perf_counter() - window_start
         record = {
             "step": self.step,
             "images_seen": self.images_seen,
             "epoch": self.epoch,
-            "loss_d": float(sums[0] / sums[2]),
-            "loss_g": float(sums[1] / sums[2]),
+            **{key: float(totals[i] / totals[-1]) for i, key in enumerate(keys)},
             "images_per_s": (self.images_seen - window_images) / elapsed if elapsed > 0 else None,
             "time": time.time(),
             **self.recipe.log_values(),
