@@ -1,22 +1,23 @@
-"""Sample quality per GAN family at an equal training budget, next to the real-vs-real floor.
+"""Sample quality per GAN family against a plain DCGAN reference, at equal images shown and at equal wall clock.
 
-    python bench/quality.py [--data ../shared/data] [--kimg 20] [--n 1000] [--size 64] [--width 32]
-                            [--runs dcgan,wgan-gp,sngan,sagan,sagan-cond,stylegan2] [--augment both|on|off]
-                            [--work runs/bench-quality] [--json quality.json] [--device cpu|cuda]
+    python bench/quality.py [--source landsat8-parana] [--size 64] [--kimg 36] [--minutes 10] [--points 4]
+                            [--runs reference,fastgan,dcgan] [--n N] [--work runs/bench-quality] [--json FILE]
 
-Ingests ../shared/data/geotiff/landsat8-parana (2 Landsat-8 scenes, bands B2-B4) into 64 px tiles once, then trains
-each family through the real trainer (`Trainer` + `EvaluationHook` + `MLflowHook`, what torchrun runs on one rank)
-for the same number of real images shown to D (`--kimg` thousands; a WGAN-GP step shows 5 batches, so it gets 1/5
-of the generator steps) and scores the EMA generator with FID and KID against N real tiles (TF-Inception, same
-protocol for all). `sagan-cond` is SAGAN conditioned on the scene (2 labels). Each family runs without and with
-augmentation: DiffAugment (color, translation, cutout; `+da`) for the DCGAN-layout families, adaptive
-discriminator augmentation (blit, geom, color; `+ada`) for StyleGAN2. ADA's p may move from 0 to 1 in a tenth of
-the budget (`train.ada.speed_kimg` = kimg / 10; the paper's 500 kimg would leave p near 0 in a short run).
+Ingests one shared source (`../shared/data/geotiff/<source>`, bands B4,B3,B2 for Landsat 8, the first three
+otherwise) into `--size` px tiles, then trains, one after the other on the same tiles:
 
-The floor is the FID/KID between two disjoint random halves of the real tiles, N each: what a perfect generator
-would score with this N. The table prints each run's FID, its ratio to DCGAN's FID (the goal: the best family at
-<= 0.5x) and its distance to the floor; it is written as JSON, and every run is logged to MLflow (experiment
-atlas-gan-quality-bench in <work>/mlflow unless MLFLOW_TRACKING_URI is set). Not a test: no thresholds.
+- `reference`: the pytorch/examples dcgan/main.py loop, rewritten here (bench/train_step.py's networks: BCE, Adam
+  2e-4 / beta1 0.5, batch norm, nz 100, ngf = ndf = 64, batch 64, samples drawn in train mode, no EMA);
+- each atlas-gan family of `--runs` through the real trainer with its defaults for this dataset (whatever the
+  trainer picks from the number of tiles: logged with the run), at the settings in RUNS below.
+
+Every run shows D `--kimg` thousand real images and is scored (EMA generator for atlas-gan runs) with FID/KID
+against N real tiles (default: half the dataset; TF-Inception, the same protocol for all) at `--points` evenly
+spaced kimg marks and once when its training time (evaluation excluded) reaches `--minutes`. The table gives each
+run's FID at the end (equal images) and at the minutes mark (equal wall clock on this machine), its ratio to the
+reference's FID at the same mark, the distance to the real-vs-real floor at the same N (real tiles outside the
+reference set scored against it), and the pixel spread of its samples against the real tiles'; the FID-against-kimg
+points are in the JSON. Sample grids are written beside it. Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -25,251 +26,355 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from train_step import RefDiscriminator, RefGenerator, weights_init
 
 from atlas_gan.config import AtlasConfig, load_config
 from atlas_gan.ingest import ingest
-from atlas_gan.metrics.features import embed_batches, real_tile_batches
-from atlas_gan.metrics.hook import EvaluationHook
-from atlas_gan.metrics.inception import RESIZE_METHOD
-from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
-from atlas_gan.metrics.weights import load_inception, resolve_weights
-from atlas_gan.preview import band_triplets
+from atlas_gan.metrics.evaluate import evaluate_generator
 from atlas_gan.runtime import distributed
-from atlas_gan.shards import read_manifest
+from atlas_gan.runtime.generator import generator_meta
+from atlas_gan.sampling import grid_png
+from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage
+from atlas_gan.train.data import TileStream, make_loader
+from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.trainer import Trainer
 
-RUNS = {  # name -> (family, extra overrides)
-    "dcgan": ("dcgan", []),
-    "wgan": ("wgan", []),
-    "wgan-gp": ("wgan-gp", []),
-    "sngan": ("sngan", []),
-    "sagan": ("sagan", []),
-    "sagan-cond": ("sagan", ["train.condition.by=scene"]),
-    "stylegan2": ("stylegan2", []),
+RUNS: dict[str, list[str]] = {  # atlas-gan runs: overrides on top of the dataset's defaults
+    "fastgan": ["train.model=fastgan", "train.g_width=16", "train.d_width=16", "train.batch_size=16"],
+    "dcgan": ["train.model=dcgan", "train.latent_dim=100", "train.batch_size=64"],
+    "sngan": ["train.model=sngan", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
+    "sagan": ["train.model=sagan", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
+    "stylegan2": ["train.model=stylegan2", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],
+    "wgan-gp": ["train.model=wgan-gp", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
 }
-DIFFAUGMENT = "train.diffaugment=[color,translation,cutout]"
+REFERENCE = "reference"
+REFERENCE_LATENT, REFERENCE_WIDTH, REFERENCE_BATCH = 100, 64, 64
 
 
-def augmentation(family: str, kimg: float) -> tuple[str, list[str]]:
-    """The suffix and overrides of a family's augmented run: ADA for StyleGAN2, DiffAugment for the others."""
-    if family == "stylegan2":
-        return "+ada", ["train.ada.groups=[blit,geom,color]", f"train.ada.speed_kimg={max(kimg / 10, 0.1)}"]
-    return "+da", [DIFFAUGMENT]
+@dataclass
+class Point:
+    kimg: float
+    train_seconds: float
+    fid: float
+    kid: float
+    spread_ratio: float | None
+    floor_fid: float | None
 
 
-class TimedEvaluation(EvaluationHook):
-    """EvaluationHook that also keeps how long evaluating took, so training time can be reported alone."""
+@dataclass
+class RunResult:
+    run: str
+    points: list[Point] = field(default_factory=list)
+    at_minutes: Point | None = None
 
-    seconds = 0.0
-
-    def on_evaluate(self, trainer: Trainer) -> None:
-        started = time.perf_counter()
-        super().on_evaluate(trainer)
-        self.seconds += time.perf_counter() - started
+    @property
+    def final(self) -> Point:
+        return max(self.points, key=lambda p: p.kimg)
 
 
-def prepare_data(source: Path, work: Path, size: int) -> Path:
-    output = work / f"parana-{size}"
-    config = load_config(
-        None,
-        [f"ingest.source={source}", f"ingest.output={output}", f"ingest.tile_size={size}", "ingest.workers=2"],
+class Schedule:
+    """When to score: at evenly spaced kimg marks and once at the wall-clock mark (training time only)."""
+
+    def __init__(self, kimg: float, points: int, minutes: float) -> None:
+        self.marks = [kimg * (i + 1) / points for i in range(points)]
+        self.minutes_left = minutes * 60
+        self.train_seconds = 0.0
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.train_seconds += now - self._last
+        self._last = now
+
+    def pause(self) -> None:
+        self._last = None
+
+    def due(self, kimg: float) -> tuple[bool, bool]:
+        """(a kimg mark is reached, the minutes mark is reached); each fires once."""
+        at_kimg = bool(self.marks) and kimg >= self.marks[0] - 1e-9
+        if at_kimg:
+            self.marks.pop(0)
+        at_minutes = self.minutes_left is not None and self.train_seconds >= self.minutes_left
+        if at_minutes:
+            self.minutes_left = None
+        return at_kimg, at_minutes
+
+
+def score(
+    config: AtlasConfig, generator: nn.Module, meta: dict[str, Any], n: int, kimg: float, seconds: float
+) -> Point:
+    result = evaluate_generator(config, generator, meta, distributed.setup(), n=n, progress=False, write=False)
+    main = next(iter(result["scores"].values()))
+    return Point(kimg, seconds, main["fid"], main["kid"], main["spread_ratio"], main["floor_fid"])
+
+
+def record(result: RunResult, point: Point, at_kimg: bool, at_minutes: bool) -> None:
+    if at_kimg:
+        result.points.append(point)
+    if at_minutes:
+        result.at_minutes = point
+    when = " (minutes mark)" if at_minutes else ""
+    print(
+        f"   {result.run}: {point.kimg:6.1f} kimg, {point.train_seconds:6.0f} s: FID {point.fid:7.2f}{when}",
+        flush=True,
     )
-    ingest(config, progress=True)
-    return output
 
 
-def run_config(args: argparse.Namespace, data: Path, name: str, augmented: bool) -> tuple[AtlasConfig, int]:
-    family, extra = RUNS[name]
-    from atlas_gan.models import get_family
+class TrainMode(nn.Module):
+    """pytorch/examples samples its generator in train mode (batch statistics); evaluation calls eval(), which this
+    wrapper ignores. Takes latents (n, nz) like atlas-gan's generators."""
 
-    n_critic = get_family(family).training.n_critic
-    steps = max(1, round(args.kimg * 1000 / (args.batch * n_critic)))
-    suffix, augment = augmentation(family, args.kimg)
-    label = f"{name}{suffix if augmented else ''}"
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.generator.train()
+        return self.generator(z.view(z.shape[0], -1, 1, 1))
+
+
+def run_reference(config: AtlasConfig, args: argparse.Namespace, n: int, bands: list[str]) -> RunResult:
+    """The pytorch/examples DCGAN loop on the same tiles (flips and 90-degree turns as atlas-gan's stream)."""
+    torch.manual_seed(args.seed)
+    nc = len(bands)
+    net_g, net_d = RefGenerator(REFERENCE_LATENT, REFERENCE_WIDTH, nc), RefDiscriminator(REFERENCE_WIDTH, nc)
+    net_g.apply(weights_init)
+    net_d.apply(weights_init)
+    criterion = nn.BCELoss()
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    manifest = read_manifest(LocalStorage(), config.dataset_url)
+    stream = TileStream(
+        shard_urls(manifest, config.dataset_url), 0, 1, image_size=args.size, seed=args.seed, augment_config=None
+    )
+    batches = iter(make_loader(stream, REFERENCE_BATCH, args.workers, False))
+    spec = {"bands": nc, "image_size": args.size, "latent_dim": REFERENCE_LATENT, "g_width": 64, "d_width": 64}
+    spec |= {"num_classes": 0, "attention_resolution": 0}
+    result, schedule, images = RunResult(REFERENCE), Schedule(args.kimg, args.points, args.minutes), 0
+    sampler = TrainMode(net_g)
+
+    def reference_meta(seen: int) -> dict[str, Any]:
+        return generator_meta(
+            model="reference-dcgan", signature="latent", spec=spec, bands=bands, labels=None,
+            normalization=manifest["normalization"], step=seen // REFERENCE_BATCH, images_seen=seen,
+        )  # fmt: skip
+
+    while images < args.kimg * 1000:
+        schedule.tick()
+        real = next(batches)["image"]
+        net_d.zero_grad()
+        label = torch.full((real.size(0),), 1.0)
+        criterion(net_d(real), label).backward()
+        fake = net_g(torch.randn(real.size(0), REFERENCE_LATENT, 1, 1))
+        label.fill_(0.0)
+        criterion(net_d(fake.detach()), label).backward()
+        opt_d.step()
+        net_g.zero_grad()
+        label.fill_(1.0)
+        criterion(net_d(fake), label).backward()
+        opt_g.step()
+        images += real.size(0)
+        schedule.tick()
+        at_kimg, at_minutes = schedule.due(images / 1000)
+        if at_kimg or at_minutes:
+            with torch.no_grad():
+                point = score(config, sampler, reference_meta(images), n, images / 1000, schedule.train_seconds)
+            record(result, point, at_kimg, at_minutes)
+            schedule.pause()
+    finish(result, schedule, lambda: (config, sampler, reference_meta(images)), n, images / 1000)
+    write_grid(args, REFERENCE, sampler, bands, config.train.rgb_bands)
+    return result
+
+
+class Scoring(TrainHooks):
+    """Scores the trainer's EMA generator on the schedule; times training alone."""
+
+    def __init__(self, result: RunResult, schedule: Schedule, n: int) -> None:
+        self.result, self.schedule, self.n = result, schedule, n
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        self.schedule.tick()
+        at_kimg, at_minutes = self.schedule.due(trainer.images_seen / 1000)
+        if at_kimg or at_minutes:
+            point = score(
+                trainer.config, trainer.generator, trainer.generator_meta(), self.n, trainer.images_seen / 1000,
+                self.schedule.train_seconds,
+            )  # fmt: skip
+            record(self.result, point, at_kimg, at_minutes)
+            self.schedule.pause()
+
+
+def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: list[str]) -> RunResult:
+    run_dir = args.work / "runs" / f"{args.source}-{name}"
+    if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
+        shutil.rmtree(run_dir)
     overrides = [
         "ingest.source=unused",
         f"ingest.output={data}",
-        f"train.run_dir={args.work / 'runs' / label}",
-        f"train.model={family}",
-        f"train.steps={steps}",
-        f"train.batch_size={args.batch}",
-        f"train.g_width={args.width}",
-        f"train.d_width={args.width}",
-        f"train.latent_dim={args.latent}",
+        f"train.run_dir={run_dir}",
+        "train.steps=100000000",
         f"train.num_workers={args.workers}",
-        f"train.log_every={max(1, steps // 20)}",
-        f"train.sample_every={steps}",
-        f"train.checkpoint_every={steps}",
-        f"train.evaluate_every={steps}",
+        "train.log_every=50",
+        "train.sample_every=100000000",
+        "train.checkpoint_every=100000000",
         f"train.seed={args.seed}",
-        "train.rgb_bands=[B4,B3,B2]",
-        f"train.precision={'bf16' if args.device == 'cuda' else 'fp32'}",
-        f"evaluate.n={args.n}",
-        f"evaluate.batch_size={args.eval_batch}",
-        f"evaluate.kid_subset_size={min(1000, args.n)}",
-        "tracking.experiment=atlas-gan-quality-bench",
-        "tracking.registered_model=atlas-gan-quality-bench",
-        f"tracking.store_dir={args.work / 'mlflow'}",
-        *extra,
-        *(augment if augmented else []),
-        *(
-            [f"train.model.attention_resolution={args.attention}"]
-            if args.attention and get_family(family).attention
-            else []
-        ),
+        f"train.rgb_bands={json.dumps(rgb)}" if rgb else "train.rgb_bands=null",
+        "tracking.enabled=false",
+        *RUNS[name],
     ]
-    return load_config(None, overrides), steps
+    config = load_config(None, overrides)
+    result, schedule = RunResult(name), Schedule(args.kimg, args.points, args.minutes)
+    trainer = Trainer(config, distributed.setup(), hooks=[Scoring(result, schedule, n)], progress=False)
+    for pick in trainer.data_defaults:
+        print(f"   {name}: {pick.key} = {pick.value} ({pick.reason})", flush=True)
+    steps = steps_for(trainer, args.kimg)
+    trainer.config = trainer.config.model_copy(
+        update={"train": trainer.config.train.model_copy(update={"steps": steps})}
+    )
+    trainer.run()
+    finish(result, schedule, lambda: (trainer.config, trainer.generator, trainer.generator_meta()), n,
+           trainer.images_seen / 1000)  # fmt: skip
+    write_grid(args, name, trainer.generator, trainer.bands, rgb, trainer.fixed_inputs)
+    return result
 
 
-def train_and_score(config: AtlasConfig, ctx: distributed.DistributedContext) -> dict[str, Any]:
-    from atlas_gan.tracking.hook import MLflowHook
-
-    evaluation, tracker = TimedEvaluation(), MLflowHook()
-    started = time.perf_counter()
-    try:
-        summary = Trainer(config, ctx, hooks=[evaluation, tracker], progress=True).run()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    wall = time.perf_counter() - started
-    result = evaluation.results[-1]
-    main = next(iter(result["scores"].values()))
-    return {
-        "images_seen": summary["images_seen"],
-        "steps": summary["step"],
-        "train_seconds": wall - evaluation.seconds,
-        "eval_seconds": evaluation.seconds,
-        "fid": main["fid"],
-        "kid": main["kid"],
-        "n_fake": result["n_fake"],
-        "n_real": main["n_real"],
-        "mlflow_run": tracker.run_id,
-    }
+def finish(result: RunResult, schedule: Schedule, what, n: int, kimg: float) -> None:
+    """After the last step: the last kimg mark if still due; the end also stands for the minutes mark when the run
+    finished before reaching it."""
+    schedule.tick()
+    at_kimg, at_minutes = schedule.due(kimg)
+    at_minutes = at_minutes or schedule.minutes_left is not None
+    if at_kimg or at_minutes:
+        config, generator, meta = what()
+        record(result, score(config, generator, meta, n, kimg, schedule.train_seconds), at_kimg, at_minutes)
 
 
-def real_floor(config: AtlasConfig, n: int, device: torch.device) -> dict[str, Any]:
-    """FID and KID between two disjoint random halves of the real tiles, n each (same protocol as the runs)."""
-    store = LocalStorage()
-    manifest = read_manifest(store, config.dataset_url)
-    total = manifest["totals"]["samples"]
-    if 2 * n > total:
-        raise SystemExit(f"--n {n}: the floor needs 2n real tiles and the dataset has {total}; lower --n")
-    weights = resolve_weights(config.evaluate.inception_weights)
-    model = load_inception(weights).to(device)
-    _, positions = band_triplets(manifest["tile"]["bands"], config.train.rgb_bands)[0]
-    batches = real_tile_batches(store, config.dataset_url, manifest, positions, 2 * n, config.evaluate.batch_size, 7)
-    features, _ = embed_batches(model, batches, 2 * n, device, False, "embed real tiles (floor)", True)
-    order = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(0))
-    first, second = features[order[:n]], features[order[n:]]
-    kid, _ = kernel_inception_distance(first, second, config.evaluate.kid_subsets, min(1000, n), 0)
-    return {"fid": frechet_distance(FeatureStats.of(first), FeatureStats.of(second)), "kid": kid, "n": n}
+def steps_for(trainer: Trainer, kimg: float) -> int:
+    per_step = trainer.config.train.batch_size * getattr(trainer.recipe, "n_critic", 1)
+    return -(-int(kimg * 1000) // per_step)
 
 
-def table(rows: list[dict[str, Any]], floor: dict[str, Any]) -> str:
-    dcgan = next((r["fid"] for r in rows if r["run"] == "dcgan"), None)
+def write_grid(
+    args: argparse.Namespace,
+    name: str,
+    generator: nn.Module,
+    bands: list[str],
+    rgb: list[str] | None = None,
+    inputs: tuple[torch.Tensor | None, ...] | None = None,
+) -> None:
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        if inputs is None:
+            inputs = (torch.randn(64, REFERENCE_LATENT, generator=torch.Generator().manual_seed(0)),)
+        images = generator(*inputs).float().cpu().numpy()
+    generator.train(was_training)
+    out = args.work / f"{args.source}-{name}.png"
+    out.write_bytes(grid_png(images, bands, rgb))
+    print(f"   {name}: samples in {out}", flush=True)
+
+
+def table(results: list[RunResult], minutes: float) -> str:
+    ref = next((r for r in results if r.run == REFERENCE), None)
     head = (
-        f"{'run':<16}{'kimg':>7}{'G steps':>9}{'train s':>9}{'img/s':>8}{'FID':>9}{'KID':>9}{'/DCGAN':>8}{'-floor':>9}"
+        f"{'run':<12}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}"
+        f"{'FID ' + format(minutes, 'g') + ' min':>13}{'kimg then':>10}{'/ref':>7}"
     )
     lines = [head, "-" * len(head)]
-    for r in rows:
-        ratio = f"{r['fid'] / dcgan:8.2f}" if dcgan else f"{'-':>8}"
-        lines.append(
-            f"{r['run']:<16}{r['images_seen'] / 1000:7.1f}{r['steps']:9d}{r['train_seconds']:9.0f}"
-            f"{r['images_seen'] / r['train_seconds']:8.0f}{r['fid']:9.2f}{r['kid']:9.4f}{ratio}"
-            f"{r['fid'] - floor['fid']:9.2f}"
-        )
-    lines.append(f"{'real vs real':<16}{'':>7}{'':>9}{'':>9}{'':>8}{floor['fid']:9.2f}{floor['kid']:9.4f}")
-    if dcgan and rows:
-        best = min(rows, key=lambda r: r["fid"])
-        lines.append(
-            f"best: {best['run']} FID {best['fid']:.2f} = {best['fid'] / dcgan:.2f}x DCGAN's {dcgan:.2f} "
-            f"(goal <= 0.5x: {'met' if best['fid'] <= 0.5 * dcgan else 'not met'}); "
-            f"{best['fid'] - floor['fid']:.2f} above the real-vs-real floor {floor['fid']:.2f}"
-        )
+    for r in results:
+        end, timed = r.final, r.at_minutes
+        ratio_end = f"{end.fid / ref.final.fid:7.2f}" if ref else f"{'-':>7}"
+        ratio_time = f"{timed.fid / ref.at_minutes.fid:7.2f}" if ref and timed and ref.at_minutes else f"{'-':>7}"
+        above = f"{end.fid - end.floor_fid:8.1f}" if end.floor_fid is not None else f"{'-':>8}"
+        spread = f"{end.spread_ratio:8.2f}" if end.spread_ratio is not None else f"{'-':>8}"
+        timed_text = f"{timed.fid:13.2f}{timed.kimg:10.1f}" if timed else f"{'-':>13}{'-':>10}"
+        lines.append(f"{r.run:<12}{end.kimg:7.1f}{end.fid:9.2f}{ratio_end}{above}{spread}{timed_text}{ratio_time}")
+    floor = next((r.final.floor_fid for r in results if r.final.floor_fid is not None), None)
+    lines.append(f"real vs real floor at the same N: FID {floor:.2f}" if floor is not None else "no floor (dataset)")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--source", default="landsat8-parana", help="a folder of ../shared/data/geotiff")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quality"))
-    parser.add_argument("--kimg", type=float, default=20.0, help="real images shown to D per run, in thousands")
-    parser.add_argument("--n", type=int, default=1000, help="FID/KID sample count (fake and real)")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=32, help="g_width = d_width")
-    parser.add_argument("--latent", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--attention", type=int, default=None, help="SAGAN attention resolution (default: 32)")
-    parser.add_argument("--eval-batch", type=int, default=50)
+    parser.add_argument("--kimg", type=float, default=36.0, help="real images shown to D per run, in thousands")
+    parser.add_argument("--minutes", type=float, default=10.0, help="the equal-wall-clock mark (training time)")
+    parser.add_argument("--points", type=int, default=4, help="FID points per run (evenly spaced in kimg)")
+    parser.add_argument("--n", type=int, default=None, help="FID samples (fake and real); default half the tiles")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", default=",".join(k for k in RUNS if k != "wgan"))
-    parser.add_argument(
-        "--augment",
-        "--diffaugment",
-        choices=["both", "on", "off"],
-        default="both",
-        help="runs without and/or with augmentation (DiffAugment; ADA for stylegan2)",
-    )
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", type=Path, default=None, help="default: <work>/quality.json")
+    parser.add_argument("--runs", default="reference,fastgan,dcgan")
+    parser.add_argument("--json", type=Path, default=None, help="default: <work>/quality-<source>.json")
     args = parser.parse_args()
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(RUNS))
+    unknown = sorted(set(names) - set(RUNS) - {REFERENCE})
     if unknown:
-        parser.error(f"unknown runs {unknown}; known: {sorted(RUNS)}")
-    source = args.data / "geotiff" / "landsat8-parana"
+        parser.error(f"unknown runs {unknown}; known: {[REFERENCE, *RUNS]}")
+    source = args.data / "geotiff" / args.source
     if not source.is_dir():
         parser.error(f"{source}: not found (set --data or ATLAS_SHARED_DATA)")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU benchmark: equal wall clock on this machine
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    data = prepare_data(source, args.work, args.size)
-    ctx = distributed.setup()
-    variants = {"both": [False, True], "on": [True], "off": [False]}[args.augment]
-    rows: list[dict[str, Any]] = []
-    floor = None
+    landsat8 = args.source.startswith("landsat8")
+    bands = ["B4", "B3", "B2"] if landsat8 else None
+    data = args.work / f"{args.source}-{args.size}"
+    ingest_overrides = [f"ingest.source={source}", f"ingest.output={data}", f"ingest.tile_size={args.size}"]
+    if bands:
+        ingest_overrides.append(f"ingest.bands={json.dumps(bands)}")
+    ingest(load_config(None, ingest_overrides), progress=False)
+    manifest = read_manifest(LocalStorage(), str(data))
+    total = manifest["totals"]["samples"]
+    n = args.n or total // 2
+    tile_bands = manifest["tile"]["bands"]
+    print(f"{args.source}: {total} tiles of {args.size} px, bands {tile_bands}; FID at N = {n}", flush=True)
+    base = load_config(
+        None,
+        [
+            "ingest.source=unused",
+            f"ingest.output={data}",
+            f"evaluate.n={n}",
+            f"evaluate.kid_subset_size={min(1000, n)}",
+            f"train.rgb_bands={json.dumps(bands)}" if bands else "train.rgb_bands=null",
+        ],
+    )
+    results = []
     for name in names:
-        for augmented in variants:
-            config, steps = run_config(args, data, name, augmented)
-            if floor is None:
-                floor = real_floor(config, args.n, ctx.device)
-                print(f"real-vs-real floor at N={args.n}: FID {floor['fid']:.2f}, KID {floor['kid']:.4f}", flush=True)
-            label = Path(config.train.run_dir).name
-            run_dir = Path(config.train.run_dir)
-            if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
-                shutil.rmtree(run_dir)
-                print(f"removed the previous benchmark run {run_dir}", flush=True)
-            print(f"== {label}: {config.train.model}, {steps} G steps of batch {args.batch}", flush=True)
-            row = {"run": label, "family": config.train.model, "augmented": augmented, **train_and_score(config, ctx)}
-            rows.append(row)
-            print(f"   FID {row['fid']:.2f}  KID {row['kid']:.4f}  ({row['train_seconds']:.0f} s training)", flush=True)
-    assert floor is not None
-    text = table(rows, floor)
-    print(text)
+        print(f"== {name}", flush=True)
+        if name == REFERENCE:
+            results.append(run_reference(base, args, n, tile_bands))
+        else:
+            results.append(run_family(name, data, args, n, bands))
+    text = table(results, args.minutes)
+    command = "python bench/quality.py " + " ".join(sys.argv[1:])
+    print(f"\n{command}\n{text}")
     report = {
-        "device": str(ctx.device) + (f" ({torch.cuda.get_device_name()})" if ctx.device.type == "cuda" else ""),
-        "dataset": str(data),
-        "protocol": {"n": args.n, "resize": RESIZE_METHOD, "bands": ["B4", "B3", "B2"], "size": args.size},
-        "budget_kimg": args.kimg,
-        "settings": {
-            "batch": args.batch,
-            "width": args.width,
-            "latent": args.latent,
-            "seed": args.seed,
-            "sagan_attention_resolution": args.attention or 32,
+        "command": command,
+        "source": args.source,
+        "tiles": total,
+        "n": n,
+        "kimg": args.kimg,
+        "minutes": args.minutes,
+        "runs": {
+            r.run: {"points": [asdict(p) for p in r.points], "at_minutes": r.at_minutes and asdict(r.at_minutes)}
+            for r in results
         },
-        "floor": floor,
-        "runs": rows,
+        "settings": RUNS,
         "table": text,
     }
-    out = args.json or args.work / "quality.json"
+    out = args.json or args.work / f"quality-{args.source}.json"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out)
