@@ -262,7 +262,8 @@ def evaluate_generator(
             if not torch.isfinite(fake).all():
                 raise ValueError(
                     f"the generator at step {meta.get('step')} drew non-finite samples (NaN or inf): its weights "
-                    "diverged, so there is nothing to score; resume from an earlier checkpoint or lower the learning rate"
+                    "diverged, so there is nothing to score; resume from an earlier checkpoint or lower the "
+                    "learning rate"
                 )
             kid_mean, kid_std = kernel_inception_distance(real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
             fid = frechet_distance(FeatureStats.of(real), FeatureStats.of(fake))
