@@ -175,12 +175,16 @@ class AdversarialRecipe(Recipe):
         labels = batch["label"].to(self.ctx.device) if self.spec.conditional else None
         return self.on_device(batch["image"]), labels
 
-    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """D's output on augmented images (DiffAugment or ADA; identity without either)."""
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` as D sees them: DiffAugment or ADA (identity without either), in D's memory format."""
         augmented = self.augment(images)
         if self.memory_format and augmented is not images:  # ADA's resampling returns NCHW
             augmented = augmented.contiguous(memory_format=self.memory_format)
-        return self.D(augmented, labels)
+        return augmented
+
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """D's output on augmented images."""
+        return self.D(self.augmented(images), labels)
 
     def discriminate_real(
         self, real: torch.Tensor, labels: torch.Tensor | None

@@ -25,9 +25,7 @@ class FastGANRecipe(AdversarialRecipe):
     def discriminate_real(
         self, real: torch.Tensor, labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        augmented = self.augment(real)
-        if self.memory_format and augmented is not real:
-            augmented = augmented.contiguous(memory_format=self.memory_format)
+        augmented = self.augmented(real)
         quarter = int(torch.randint(4, ()))
         logits, reconstruction = self.D.forward_with_reconstruction(augmented, labels, quarter)
         return logits, reconstruction * self.reconstruction_weight
