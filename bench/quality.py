@@ -2,6 +2,7 @@
 
     python bench/quality.py [--source landsat8-parana] [--size 64] [--kimg 36] [--minutes 10] [--points 4]
                             [--runs reference,fastgan,dcgan] [--n N] [--work runs/bench-quality] [--json FILE]
+                            [--set KEY=VALUE ...]
 
 Ingests one shared source (`../shared/data/geotiff/<source>`, bands B4,B3,B2 for Landsat 8, the first three
 otherwise) into `--size` px tiles, then trains, one after the other on the same tiles:
@@ -17,7 +18,9 @@ spaced kimg marks and once when its training time (evaluation excluded) reaches 
 run's FID at the end (equal images) and at the minutes mark (equal wall clock on this machine), its ratio to the
 reference's FID at the same mark, the distance to the real-vs-real floor at the same N (real tiles outside the
 reference set scored against it), and the pixel spread of its samples against the real tiles'; the FID-against-kimg
-points are in the JSON. Sample grids are written beside it. Not a test: no thresholds.
+points are in the JSON, which is rewritten after every run (an interrupted invocation keeps the runs it finished).
+`--set` adds config overrides to every atlas-gan run (not the reference), to measure a variant against the same
+reference. Sample grids are written beside it. Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -231,6 +234,7 @@ def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: lis
         f"train.rgb_bands={json.dumps(rgb)}" if rgb else "train.rgb_bands=null",
         "tracking.enabled=false",
         *RUNS[name],
+        *args.set,
     ]
     config = load_config(None, overrides)
     result, schedule = RunResult(name), Schedule(args.kimg, args.points, args.minutes)
@@ -318,6 +322,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="reference,fastgan,dcgan")
     parser.add_argument("--json", type=Path, default=None, help="default: <work>/quality-<source>.json")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every atlas-gan run"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RUNS) - {REFERENCE})
@@ -350,20 +357,28 @@ def main() -> None:
             f"train.rgb_bands={json.dumps(bands)}" if bands else "train.rgb_bands=null",
         ],
     )
-    results = []
+    command = "python bench/quality.py " + " ".join(sys.argv[1:])
+    out = args.json or args.work / f"quality-{args.source}.json"
+    results: list[RunResult] = []
     for name in names:
         print(f"== {name}", flush=True)
         if name == REFERENCE:
             results.append(run_reference(base, args, n, tile_bands))
         else:
             results.append(run_family(name, data, args, n, bands))
-    text = table(results, args.minutes)
-    command = "python bench/quality.py " + " ".join(sys.argv[1:])
-    print(f"\n{command}\n{text}")
+        write_report(out, command, args, total, n, results)
+    print(f"\n{command}\n{table(results, args.minutes)}")
+    print(f"wrote {out}")
+
+
+def write_report(
+    out: Path, command: str, args: argparse.Namespace, tiles: int, n: int, results: list[RunResult]
+) -> None:
+    """The JSON of every finished run so far, written atomically."""
     report = {
         "command": command,
         "source": args.source,
-        "tiles": total,
+        "tiles": tiles,
         "n": n,
         "kimg": args.kimg,
         "minutes": args.minutes,
@@ -371,14 +386,12 @@ def main() -> None:
             r.run: {"points": [asdict(p) for p in r.points], "at_minutes": r.at_minutes and asdict(r.at_minutes)}
             for r in results
         },
-        "settings": RUNS,
-        "table": text,
+        "settings": {name: [*overrides, *args.set] for name, overrides in RUNS.items()},
+        "table": table(results, args.minutes),
     }
-    out = args.json or args.work / f"quality-{args.source}.json"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out)
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
