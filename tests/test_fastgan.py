@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from atlas_gan.config import load_config
 from atlas_gan.metrics.features import PixelSpread
 from atlas_gan.models import build
 from atlas_gan.models.base import ModelSpec
@@ -16,6 +17,7 @@ from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.storage import LocalStorage
 from atlas_gan.tracking.promotion import CHALLENGER, QualityGate, Score, decide, gate_refusal
+from atlas_gan.train.data_defaults import pick_data_defaults
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import small_config
 
@@ -70,12 +72,12 @@ def test_trains_on_real_shards_with_the_reconstruction_term_and_resumes_exactly(
     ctx = distributed.setup()
     run_dir = tmp_path / "run"
     first = Trainer(small_config(train_data_64, run_dir, "train.steps=4", *FASTGAN), ctx, progress=False)
-    assert first.recipe.name == "fastgan" and first.config.train.diffaugment == ["color", "translation", "cutout"]
+    assert first.recipe.name == "fastgan" and first.config.train.diffaugment == ["color", "translation"]
     summary = first.run()
     assert summary["step"] == 4
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     picked = next(r for r in records if r.get("event") == "data_defaults")["picked"]
-    assert picked["train.diffaugment"]["value"] == ["color", "translation", "cutout"]
+    assert picked["train.diffaugment"]["value"] == ["color", "translation"]
     assert "tiles" in picked["train.diffaugment"]["reason"]
     steps = [r for r in records if "loss_reconstruction" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["loss_reconstruction"] > 0 for r in steps)
@@ -93,6 +95,21 @@ def test_trains_on_real_shards_with_the_reconstruction_term_and_resumes_exactly(
     assert resumed.run()["step"] == 6
 
 
+@pytest.mark.parametrize(
+    ("family", "tiles", "expected"),
+    [
+        ("fastgan", 1_436, ["color", "translation"]),  # the FastGAN authors' policy
+        ("dcgan", 1_436, ["color", "translation", "cutout"]),  # Zhao et al.'s few-shot policy
+        ("fastgan", 50_000, []),
+    ],
+)
+def test_the_augmentation_picked_follows_the_family_and_the_dataset_size(family, tiles, expected):
+    train = load_config(None, ["ingest.source=unused", f"train.model={family}"]).train
+    (pick,) = pick_data_defaults(train, tiles)
+    assert pick.key == "train.diffaugment" and pick.value == expected
+    assert f"{tiles} tiles" in pick.reason
+
+
 def test_a_resumed_run_keeps_the_augmentation_it_started_with(train_data_64, tmp_path):
     ctx = distributed.setup()
     run_dir = tmp_path / "run"
@@ -107,7 +124,7 @@ def test_a_resumed_run_keeps_the_augmentation_it_started_with(train_data_64, tmp
         fresh = Trainer(small_config(train_data_64, tmp_path / "new", "train.steps=3", *FASTGAN), ctx, progress=False)
     finally:
         data_defaults.SMALL_DATASET = saved_threshold
-    assert resumed.config.train.diffaugment == ["color", "translation", "cutout"]
+    assert resumed.config.train.diffaugment == ["color", "translation"]
     assert "kept from the checkpoint of step 2" in resumed.data_defaults[0].reason
     assert fresh.config.train.diffaugment == []
 

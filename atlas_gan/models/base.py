@@ -67,6 +67,9 @@ class AdversarialDefaults:
     r1_interval: int = 16
     pl_weight: float = 0.0  # StyleGAN2's path-length regularization weight (every pl_interval G steps); 0 = none
     pl_interval: int = 4
+    # DiffAugment policies picked for a small dataset when train.diffaugment is null (Zhao et al. 2020's few-shot
+    # policy unless the family's paper says otherwise)
+    small_data_augmentation: tuple[str, ...] = ("color", "translation", "cutout")
 
     def default_r1_gamma(self, image_size: int, global_batch: int) -> float:
         return self.r1_coefficient * image_size**2 / global_batch

@@ -4,8 +4,9 @@ Satellite datasets are usually small (a few scenes: hundreds to thousands of til
 the training tiles within a few thousand images and its gradients stop teaching the generator anything (Karras et
 al. 2020, Zhao et al. 2020). What is picked, from the number of tiles in the dataset:
 
-- `train.diffaugment` (null): DiffAugment `[color, translation, cutout]` below `SMALL_DATASET` tiles, none above;
-  none when `train.ada` is set (ADA augments instead).
+- `train.diffaugment` (null): DiffAugment below `SMALL_DATASET` tiles with the family's small-data policy
+  (`AdversarialDefaults.small_data_augmentation`: `[color, translation, cutout]`, FastGAN's authors'
+  `[color, translation]` for `fastgan`), none above; none when `train.ada` is set (ADA augments instead).
 
 Each pick comes with its reason; the trainer writes them to `log.jsonl` (event `data_defaults`), into the resolved
 config (so `config.json`, checkpoints and the MLflow params show the value used) and as MLflow tags
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from atlas_gan.config import TrainConfig
+from atlas_gan.models import get_family
 
 SMALL_DATASET = 20_000  # tiles: below this, D sees augmented images by default
-FEW_SHOT_AUGMENTATION = ["color", "translation", "cutout"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,14 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
         if train.ada is not None:
             picks.append(DataDefault("train.diffaugment", [], "train.ada is set: ADA augments what D sees"))
         elif tiles < SMALL_DATASET:
+            family = train.model.family
             reason = (
                 f"{tiles} tiles (< {SMALL_DATASET:,}): without augmentation D memorizes a small dataset and stops "
-                "teaching G; DiffAugment (Zhao et al. 2020) shows D every real and generated image augmented"
+                "teaching G; DiffAugment (Zhao et al. 2020) shows D every real and generated image augmented, "
+                f"with {family}'s small-data policy"
             )
-            picks.append(DataDefault("train.diffaugment", FEW_SHOT_AUGMENTATION, reason))
+            policy = list(get_family(family).training.small_data_augmentation)
+            picks.append(DataDefault("train.diffaugment", policy, reason))
         else:
             reason = f"{tiles} tiles (>= {SMALL_DATASET:,}): enough data for D without augmentation"
             picks.append(DataDefault("train.diffaugment", [], reason))
