@@ -37,13 +37,28 @@ def _free(port: int) -> bool:
     return True
 
 
+def s3_port_block_ports(port: int) -> list[int]:
+    """The ports SeaweedFS takes for an S3 port (port+1..+8, port+10000..+10004: see infra/local/s3.sh)."""
+    return [*range(port, port + 9), *range(port + 10000, port + 10005)]
+
+
 def s3_port_block() -> int:
-    """A port whose SeaweedFS companions (port+1..+8, port+10000..+10004: see infra/local/s3.sh) are free too."""
+    """A port whose SeaweedFS companions are free too."""
     for _ in range(50):
         port = free_port()
-        if port < 50000 and all(_free(p) for p in [*range(port, port + 9), *range(port + 10000, port + 10005)]):
+        if port < 50000 and all(_free(p) for p in s3_port_block_ports(port)):
             return port
     raise RuntimeError("no free port block for SeaweedFS")
+
+
+def free_port_outside(taken: list[int]) -> int:
+    """A free port that none of `taken` is: SeaweedFS binds its block only when it starts, after the ports are drawn
+    (CI once drew Prefect's port inside it)."""
+    for _ in range(50):
+        port = free_port()
+        if port not in taken:
+            return port
+    raise RuntimeError("no free port outside the SeaweedFS block")
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +74,16 @@ def stack(tmp_path_factory):
         "train.steps=2",
         *EVAL,
     ]
+    s3_port = s3_port_block()
+    taken = s3_port_block_ports(s3_port)
+    mlflow_port = free_port_outside(taken)
+    prefect_port = free_port_outside([*taken, mlflow_port])
     env = {
         **os.environ,
         "ATLAS_STATE": str(state),
-        "ATLAS_S3_PORT": str(s3_port_block()),
-        "ATLAS_MLFLOW_PORT": str(free_port()),
-        "ATLAS_PREFECT_PORT": str(free_port()),
+        "ATLAS_S3_PORT": str(s3_port),
+        "ATLAS_MLFLOW_PORT": str(mlflow_port),
+        "ATLAS_PREFECT_PORT": str(prefect_port),
         "AWS_ACCESS_KEY_ID": "stack-e2e-key",
         "AWS_SECRET_ACCESS_KEY": "stack-e2e-secret",
         "ATLAS_SCHEDULES_ACTIVE": "false",
