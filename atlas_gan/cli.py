@@ -1,6 +1,7 @@
 """The `atlas-gan` command line: thin wrappers over the library, with clear errors and exit codes.
 
-Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration or source, 3 storage failure.
+Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration or source, 3 storage failure,
+4 the output is busy (another ingest held it longer than ingest.lock_wait_minutes, or took the lock over).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from atlas_gan.config import load_config
+from atlas_gan.locks import LockLost, LockTimeout
 from atlas_gan.storage import StorageError
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ def _exit_codes(rejected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         _fail(str(exc), 2)
     except StorageError as exc:
         _fail(f"storage error: {exc}", 3)
+    except (LockTimeout, LockLost) as exc:
+        _fail(f"output busy: {exc}", 4)
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow"):
             _fail(f"MLflow error: {exc}", 3)

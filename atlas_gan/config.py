@@ -114,6 +114,12 @@ class IngestConfig(_Strict):
     shard_max_bytes: int = Field(256 * 2**20, ge=2**16, le=2**36)
     workers: int = Field(2, ge=1, le=256, description="processes reading scenes in parallel")
     strict: bool = Field(False, description="any rejected input fails the run")
+    lock_wait_minutes: float | None = Field(
+        None, ge=0, description="how long a run waits for another ingest into the same output (null: no limit)"
+    )
+    lock_lease_seconds: float = Field(
+        120, ge=1, le=3600, description="S3 lock lease: a crashed holder blocks others this long at most"
+    )
 
     @field_validator("band_file_pattern")
     @classmethod

@@ -10,6 +10,10 @@ scale new scenes with the same numbers, so every shard of a dataset stays compar
 rewritten; each scene records its own percentiles (`scenes[].percentiles`) so drift is visible. To renormalize,
 ingest into a new output.
 
+Overlapping runs into one output (a schedule, a new-imagery trigger and a manual run) take turns: the whole run
+holds the output's lock (`atlas_gan.locks`: a file lock locally, a renewed lease on S3), so the manifest it reads
+is the one it extends, and shard numbers never collide. A run that has to wait says so.
+
 Crash safety: shards appear whole (temp + rename, or a completed upload) and the manifest is written last, in one
 atomic write. A rerun after an interruption starts numbering from the manifest, overwrites shards that the
 interrupted run published but never listed, and deletes any such leftovers it does not reach.
@@ -36,6 +40,7 @@ from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
 from atlas_gan.geo.normalize import Normalization, describe
 from atlas_gan.geo.stats import merge_band_statistics
 from atlas_gan.geo.tiling import SceneScan, encode_scene, merge_parts, scan_scene
+from atlas_gan.locks import Lease, exclusive_output
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -193,11 +198,38 @@ def ingest(
     progress: bool = True,
     on_shard: Callable[[ShardRecord], None] | None = None,
     mapper: SceneMapper | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Ingest new scenes from `config.ingest.source` into `config.ingest.output`. Safe to rerun at any time.
 
-    `mapper` runs the per-scene work of both passes (default: a pool of `ingest.workers` processes)."""
+    Runs into the same output take turns (see `atlas_gan.locks`); a run that waits says so through `on_wait`
+    (default: a line on stderr). `mapper` runs the per-scene work of both passes (default: a pool of
+    `ingest.workers` processes)."""
     started = time.perf_counter()
+    cfg = config.ingest
+    with exclusive_output(
+        cfg.output,
+        config.storage,
+        purpose="ingest",
+        wait_minutes=cfg.lock_wait_minutes,
+        lease_seconds=cfg.lock_lease_seconds,
+        on_wait=on_wait or _say_on_stderr,
+    ) as lease:
+        return _ingest_holding_lock(config, lease, started, progress, on_shard, mapper)
+
+
+def _say_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _ingest_holding_lock(
+    config: AtlasConfig,
+    lease: Lease,
+    started: float,
+    progress: bool,
+    on_shard: Callable[[ShardRecord], None] | None,
+    mapper: SceneMapper | None,
+) -> IngestReport:
     cfg = config.ingest
     out_store = storage_for(cfg.output, config.storage)
     src_store = storage_for(cfg.source, config.storage)
@@ -240,7 +272,14 @@ def ingest(
 
             first_index = len(manifest["shards"]) if manifest else 0
             writer = ShardWriter(
-                out_store, cfg.output, cfg.name, first_index, cfg.shard_max_samples, cfg.shard_max_bytes, on_shard
+                out_store,
+                cfg.output,
+                cfg.name,
+                first_index,
+                cfg.shard_max_samples,
+                cfg.shard_max_bytes,
+                on_shard,
+                before_publish=lease.check,
             )
             if accepted:
                 norm = Normalization.from_manifest(normalization)
@@ -262,6 +301,7 @@ def ingest(
     manifest = _updated_manifest(
         manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected
     )
+    lease.check()  # the manifest is the one write two runs must never interleave
     write_manifest(out_store, cfg.output, manifest)
     _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
 

@@ -58,8 +58,11 @@ class ShardWriter:
         max_samples: int,
         max_bytes: int,
         on_shard: Callable[[ShardRecord], None] | None = None,
+        before_publish: Callable[[], None] | None = None,
     ) -> None:
+        """`before_publish` runs before each shard becomes visible and may refuse it by raising (a lost lock)."""
         self.store, self.output, self.name = store, output, name
+        self.before_publish = before_publish
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.next_index = first_index
         self.on_shard = on_shard
@@ -109,6 +112,8 @@ class ShardWriter:
         self._file = None
         relative = shard_name(self.name, self.next_index)
         try:
+            if self.before_publish is not None:
+                self.before_publish()
             self.store.move_file(self._path, join_url(self.output, relative))
         finally:
             if os.path.exists(self._path):

@@ -260,15 +260,12 @@ class S3Storage(Storage):
             self.client.upload_file(str(local_path), bucket, key, Config=self.transfer)
 
     def stat(self, url: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
-
         bucket, key = split_s3(url)
         try:
             with self._errors("stat", url):
                 head = self.client.head_object(Bucket=bucket, Key=key)
         except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
+            if _not_found(exc):
                 return None
             raise
         return ObjectInfo(url=url, size=int(head["ContentLength"]), fingerprint=head["ETag"].strip('"'))
@@ -291,6 +288,43 @@ class S3Storage(Storage):
         bucket, key = split_s3(url)
         with self._errors("delete", url):
             self.client.delete_object(Bucket=bucket, Key=key)
+
+    def put_if(self, url: str, data: bytes, *, etag: str | None = None) -> str | None:
+        """Conditional write: create `url` only if absent (`etag` None), else replace it only while its ETag is
+        still `etag`. Returns the new ETag, or None when the condition did not hold (another writer was first)."""
+        bucket, key = split_s3(url)
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            with self._errors("write", url):
+                return self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        except StorageError as exc:
+            if _precondition_failed(exc) or (etag is not None and _not_found(exc)):
+                return None
+            raise
+
+    def read_with_etag(self, url: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when it does not exist."""
+        bucket, key = split_s3(url)
+        try:
+            with self._errors("read", url):
+                response = self.client.get_object(Bucket=bucket, Key=key)
+                return response["Body"].read(), response["ETag"]
+        except StorageError as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def delete_if(self, url: str, etag: str) -> bool:
+        """Delete `url` only while its ETag is still `etag`; False when it changed or is gone."""
+        bucket, key = split_s3(url)
+        try:
+            with self._errors("delete", url):
+                self.client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+            return True
+        except StorageError as exc:
+            if _precondition_failed(exc) or _not_found(exc):
+                return False
+            raise
 
     def gdal_options(self) -> dict[str, Any]:
         """Settings for `rasterio_env` so rasterio reads s3:// URLs from this endpoint with the same credentials.
@@ -319,6 +353,22 @@ class S3Storage(Storage):
 
 
 _CREDENTIALS_KEY = "_atlas_aws_credentials"
+
+
+def _error_code(exc: StorageError) -> str:
+    from botocore.exceptions import ClientError
+
+    cause = exc.__cause__
+    return cause.response.get("Error", {}).get("Code", "") if isinstance(cause, ClientError) else ""
+
+
+def _precondition_failed(exc: StorageError) -> bool:
+    # 412 when the condition fails; 409 when a concurrent conditional write on the same key won the race (AWS).
+    return _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _not_found(exc: StorageError) -> bool:
+    return _error_code(exc) in {"NoSuchKey", "404"}
 
 
 def rasterio_env(gdal_options: dict[str, Any] | None) -> Any:

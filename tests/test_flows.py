@@ -79,6 +79,8 @@ def test_deployment_file_is_valid():
     trigger = DeploymentEventTrigger(**{k: v for k, v in satellite["triggers"][0].items() if k != "type"})
     assert trigger.expect == {"atlas.imagery.arrived"}
     assert deployments["poll"]["entrypoint"] == "flows/watch_imagery.py:watch_imagery"
+    assert satellite["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}  # overlapping runs queue
+    assert deployments["poll"]["concurrency_limit"]["collision_strategy"] == "CANCEL_NEW"
     for deployment in deployments.values():  # entrypoints resolve to the flows
         path, name = deployment["entrypoint"].split(":")
         assert f"def {name}(" in (REPO / path).read_text()

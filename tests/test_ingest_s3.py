@@ -46,7 +46,7 @@ def test_s3_source_to_s3_output_matches_local(s3, geotiff, make_config, tmp_path
 
 def test_wrong_credentials_fail_clearly(s3, geotiff, make_config, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone-else")
-    with pytest.raises(StorageError, match=r"out/manifest.json: cannot stat: S3 at .* rejected the credentials"):
+    with pytest.raises(StorageError, match=r"out/.atlas-ingest.lock: cannot write: S3 at .* rejected the credentials"):
         ingest(make_config(geotiff / "tests" / "rgb16.tif", f"s3://{s3.bucket}/out", workers=1), progress=False)
 
 
@@ -70,7 +70,8 @@ def test_server_stopped_mid_ingest_then_rerun_completes(s3, geotiff, make_config
 
     s3.start()  # same data folder and ports
     store = S3Storage()
-    assert [i.url.rsplit("/", 1)[-1] for i in store.list(output)] == ["tiles-000000.tar"]  # whole, unlisted
+    left = [i.url.rsplit("/", 1)[-1] for i in store.list(output)]
+    assert left == [".atlas-ingest.lock", "tiles-000000.tar"]  # a whole, unlisted shard; the lease it could not delete
     report = ingest(config, progress=False)
     assert report.new_samples == clean.new_samples
     manifest = read_manifest(store, output)

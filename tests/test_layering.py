@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "atlas_gan"
 
 LAYERS: list[set[str]] = [  # bottom to top; a module may import its own layer's package and any layer below
     {"config"},
-    {"storage"},
+    {"storage", "locks"},
     {"samples", "labels"},
     {"geo", "shards"},
     {"preview", "ingest"},
