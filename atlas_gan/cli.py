@@ -1,36 +1,74 @@
-"""The `atlas-gan` command line: thin wrappers over the library, with clear errors and exit codes.
-
-Exit codes: 0 success, 1 input rejected under --strict, 2 bad configuration or source, 3 storage failure,
-4 the output is busy (another ingest held it longer than ingest.lock_wait_minutes, or took the lock over).
-"""
+"""The `atlas-gan` command line: thin wrappers over the library, with clear errors and exit codes (`EXIT_CODES`)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from atlas_gan.config import load_config
+from atlas_gan import __version__
+from atlas_gan.config import resolve_config
 from atlas_gan.locks import LockLost, LockTimeout
 from atlas_gan.storage import StorageError
 
 if TYPE_CHECKING:
     from atlas_gan.sampling import Sampler  # imported lazily at run time: torch is slow to import
 
+EXIT_CODES = {
+    0: "success",
+    1: "input rejected under --strict",
+    2: "bad configuration, input or argument (the message names it)",
+    3: "storage or MLflow server failure",
+    4: "output busy: another ingest held it past ingest.lock_wait_minutes, or took its lock over",
+}
+_EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + "."
+_CONFIG_HELP = "YAML config (default: $ATLAS_CONFIG, else the packaged default; see `atlas-gan config show`)."
+
 app = typer.Typer(
-    help="atlas-gan: train GANs on satellite imagery (ingest -> train -> evaluate -> register).",
+    help="atlas-gan: train GANs on satellite imagery (ingest -> train -> evaluate -> register).\n\n"
+    "Configuration, for every command and the Prefect flows alike: --config FILE, else $ATLAS_CONFIG, else the "
+    "packaged default; then $ATLAS_OVERRIDES (a JSON list of key=value); then --set key=value, which wins. "
+    "`atlas-gan config show` prints the result.",
+    epilog=_EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+config_app = typer.Typer(
+    help="Show the resolved configuration, or write a starter file.", no_args_is_help=True, epilog=_EXIT_CODES_HELP
+)
+app.add_typer(config_app, name="config")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class GeoTiffValues(StrEnum):
+    physical = "physical"
+    model = "model"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"atlas-gan {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """atlas-gan: train GANs on satellite imagery."""
 
 
@@ -55,15 +93,52 @@ def _exit_codes(rejected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         _fail(f"output busy: {exc}", 4)
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow"):
+            if getattr(exc, "error_code", None) in _MLFLOW_NOT_FOUND:  # an unknown model, alias or version
+                _fail(f"not found in MLflow: {exc}", 2)
             _fail(f"MLflow error: {exc}", 3)
         raise
 
 
-@app.command()
+_MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+
+def _writable(path: Path, what: str) -> Path:
+    """Create `path`'s folder now, so a bad --out fails before any work is done, with exit 2 and the reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{what} {path}: cannot create its folder: {exc.strerror or exc}", 2)
+    if path.is_dir():
+        _fail(f"{what} {path}: is a folder; give a file name", 2)
+    if not os.access(path.parent, os.W_OK):
+        _fail(f"{what} {path}: its folder is not writable", 2)
+    return path
+
+
+def _write_file(path: Path, data: bytes, what: str) -> None:
+    """Write atomically (temp file + rename): an interrupted write never leaves a half file."""
+    _writable(path, what)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
+    except OSError as exc:
+        _fail(f"{what} {path}: cannot write: {exc.strerror or exc}", 2)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@app.command(epilog=_EXIT_CODES_HELP)
 def ingest(
     source: str = typer.Option(None, "--source", "-s", help="Folder, glob or s3://bucket/prefix of GeoTIFF scenes."),
     output: str = typer.Option(None, "--output", "-o", help="Folder or s3://bucket/prefix for shards + manifest."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config value, e.g. --set ingest.tile_size=128 --set 'ingest.bands=[B4,B3,B2]'."
     ),
@@ -85,16 +160,18 @@ def ingest(
         for k, v in {"source": source, "output": output, "workers": workers, "strict": strict}.items()
         if v is not None
     ]
+    if report_json is not None:
+        _writable(report_json, "--report")
     with _exit_codes(rejected=(IngestRejected,)):
-        report = run_ingest(load_config(config, [*overrides, *flags]), progress=not quiet)
+        report = run_ingest(resolve_config(config, [*overrides, *flags]), progress=not quiet)
     typer.echo(report.summary())
     if report_json is not None:
-        report_json.write_text(json.dumps(vars(report), indent=2) + "\n")
+        _write_file(report_json, (json.dumps(vars(report), indent=2) + "\n").encode(), "--report")
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def train(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.steps=2000."),
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", min=1, help="Processes (GPUs) on this machine; >1 launches torchrun --standalone."
@@ -112,7 +189,7 @@ def train(
     from atlas_gan.train.launch import torchrun_command, write_config_file
 
     with _exit_codes():
-        cfg = load_config(config, overrides)  # fail fast, before any process starts
+        cfg = resolve_config(config, overrides)  # fail fast, before any process starts
     if nproc_per_node == 1:
         from atlas_gan.train.__main__ import main as train_main
 
@@ -123,13 +200,13 @@ def train(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def evaluate(
     checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint URL; default: the newest in train.run_dir."),
-    n: int = typer.Option(None, "--n", min=2, help="Generated samples (default: evaluate.n)."),
+    count: int = typer.Option(None, "--count", "-n", min=2, help="Generated samples (default: evaluate.n)."),
     out: Path = typer.Option(None, "--out", help="Also write the JSON result here."),
     weights: str = typer.Option(None, "--weights", help="Inception weights file (see evaluate.inception_weights)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n_real=5000."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -142,10 +219,12 @@ def evaluate(
     from atlas_gan.runtime import distributed
 
     extra = [f"evaluate.inception_weights={json.dumps(weights)}"] if weights else []
+    if out is not None:
+        _writable(out, "--out")
     with _exit_codes():
-        cfg = load_config(config, [*overrides, *extra])
+        cfg = resolve_config(config, [*overrides, *extra])
         ctx = distributed.setup()
-        result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=n, progress=not quiet)
+        result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=count, progress=not quiet)
     if result is None:
         return
     for label, scores in result["scores"].items():
@@ -164,13 +243,13 @@ def evaluate(
         f"result: {result['written_to']}"
     )
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        _write_file(out, (json.dumps(result, indent=2) + "\n").encode(), "--out")
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def register(
     checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint URL; default: the newest in train.run_dir."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: configs/satellite.yaml)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n=5000."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -184,7 +263,7 @@ def register(
     from atlas_gan.tracking.registry import register_generator
 
     with _exit_codes():
-        registration = register_generator(load_config(config, overrides), checkpoint, progress=not quiet)
+        registration = register_generator(resolve_config(config, overrides), checkpoint, progress=not quiet)
     typer.echo(registration.summary())
 
 
@@ -192,7 +271,7 @@ def _load_sampler(model: str, config: Path | None, overrides: list[str]) -> Samp
     """The generator behind a registry URI (from the configured MLflow store) or a checkpoint path/URL."""
     from atlas_gan.sampling import is_mlflow_uri, load_sampler
 
-    cfg = load_config(config, overrides)
+    cfg = resolve_config(config, overrides)
     tracking = None
     if is_mlflow_uri(model):
         from atlas_gan.tracking.store import tracking_uri
@@ -201,12 +280,12 @@ def _load_sampler(model: str, config: Path | None, overrides: list[str]) -> Samp
     return load_sampler(model, cfg.storage, tracking)
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def sample(
     model: str = typer.Option(
         ..., "--model", "-m", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/generator, or a checkpoint."
     ),
-    count: int = typer.Option(64, "-n", min=1, max=100_000, help="Tiles to generate."),
+    count: int = typer.Option(64, "--count", "-n", min=1, max=100_000, help="Tiles to generate."),
     seed: int = typer.Option(0, "--seed", min=0, help="Latent seed: the same seed gives the same tiles."),
     label: str = typer.Option(
         None,
@@ -226,52 +305,51 @@ def sample(
     out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
     bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
     geotiff: Path = typer.Option(None, "--geotiff", help="Also write each tile as a GeoTIFF into this folder."),
-    values: str = typer.Option(
-        "physical", "--values", help="GeoTIFF values: physical (source units) or model ([-1, 1])."
+    values: GeoTiffValues = typer.Option(
+        GeoTiffValues.physical, "--values", help="GeoTIFF values: physical (source units) or model ([-1, 1])."
     ),
     crs: str = typer.Option(None, "--crs", help="Claim this CRS for the GeoTIFFs (e.g. EPSG:32618); default none."),
     pixel_size: float = typer.Option(10.0, "--pixel-size", min=0.0, help="Pixel size in CRS units (with --crs)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config: where MLflow is (tracking.uri)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
     """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or GeoTIFFs with band names."""
     from atlas_gan.sampling import grid_png, write_geotiffs
 
-    if values not in ("physical", "model"):
-        _fail(f"--values must be physical or model; got {values!r}", 2)
+    if out is None and geotiff is None:
+        out = Path("grid.png")
+    if out is not None:
+        _writable(out, "--out")
     with _exit_codes():
         sampler = _load_sampler(model, config, overrides)
         images = sampler.generate(count, seed, label, truncation_psi=truncation_psi)
         wanted = [b.strip() for b in bands.split(",")] if bands else None
-        if out is None and geotiff is None:
-            out = Path("grid.png")
         if out is not None:
-            png = grid_png(images, sampler.bands, wanted)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            temp = out.with_name(f".{out.name}.tmp")
-            temp.write_bytes(png)
-            temp.replace(out)
+            _write_file(out, grid_png(images, sampler.bands, wanted), "--out")
             what = f"bands {','.join(sampler.bands)}, seed {seed}" + (f", label {label}" if label else "")
             what += f", truncation {truncation_psi}" if truncation_psi != 1.0 else ""
             typer.echo(f"wrote {out}: {count} tiles of {sampler.source} ({what})")
         if geotiff is not None:
             files = write_geotiffs(
-                images, sampler.bands, geotiff, sampler.meta.get("normalization"), values, crs, pixel_size
+                images, sampler.bands, geotiff, sampler.meta.get("normalization"), values.value, crs, pixel_size
             )
-            typer.echo(f"wrote {len(files)} GeoTIFFs to {geotiff} ({values} values, bands {','.join(sampler.bands)})")
+            bands_text = ",".join(sampler.bands)
+            typer.echo(f"wrote {len(files)} GeoTIFFs to {geotiff} ({values.value} values, bands {bands_text})")
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def export(
     model: str = typer.Option(
         ..., "--model", "-m", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/generator, or a checkpoint."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="File to write (e.g. generator.onnx or generator.pt)."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (onnxruntime, any language) or torchscript."),
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.onnx, "--format", "-f", help="onnx (onnxruntime, any language) or torchscript."
+    ),
     truncation_psi: float = typer.Option(
         1.0, "--truncation", "-t", min=0.0, max=2.0, help="StyleGAN2: truncation psi baked into the export; 1: off."
     ),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config: where MLflow is (tracking.uri)."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
     """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 (and `labels`
@@ -281,27 +359,28 @@ def export(
     from atlas_gan.models.base import ModelSpec
     from atlas_gan.runtime.generator import META_KEYS
 
-    if fmt not in ("onnx", "torchscript"):
-        _fail(f"--format must be onnx or torchscript; got {fmt!r}", 2)
+    _writable(out, "--out")
     with _exit_codes():
         sampler = _load_sampler(model, config, overrides)
         spec = ModelSpec(**sampler.meta["spec"])
         info = {key: sampler.meta.get(key) for key in META_KEYS}
         info["source"] = model
-        export_generator(sampler.generator, spec, out, fmt, truncation_psi, info)  # type: ignore[arg-type]
+        export_generator(sampler.generator, spec, out, fmt.value, truncation_psi, info)  # type: ignore[arg-type]
     inputs = "latents, labels" if spec.conditional else "latents"
     typer.echo(
-        f"wrote {out}: {fmt}, {sampler.meta['model']} step {sampler.meta.get('step')}, inputs ({inputs}) -> images "
-        f"({len(sampler.bands)} bands {spec.image_size}x{spec.image_size}), any batch size"
+        f"wrote {out}: {fmt.value}, {sampler.meta['model']} step {sampler.meta.get('step')}, "
+        f"inputs ({inputs}) -> images ({len(sampler.bands)} bands {spec.image_size}x{spec.image_size}), any batch size"
         + (f", truncation {truncation_psi}" if truncation_psi != 1.0 else "")
     )
 
 
-@app.command()
+@app.command(epilog=_EXIT_CODES_HELP)
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
     out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),
-    count: int = typer.Option(64, "-n", min=1, max=4096, help="How many tiles (the first ones, in shard order)."),
+    count: int = typer.Option(
+        64, "--count", "-n", min=1, max=4096, help="How many tiles (the first ones, in shard order)."
+    ),
     bands: str = typer.Option(None, "--bands", help="Display bands as R,G,B (or one for grey), e.g. B4,B3,B2."),
     columns: int = typer.Option(8, "--columns", min=1, max=256, help="Tiles per row."),
 ) -> None:
@@ -310,11 +389,54 @@ def preview(
     from atlas_gan.storage import storage_for
 
     wanted = [b.strip() for b in bands.split(",")] if bands else None
+    _writable(out, "--out")
     with _exit_codes():
         png = write_preview(storage_for(dataset), dataset, count, wanted, columns)
-    out.write_bytes(png)
+    _write_file(out, png, "--out")
     typer.echo(f"wrote {out} ({len(png):,} bytes)")
 
 
 if __name__ == "__main__":
     app()
+
+
+class ConfigFormat(StrEnum):
+    yaml = "yaml"
+    json = "json"
+
+
+@config_app.command("show", epilog=_EXIT_CODES_HELP)
+def config_show(
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.steps=2000."),
+    fmt: ConfigFormat = typer.Option(ConfigFormat.yaml, "--format", "-f", help="yaml (with its sources) or json."),
+) -> None:
+    """Print the configuration a command would run with: the file (--config, else $ATLAS_CONFIG, else the packaged
+    default), then $ATLAS_OVERRIDES, then --set; every value validated and every default filled in."""
+    import yaml
+
+    from atlas_gan.config import config_origin, config_to_dict
+
+    with _exit_codes():
+        origin = config_origin(config, overrides)
+        resolved = config_to_dict(resolve_config(config, overrides))
+    if fmt is ConfigFormat.json:
+        typer.echo(json.dumps(resolved, indent=2))
+        return
+    header = "".join(f"# {line}\n" for line in ["atlas-gan resolved configuration", *origin.describe()])
+    typer.echo(header + yaml.safe_dump(resolved, sort_keys=False), nl=False)
+
+
+@config_app.command("init", epilog=_EXIT_CODES_HELP)
+def config_init(
+    path: Path = typer.Argument(..., help="File to write, e.g. atlas.yaml."),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+) -> None:
+    """Write a commented starter config (the packaged default, every key explained) to edit and pass with
+    --config PATH or ATLAS_CONFIG=PATH."""
+    from atlas_gan.config import DEFAULT_CONFIG_PATH
+
+    if path.exists() and not force:
+        _fail(f"{path}: exists; pass --force to replace it", 2)
+    _write_file(path, DEFAULT_CONFIG_PATH.read_bytes(), "config file")
+    typer.echo(f"wrote {path}: edit it, then run with --config {path} (or ATLAS_CONFIG={path})")

@@ -6,14 +6,19 @@ S3 keys come from the standard AWS environment variables or config files only.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "satellite.yaml"
+# Ships inside the package (wheels included); `configs/satellite.yaml` at the repository top is a link to it.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "satellite.yaml"
+CONFIG_ENV, OVERRIDES_ENV = "ATLAS_CONFIG", "ATLAS_OVERRIDES"
 
 # Landsat `LC08_..._B4.TIF`, `l8_BQA.tif`; Sentinel-2 `..._B04.jp2`, `..._B8A.tif`. Case-insensitive.
 DEFAULT_BAND_FILE_PATTERN = r"^(?P<scene>.+?)[_-](?P<band>B(?:\d{1,2}A?|QA))\.[A-Za-z0-9]+$"
@@ -489,7 +494,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AtlasConfig:
-    """Load YAML (default `configs/satellite.yaml`), apply overrides, and validate everything."""
+    """Load one YAML file (default: the packaged `configs/satellite.yaml`), apply overrides, validate everything.
+
+    The environment is not read here: `resolve_config` applies the CLI's and flows' precedence rule."""
     source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         text = source.read_text()
@@ -508,6 +515,56 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except ValidationError as exc:
         origin = str(source) + (f" + overrides {list(overrides)}" if overrides else "")
         raise ConfigError(_format_errors(exc, origin)) from None
+
+
+@dataclass(frozen=True)
+class ConfigOrigin:
+    """Where a resolved config comes from, in the order applied: a file, then the environment's overrides, then
+    the command line's (or the flow's parameters)."""
+
+    file: Path
+    file_from: str  # "--config", "ATLAS_CONFIG" or "packaged default"
+    env_overrides: tuple[str, ...]
+    overrides: tuple[str, ...]
+
+    def describe(self) -> list[str]:
+        lines = [f"file: {self.file} ({self.file_from})"]
+        if self.env_overrides:
+            lines.append(f"{OVERRIDES_ENV}: {' '.join(self.env_overrides)}")
+        if self.overrides:
+            lines.append(f"--set: {' '.join(self.overrides)}")
+        return lines
+
+
+def config_origin(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ConfigOrigin:
+    """The one precedence rule of the CLI and the flows: `path` (--config) > $ATLAS_CONFIG > the packaged default;
+    then $ATLAS_OVERRIDES (a JSON list of `key=value`); then `overrides` (--set), which win."""
+    if path:
+        file, file_from = Path(path), "--config"
+    elif os.environ.get(CONFIG_ENV):
+        file, file_from = Path(os.environ[CONFIG_ENV]), CONFIG_ENV
+    else:
+        file, file_from = DEFAULT_CONFIG_PATH, "packaged default"
+    return ConfigOrigin(file, file_from, tuple(_environment_overrides()), tuple(overrides))
+
+
+def resolve_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AtlasConfig:
+    """The validated config under the precedence rule of `config_origin`."""
+    origin = config_origin(path, overrides)
+    return load_config(origin.file, [*origin.env_overrides, *origin.overrides])
+
+
+def _environment_overrides() -> list[str]:
+    raw = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not raw:
+        return []
+    try:
+        extra = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings: {exc}") from None
+    if not isinstance(extra, list) or not all(isinstance(item, str) for item in extra):
+        raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings; got {raw[:200]}")
+    return extra
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:

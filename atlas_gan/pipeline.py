@@ -4,32 +4,18 @@ and the run's report. The flows in `flows/` only wire these to tasks.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from atlas_gan.config import AtlasConfig, ConfigError, load_config
+from atlas_gan.config import AtlasConfig, resolve_config
 from atlas_gan.storage import join_url, storage_for
-
-CONFIG_ENV, OVERRIDES_ENV = "ATLAS_CONFIG", "ATLAS_OVERRIDES"
 
 
 def pipeline_config(config_path: str | None = None, overrides: list[str] | None = None) -> AtlasConfig:
-    """Flow parameters -> validated config. Unset parameters fall back to the deployment's environment:
-    ATLAS_CONFIG (a YAML file) and ATLAS_OVERRIDES (a JSON list of `key=value`), then configs/satellite.yaml."""
-    path = config_path or os.environ.get(CONFIG_ENV) or None
-    extra: list[str] = []
-    raw = os.environ.get(OVERRIDES_ENV, "").strip()
-    if raw:
-        try:
-            extra = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings: {exc}") from None
-        if not isinstance(extra, list) or not all(isinstance(item, str) for item in extra):
-            raise ConfigError(f"{OVERRIDES_ENV} must be a JSON list of 'key=value' strings; got {raw[:200]}")
-    return load_config(path, [*extra, *(overrides or [])])
+    """Flow parameters -> validated config, under the CLI's precedence rule (`atlas_gan.config.config_origin`):
+    the parameters, else the deployment's ATLAS_CONFIG / ATLAS_OVERRIDES, else the packaged default."""
+    return resolve_config(config_path, overrides or [])
 
 
 def run_name(flow_run_name: str, started: str) -> str:

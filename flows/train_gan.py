@@ -94,7 +94,7 @@ def train_gan(
     ingest_task_runner: str = "threads",
 ) -> dict[str, Any]:
     """Ingest -> train -> evaluate -> register. Config: `config_path` + `overrides` (`key=value`), else the
-    deployment's ATLAS_CONFIG / ATLAS_OVERRIDES, else configs/satellite.yaml; validated before anything runs."""
+    deployment's ATLAS_CONFIG / ATLAS_OVERRIDES, else the packaged default; validated before anything runs."""
     logger = get_run_logger()
     config = pipeline_config(config_path, overrides)
     runner = task_runner_for(ingest_task_runner, config.ingest.workers)
@@ -132,7 +132,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Run the train-gan flow here, without a deployment or server.")
-    parser.add_argument("--config", help="YAML config (default: ATLAS_CONFIG, else configs/satellite.yaml)")
+    parser.add_argument("--config", help="YAML config (default: ATLAS_CONFIG, else the packaged default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="train even when nothing new was ingested")

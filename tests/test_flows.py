@@ -53,7 +53,11 @@ def test_pipeline_decisions():
 
 def test_torchrun_command():
     single = torchrun_command("c.yaml", nproc_per_node=2)
-    assert "--standalone" in single and "--nproc-per-node=2" in single and single[-2:] == ["--config=c.yaml", "--quiet"]
+    assert (
+        "--standalone" in single
+        and "--nproc-per-node=2" in single
+        and single[-3:] == ["--config=c.yaml", "--resolved", "--quiet"]
+    )
     multi = torchrun_command("c.yaml", 8, nnodes=4, rdzv_endpoint="head:29400")
     assert "--nnodes=4" in multi and "--rdzv-endpoint=head:29400" in multi and "--standalone" not in multi
     with pytest.raises(ValueError, match="rdzv_endpoint"):

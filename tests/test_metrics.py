@@ -220,7 +220,7 @@ def test_evaluate_cli_records_the_protocol_and_reuses_the_reference_cache(checkp
         "-q",
         "--checkpoint",
         url,
-        "--n",
+        "--count",
         "8",
         "--out",
         str(tmp_path / "r.json"),

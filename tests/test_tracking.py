@@ -331,7 +331,12 @@ def test_sample_cli_writes_a_grid_and_geotiffs(tracked, tmp_path):
     missing = runner.invoke(
         app, ["sample", "--model", "models:/no-such-model@champion", "--set", f"tracking.uri={tracked['uri']}"]
     )
-    assert missing.exit_code == 3 and "no-such-model" in missing.output
+    assert missing.exit_code == 2 and "not found in MLflow" in missing.output and "no-such-model" in missing.output
+    no_alias = runner.invoke(
+        app, ["sample", "--model", "models:/tiles-test@nope", "--set", f"tracking.uri={tracked['uri']}"]
+    )
+    assert no_alias.exit_code == 2 and "alias nope not found" in no_alias.output  # bad input, not a server failure
+    assert "Traceback" not in missing.output + no_alias.output
 
 
 # ---- a real MLflow server with S3 artifacts ------------------------------------------------------------------------

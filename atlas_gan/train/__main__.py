@@ -6,14 +6,14 @@ import argparse
 import logging
 import sys
 
-from atlas_gan.config import ConfigError, load_config
+from atlas_gan.config import ConfigError, load_config, resolve_config
 from atlas_gan.runtime import distributed
 from atlas_gan.train.trainer import Trainer, TrainingDiverged
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atlas_gan.train", description=__doc__)
-    parser.add_argument("--config", help="YAML config (default: configs/satellite.yaml)")
+    parser.add_argument("--config", help="YAML config (default: $ATLAS_CONFIG, else the packaged default)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -23,10 +23,16 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config value, e.g. --set train.steps=100 (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--resolved",
+        action="store_true",
+        help="the --config file is already resolved (the launcher wrote it): apply no environment overrides",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, args.overrides)
+        resolve = load_config if args.resolved else resolve_config
+        config = resolve(args.config, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -52,7 +52,8 @@ def torchrun_command(
     else:
         launcher += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     launcher.append(f"--max-restarts={max_restarts}")
-    return [*launcher, "-m", "atlas_gan.train", f"--config={config_file}", *(["--quiet"] if quiet else [])]
+    entry = ["-m", "atlas_gan.train", f"--config={config_file}", "--resolved", *(["--quiet"] if quiet else [])]
+    return [*launcher, *entry]
 
 
 def write_config_file(config: AtlasConfig, folder: str | Path) -> Path:
