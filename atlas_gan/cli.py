@@ -213,7 +213,8 @@ def evaluate(
     """FID, KID and Inception Score of a checkpoint's EMA generator against its dataset (TF-Inception weights).
 
     Real-tile statistics are cached beside the dataset, so later evaluations only embed generated images. Compare
-    FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands).
+    FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands). When
+    the checkpoint's run directory has an MLflow run, the scores are logged into it at the checkpoint's step.
     """
     from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint
     from atlas_gan.runtime import distributed
@@ -227,6 +228,16 @@ def evaluate(
         result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=count, progress=not quiet)
     if result is None:
         return
+    logged_to = None
+    if cfg.tracking.enabled:  # the scores are written already: MLflow failing is a warning, not a failure
+        from atlas_gan.tracking.store import log_evaluation, redact
+
+        try:
+            logged_to = log_evaluation(cfg, result)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("mlflow"):
+                raise
+            typer.secho(f"warning: scores not logged to MLflow: {redact(str(exc))[:300]}", err=True, fg="yellow")
     for label, scores in result["scores"].items():
         is_text = f"IS {scores['is']:.3f}" if scores["is"] is not None else "IS unavailable (no classifier head)"
         floor = scores["floor_fid"]
@@ -240,7 +251,7 @@ def evaluate(
         )
     typer.echo(
         f"step {result['step']}; weights sha256 {result['weights_sha256'][:16]}; {result['resize']}; "
-        f"result: {result['written_to']}"
+        f"result: {result['written_to']}" + (f"; logged to MLflow run {logged_to}" if logged_to else "")
     )
     if out is not None:
         _write_file(out, (json.dumps(result, indent=2) + "\n").encode(), "--out")
@@ -269,15 +280,9 @@ def register(
 
 def _load_sampler(model: str, config: Path | None, overrides: list[str]) -> Sampler:
     """The generator behind a registry URI (from the configured MLflow store) or a checkpoint path/URL."""
-    from atlas_gan.sampling import is_mlflow_uri, load_sampler
+    from atlas_gan.sampling import load_configured_sampler
 
-    cfg = resolve_config(config, overrides)
-    tracking = None
-    if is_mlflow_uri(model):
-        from atlas_gan.tracking.store import tracking_uri
-
-        tracking = tracking_uri(cfg.tracking)
-    return load_sampler(model, cfg.storage, tracking)
+    return load_configured_sampler(model, resolve_config(config, overrides))
 
 
 @app.command(epilog=_EXIT_CODES_HELP)

@@ -77,6 +77,16 @@ def load_sampler(uri: str, storage_settings: Any = None, tracking: str | None = 
     return Sampler(generator, meta, uri)
 
 
+def load_configured_sampler(uri: str, config: Any, tracking: str | None = None) -> Sampler:
+    """`load_sampler` with the MLflow store and S3 settings of a resolved config (an AtlasConfig); `tracking`
+    overrides the configured store."""
+    if tracking is None and is_mlflow_uri(uri):
+        from atlas_gan.tracking.store import tracking_uri
+
+        tracking = tracking_uri(config.tracking)
+    return load_sampler(uri, config.storage, tracking)
+
+
 def grid_png(images: np.ndarray, bands: list[str], display: list[str] | None, columns: int | None = None) -> bytes:
     """PNG of images in [-1, 1] as an RGB grid of the display bands (default: the first three)."""
     from PIL import Image

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+import atlas_gan
 from atlas_gan.cli import app
 from atlas_gan.config import AtlasConfig, ConfigError, load_config
 from atlas_gan.metrics.hook import EvaluationHook
@@ -167,7 +169,38 @@ def test_champion_follows_the_better_fid_and_a_worse_run_is_challenger(tracked):
     assert client.get_model_version("tiles-test", first.version).tags["atlas.superseded_by"] == second.version
     # each version lives in its training's MLflow run
     assert second.run_id == tracked["best"].run_id
-    assert client.get_model_version("tiles-test", second.version).run_id == tracked["best"].run_id
+    version = client.get_model_version("tiles-test", second.version)
+    assert version.run_id == tracked["best"].run_id
+    # the registered model says what it holds; the FID metric is linked to the logged model and the dataset
+    registered = client.get_registered_model("tiles-test")
+    assert "atlas_gan.load_generator" in registered.description and registered.tags["atlas.bands"]
+    assert version.source == f"models:/{second.model_id}"
+    logged = client.get_logged_model(second.model_id)
+    fid = {m.key: m for m in logged.metrics}["fid"]
+    assert fid.value == pytest.approx(tracked["best"].fid) and fid.step == tracked["best"].config.train.steps
+    manifest = json.loads((Path(tracked["best"].config.dataset_url) / "manifest.json").read_text())
+    assert fid.dataset_digest == manifest["checksum"][:32]
+
+
+def test_registry_code_uses_only_public_mlflow_api():
+    """No private MLflow modules or attributes: they change between releases without notice."""
+    package = Path(__file__).resolve().parent.parent / "atlas_gan"
+    offenders = [
+        f"{path.relative_to(package)}: {line.strip()}"
+        for path in package.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if "mlflow" in line and (re.search(r"mlflow[\w.]*\._", line) or "_tracking_service" in line)
+    ]
+    assert offenders == []
+
+
+def test_load_generator_is_the_public_call(tracked, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    champion = atlas_gan.load_generator("models:/tiles-test@champion", tracking_uri=tracked["uri"])
+    assert isinstance(champion.generator, torch.nn.Module) and champion.bands
+    tiles = champion.generate(3, seed=1)
+    assert tiles.shape[:2] == (3, len(champion.bands)) and np.isfinite(tiles).all()
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None  # loading set no process-wide MLflow state
 
 
 def test_champion_generates_the_same_images_as_the_source_generator(tracked, monkeypatch):
@@ -215,9 +248,13 @@ def test_the_training_run_is_tracked(tracked):
     fid = client.get_metric_history(run_info.run_id, "fid")
     assert fid[0].value == pytest.approx(run_info.fid)
     files = {f.path for f in client.list_artifacts(run_info.run_id)}
-    assert {"config.yaml", "dataset", "samples"} <= files
-    samples = {f.path for f in client.list_artifacts(run_info.run_id, "samples")}
-    assert "samples/step-00000002-rgb.png" in samples
+    assert {"config.yaml", "dataset", "images"} <= files
+    images = [f.path for f in client.list_artifacts(run_info.run_id, "images")]  # log_image: one per grid and step
+    assert any(path.startswith("images/samples-rgb+step+2+") for path in images), images
+    (dataset,) = run.inputs.dataset_inputs  # the dataset as the run's input
+    assert dataset.dataset.digest == manifest["checksum"][:32]
+    assert json.loads(dataset.dataset.source)["uri"] == run_info.config.dataset_url
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
     scenes = json.loads(Path(client.download_artifacts(run_info.run_id, "dataset/scenes.json")).read_text())
     assert len(scenes) == len(manifest["scenes"]) and scenes[0]["sources"]
 
@@ -407,3 +444,21 @@ def test_register_promote_restart_and_load_the_champion(tracked, mlflow_server, 
 
     again = _served_copy(worse, tmp_path / "again", mlflow_server.url)
     assert register_generator(again, progress=False).alias == CHALLENGER  # after the restart, promotion still works
+
+
+def test_evaluate_cli_logs_into_the_checkpoints_mlflow_run(tracked, tmp_path):
+    run = tracked["worst"]
+    config = run.config
+    args = ["evaluate", "-q", "--count", "16", "--out", str(tmp_path / "r.json")]
+    for value in (f"ingest.output={config.ingest.output}", f"train.run_dir={config.train.run_dir}",
+                  f"tracking.uri={tracked['uri']}", *EVAL):  # fmt: skip
+        args += ["--set", value]
+    before = len(MlflowClient(tracked["uri"]).get_metric_history(run.run_id, "fid"))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"logged to MLflow run {run.run_id}" in result.output
+    history = MlflowClient(tracked["uri"]).get_metric_history(run.run_id, "fid")
+    assert len(history) == before + 1 and history[-1].step == config.train.steps
+    assert history[-1].value == pytest.approx(json.loads((tmp_path / "r.json").read_text())["fid"])
+    elsewhere = CliRunner().invoke(app, [*args[:-2], "--set", f"tracking.uri=sqlite:///{tmp_path / 'other.db'}"])
+    assert elsewhere.exit_code == 0 and "warning: scores not logged to MLflow" in elsewhere.output  # scores kept

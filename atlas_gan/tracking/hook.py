@@ -1,5 +1,6 @@
-"""Track a training run in MLflow from rank 0: config as params, dataset and protocol as tags, losses, FID/KID,
-sample grids and the resolved config as artifacts.
+"""Track a training run in MLflow from rank 0: config as params, the dataset as the run's input (digest = manifest
+checksum) and tags, losses and FID/KID as metrics over steps, sample grids as images per step, the resolved config
+and scene list as artifacts.
 
 Tracking never stops training: when MLflow is unreachable the hook warns once, keeps the metrics it could not send
 and sends them with the next call that gets through (log.jsonl in the run directory holds every record anyway).
@@ -7,6 +8,7 @@ and sends them with the next call that gets through (log.jsonl in the run direct
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -20,7 +22,7 @@ from typing import Any
 import yaml
 
 from atlas_gan.config import config_to_dict
-from atlas_gan.tracking.store import client_for, flatten, label_tags, open_run, redact
+from atlas_gan.tracking.store import client_for, flatten, label_tags, log_dataset_input, open_run, redact
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.trainer import Trainer
 
@@ -126,6 +128,8 @@ class MLflowHook(TrainHooks):
         self._attempt("logging the config", lambda: self._log_file("config.yaml", config_yaml, None))
         scenes = json.dumps(scene_list(trainer.manifest), indent=2).encode()
         self._attempt("logging the scene list", lambda: self._log_file("scenes.json", scenes, "dataset"))
+        url = config.dataset_url
+        self._attempt("logging the dataset", lambda: log_dataset_input(self.client, self.run_id, trainer.manifest, url))
 
     def _open(self, trainer: Trainer) -> None:
         from mlflow.entities import Param, RunTag
@@ -183,13 +187,23 @@ class MLflowHook(TrainHooks):
             )
 
     def on_samples(self, trainer: Trainer, urls: list[str]) -> None:
+        """Each grid as an MLflow image at the training step (the UI's step slider), keyed by its band triplet."""
         if self.run_id is None:
             return
         for url in urls:
             name = url.rsplit("/", 1)[-1]
             self._attempt(
                 f"logging sample grid {name}",
-                lambda url=url, name=name: self._log_file(name, trainer.store.read_bytes(url), "samples"),
+                lambda url=url, name=name: self._log_image(trainer, trainer.store.read_bytes(url), name),
+            )
+
+    def _log_image(self, trainer: Trainer, png: bytes, name: str) -> None:
+        from PIL import Image
+
+        triplet = name.removesuffix(".png").split("-", 2)[-1]  # step-00000200-rgb.png -> rgb
+        with Image.open(io.BytesIO(png)) as image:
+            self.client.log_image(
+                self.run_id, image.convert("RGB"), key=f"samples-{triplet}", step=trainer.step, synchronous=True
             )
 
     def on_checkpoint(self, trainer: Trainer, url: str) -> None:

@@ -41,7 +41,15 @@ from atlas_gan.tracking.promotion import (
     family_key,
     protocol_key,
 )
-from atlas_gan.tracking.store import client_for, label_tags, open_run, redact, tracking_uri
+from atlas_gan.tracking.store import (
+    client_for,
+    dataset_entity,
+    describe_registered_model,
+    label_tags,
+    open_run,
+    redact,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ class Registration:
     champion_fid: float | None  # its FID under this version's protocol
     model_uri: str
     run_id: str
+    model_id: str  # MLflow's logged model: its metrics are the version's scores
 
     def summary(self) -> str:
         return (
@@ -124,22 +133,24 @@ def _copy_code(target: Path) -> Path:
 
 @contextlib.contextmanager
 def _scoped_mlflow_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (log_model) only knows a process-global URI, which it also exports to the environment:
-    set it for the call and put everything back after, so registering never redirects the caller's MLflow."""
+    """MLflow's `log_model` only logs to the process-wide tracking and registry URIs (and exports them to the
+    environment): point both at `uri` for the call with MLflow's public setters, then put everything back, so
+    registering never redirects the caller's own MLflow."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved_env = {name: os.environ.get(name) for name in names}
-    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_tracking = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        tracking_utils.set_tracking_uri(saved_tracking)
-        registry_utils._registry_uri = saved_registry
+        # A URI that came from the environment (or was exported there by set_tracking_uri) is left to MLflow's own
+        # resolution again, so a later change of MLFLOW_TRACKING_URI still counts.
+        from_env = saved_tracking == saved_env["MLFLOW_TRACKING_URI"]
+        mlflow.set_tracking_uri(None if from_env else saved_tracking)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(saved_env["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -147,10 +158,17 @@ def _scoped_mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@dataclass(frozen=True)
+class LoggedGenerator:
+    version: str  # of the registered model
+    model_uri: str  # models:/NAME/VERSION
+    model_id: str  # MLflow 3's logged model, which metrics link to
+
+
 def log_generator_model(
     config: AtlasConfig, run_id: str, generator: torch.nn.Module, meta: dict[str, Any]
-) -> tuple[str, str]:
-    """Log the generator as a pyfunc model in `run_id` and register it. Returns (version, model_uri)."""
+) -> LoggedGenerator:
+    """Log the generator as a pyfunc model in `run_id` and register it as a new version."""
     import mlflow
 
     spec = meta["spec"]
@@ -176,7 +194,7 @@ def log_generator_model(
                 registered_model_name=config.tracking.registered_model,
             )
     version = str(info.registered_model_version)
-    return version, f"models:/{config.tracking.registered_model}/{version}"
+    return LoggedGenerator(version, f"models:/{config.tracking.registered_model}/{version}", info.model_id)
 
 
 def load_registered_generator(model_uri: str, tracking: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -184,6 +202,7 @@ def load_registered_generator(model_uri: str, tracking: str | None = None) -> tu
     from the `tracking` store (default: MLflow's own resolution, MLFLOW_TRACKING_URI)."""
     import mlflow.pyfunc
 
+    # MLflow resolves models:/ URIs through the process-wide registry URI only (even when given another one)
     with _scoped_mlflow_uri(tracking) if tracking else contextlib.nullcontext():
         python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     if not isinstance(python_model, GeneratorModel):
@@ -248,17 +267,28 @@ def register_generator(
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
     main_scores = next(iter(evaluation["scores"].values()))
-    for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio"):
-        if main_scores.get(key) is not None:
-            client.log_metric(run_id, key, float(main_scores[key]), step=meta["step"])
     model_meta = {
         **meta,
         "checkpoint": redact(checkpoint),
         "dataset_checksum": manifest["checksum"],
         "dataset_url": redact(config.dataset_url),
     }
-    version, model_uri = log_generator_model(config, run_id, generator, model_meta)
+    logged = log_generator_model(config, run_id, generator, model_meta)
+    version, model_uri = logged.version, logged.model_uri
+    dataset = dataset_entity(manifest, config.dataset_url)
+    for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio"):
+        if main_scores.get(key) is not None:  # the run's metric, linked to the logged model and its dataset
+            client.log_metric(
+                run_id,
+                key,
+                float(main_scores[key]),
+                step=meta["step"],
+                model_id=logged.model_id,
+                dataset_name=dataset.name,
+                dataset_digest=dataset.digest,
+            )
     name = config.tracking.registered_model
+    describe_registered_model(client, name, meta, config.dataset_url)
     tags = {
         TAG_FID: str(new.fid),
         TAG_PROTOCOL: str(new.protocol),
@@ -313,7 +343,7 @@ def register_generator(
     )
     registration = Registration(
         name, version, decision.alias, decision.reason, new.fid,
-        str(champion.version) if champion is not None else None, champion_fid, model_uri, run_id,
+        str(champion.version) if champion is not None else None, champion_fid, model_uri, run_id, logged.model_id,
     )  # fmt: skip
     log.info("%s", json.dumps(asdict(registration)))
     return registration

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,73 @@ def open_run(client: Any, config: AtlasConfig, run_name: str | None = None) -> t
     run = client.create_run(experiment, run_name=run_name or Path(config.train.run_dir.rstrip("/")).name)
     write_run_id(config, run.info.run_id, experiment)
     return run.info.run_id, False
+
+
+DATASET_DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the manifest checksum's first 32 hex
+
+
+def dataset_entity(manifest: dict[str, Any], dataset_url: str):
+    """The ingested dataset as an MLflow dataset: digest = the manifest checksum, source = the dataset URL."""
+    from mlflow.entities import Dataset
+
+    bands = manifest["tile"]["bands"]
+    schema = {"tile.npy": f"{manifest['tile']['dtype']} ({len(bands)}, {manifest['tile']['size']}, "
+              f"{manifest['tile']['size']})", "bands": bands}  # fmt: skip
+    return Dataset(
+        name=manifest.get("name", "tiles"),
+        digest=str(manifest["checksum"])[:DATASET_DIGEST_CHARS],
+        source_type="s3" if dataset_url.startswith("s3://") else "local",
+        source=json.dumps({"uri": redact(dataset_url)}),
+        schema=json.dumps(schema),
+        profile=json.dumps(manifest.get("totals", {})),
+    )
+
+
+def log_dataset_input(client: Any, run_id: str, manifest: dict[str, Any], dataset_url: str) -> None:
+    """Record the dataset as the run's training input (MLflow's Datasets panel)."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = DatasetInput(dataset_entity(manifest, dataset_url), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+    client.log_inputs(run_id, datasets=[dataset])
+
+
+def describe_registered_model(client: Any, name: str, meta: dict[str, Any], dataset_url: str) -> None:
+    """A description and tags on the registered model, so the registry says what it holds."""
+    client.update_registered_model(
+        name,
+        description=(
+            f"atlas-gan generators of {','.join(meta['bands'])} satellite tiles "
+            f"({meta['spec']['image_size']} px) trained on {redact(dataset_url)}. Alias `champion` = the best FID "
+            "under one evaluation protocol; load it with atlas_gan.load_generator('models:/" + name + "@champion') "
+            "or mlflow.pyfunc.load_model."
+        ),
+    )
+    tags = {
+        "atlas.bands": ",".join(meta["bands"]),
+        "atlas.image_size": str(meta["spec"]["image_size"]),
+        "atlas.dataset.url": redact(dataset_url),
+        "atlas.signature": str(meta.get("signature", "latent")),
+    }
+    for key, value in tags.items():
+        client.set_registered_model_tag(name, key, value)
+
+
+def log_evaluation(config: AtlasConfig, result: dict[str, Any]) -> str | None:
+    """Log an evaluation's scores into the MLflow run of the checkpoint's training run directory, at the checkpoint's
+    step; returns that run id, or None when the run directory has no MLflow run."""
+    run_id = read_run_id(config)
+    if run_id is None:
+        return None
+    from mlflow.entities import Metric
+
+    client = client_for(config.tracking)
+    step = int(result["step"])
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, step)
+        for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")
+        if (value := next(iter(result["scores"].values())).get(key)) is not None
+    ]
+    client.log_batch(run_id, metrics=metrics)
+    return run_id
