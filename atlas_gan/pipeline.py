@@ -4,6 +4,8 @@ and the run's report. The flows in `flows/` only wire these to tasks.
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +82,9 @@ class PipelineOutcome:
     registration: dict[str, Any] | None = None
     sample_grid: str | None = None
 
-    def markdown(self) -> str:
+    def markdown(self, grid_image: str | None = None, links: dict[str, str] | None = None) -> str:
+        """The Prefect report. `grid_image`: the sample grid as a data URI (`grid_data_uri`); `links`: absolute
+        URLs by label (`mlflow_links`)."""
         lines = ["# atlas-gan pipeline run", ""]
         lines.append(f"- **new scenes:** {len(self.added_scenes)} ({', '.join(self.added_scenes) or 'none'})")
         lines.append(f"- **rejected inputs:** {len(self.rejected)}")
@@ -105,7 +109,42 @@ class PipelineOutcome:
             f"| decision | **{reg.get('alias')}**: {reg.get('reason')} |",
             f"| champion before | {reg.get('champion_version') or 'none'} (FID {_number(reg.get('champion_fid'))}) |",
         ]
+        if links:
+            lines += ["", " · ".join(f"[{label}]({url})" for label, url in links.items())]
+        if grid_image:
+            lines += ["", "## Samples of the new generator (fixed latents, EMA)", "", f"![sample grid]({grid_image})"]
         return "\n".join(lines) + "\n"
+
+
+def grid_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> str | None:
+    """A sample grid as an inline JPEG data URI (at most `max_side` px), for reports that cannot fetch files."""
+    if url is None:
+        return None
+    from PIL import Image
+
+    with Image.open(io.BytesIO(storage_for(url, config.storage).read_bytes(url))) as grid:
+        image = grid.convert("RGB")
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def mlflow_links(config: AtlasConfig, registration: dict[str, Any] | None) -> dict[str, str]:
+    """Absolute MLflow UI URLs of the run and the registered version, when MLflow is a server (http/https)."""
+    from atlas_gan.tracking.store import client_for, redact, tracking_uri
+
+    base = tracking_uri(config.tracking).rstrip("/")
+    if not base.startswith(("http://", "https://")) or not registration:
+        return {}
+    base = redact(base)
+    experiment = client_for(config.tracking).get_run(registration["run_id"]).info.experiment_id
+    name, version = registration["name"], registration["version"]
+    return {
+        "MLflow run": f"{base}/#/experiments/{experiment}/runs/{registration['run_id']}",
+        f"model version {name}/{version}": f"{base}/#/models/{name}/versions/{version}",
+        "all versions": f"{base}/#/models/{name}",
+    }
 
 
 def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
@@ -137,3 +176,13 @@ def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def with_fid_curve(config: AtlasConfig, points: int) -> AtlasConfig:
+    """Evaluate `points` times during training (the last at the final step, which the evaluation then reuses),
+    unless the config asks for its own `train.evaluate_every` or `points` is 0."""
+    if points <= 0 or config.train.evaluate_every:
+        return config
+    every = max(1, config.train.steps // points)
+    train = config.train.model_copy(update={"evaluate_every": every})
+    return config.model_copy(update={"train": train})

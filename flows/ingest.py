@@ -66,10 +66,16 @@ def task_runner_for(name: str, workers: int = 2) -> Any:
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def ingest_imagery(config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Tile and normalize new scenes into shards; returns what was added and rejected."""
+    """Tile and normalize new scenes into shards; returns what was added and rejected. Runs into the same output
+    take turns (the output's ingest lock); one that waits says so in this flow's log.
+
+    Args:
+        config_path: YAML config file; empty: the deployment's ATLAS_CONFIG, else the packaged default.
+        overrides: Config values as key=value (e.g. ingest.tile_size=128), applied after ATLAS_OVERRIDES.
+    """
     logger = get_run_logger()
     config = pipeline_config(config_path, overrides)
-    report = ingest(config, progress=False, mapper=PrefectSceneMapper())
+    report = ingest(config, progress=False, mapper=PrefectSceneMapper(), on_wait=logger.warning)
     logger.info("%s", report.summary())
     return {
         "manifest": report.manifest_url,

@@ -27,7 +27,12 @@ def source_resource(source: str, output: str) -> str:
 
 @flow(name="watch-imagery")
 def watch_imagery(config_path: str | None = None, overrides: list[str] | None = None) -> list[str]:
-    """Emit one event for the scenes that arrived since the last poll; returns their ids."""
+    """Emit one event for the scenes that arrived since the last poll; returns their ids.
+
+    Args:
+        config_path: YAML config file; empty: the deployment's ATLAS_CONFIG, else the packaged default.
+        overrides: Config values as key=value, applied after ATLAS_OVERRIDES.
+    """
     logger = get_run_logger()
     config = pipeline_config(config_path, overrides)
     pending = pending_scenes(config)

@@ -3,6 +3,7 @@ pieces they are made of: pipeline decisions, the torchrun launcher, the deployme
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.testing.utilities import prefect_test_harness
 
@@ -142,21 +144,65 @@ def test_train_gan_flow_ingests_trains_registers_then_skips(harness, geotiff, tm
     assert first["sample_grid"].endswith("-rgb.png") and Path(first["sample_grid"]).exists()
     assert Path(first["run_dir"]).parent == tmp_path / "runs"
 
+    # an FID curve by default (fid_points): evaluated during training, the last point reused as the final score
+    history = MlflowClient(overrides_uri(overrides)).get_metric_history(first["registration"]["run_id"], "fid")
+    assert [m.step for m in history] == [1, 2, 2]  # two training evaluations, then the registered version's score
+    assert history[1].value == pytest.approx(first["fid"])  # the final evaluation is the one training made
+    artifacts = asyncio.run(latest_artifacts())
+    assert artifacts["train-progress"].data == 100.0  # the progress artifact followed training to the end
+    report = artifacts["train-gan-report"].data
+    assert "![sample grid](data:image/jpeg;base64," in report and "| decision | **champion**" in report
+    logs = asyncio.run(flow_run_logs(first_flow_run_id()))
+    assert any(line.endswith("step 2/2 (100%)") or "step 2/2 (100%) |" in line for line in logs), logs[-20:]
+
     second = train_gan(overrides=overrides)  # nothing new, a champion exists
     assert second["added_scenes"] == [] and second["skipped"].startswith("no new imagery")
     assert second["registration"] is None
+    assert "Training skipped" in asyncio.run(latest_artifacts())["train-gan-report"].data
 
+
+def overrides_uri(overrides: list[str]) -> str:
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri="))
+
+
+async def latest_artifacts() -> dict:
     from prefect.client.orchestration import get_client
 
-    async def report() -> str:
+    async with get_client() as client:
+        return {artifact.key: artifact for artifact in await client.read_latest_artifacts()}
+
+
+def first_flow_run_id():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def find():
         async with get_client() as client:
-            artifact = await client.read_latest_artifacts()
-            return next(a.data for a in artifact if a.key == "train-gan-report")
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-gan"])))
+            return sorted(runs, key=lambda run: run.start_time)[-1].id
 
-    import asyncio
+    return asyncio.run(find())
 
-    markdown = asyncio.run(report())
-    assert "Training skipped" in markdown
+
+async def flow_run_logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
+def test_flow_parameters_make_a_typed_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train_gan import train_gan
+
+    schema = parameter_schema(train_gan.fn).model_dump()
+    properties = schema["properties"]
+    assert all(p.get("description") for p in properties.values()), "every parameter is described (Args:)"
+    assert schema["definitions"]["IngestTaskRunner"]["enum"] == ["threads", "dask"]  # a choice, not free text
+    assert properties["nproc_per_node"]["minimum"] == 1 and properties["fid_points"]["default"] == 4
 
 
 def test_watch_imagery_announces_each_new_scene_once(harness, geotiff, tmp_path):
@@ -186,3 +232,33 @@ def test_ingest_flow_maps_one_task_per_scene_and_reports_rejections(harness, geo
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["scenes"] == 2
     assert os.environ.get("PREFECT_API_URL") is None or "127.0.0.1" in os.environ["PREFECT_API_URL"]
+
+
+def test_ingest_flow_runs_its_scene_tasks_on_a_dask_cluster(harness, geotiff, tmp_path, monkeypatch):
+    """The claim that ingest scales out on an existing engine: a real dask.distributed LocalCluster of worker
+    processes, joined through DASK_SCHEDULER_ADDRESS as a deployment would."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from flows.ingest import ingest_imagery, task_runner_for
+
+    source = tmp_path / "incoming"
+    source.mkdir()
+    for name in ("landsat_1985.tif", "landsat_1990.tif", "landsat_1995.tif"):
+        shutil.copy(geotiff / "landsat-pucallpa" / name, source)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+        worker_pids = set(client.run(os.getpid).values())
+        workers = set(client.scheduler_info()["workers"])
+        with get_task_stream(client) as stream:
+            flow = ingest_imagery.with_options(task_runner=task_runner_for("dask"))
+            result = flow(overrides=[*_flow_overrides(source, tmp_path), "ingest.workers=2"])
+        ran_on = {task["worker"] for task in stream.data}
+    assert sorted(result["added_scenes"]) == ["landsat_1985", "landsat_1990", "landsat_1995"]
+    assert len(stream.data) >= 6  # both passes, one task per scene (part) each, all on the cluster
+    assert ran_on and ran_on <= workers
+    assert os.getpid() not in worker_pids  # worker processes, not threads of this one
+    local = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert local["totals"]["scenes"] == 3 and all(len(s["sha256"]) == 64 for s in local["shards"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +167,31 @@ def latest_checkpoint(config: AtlasConfig) -> str:
     if not found:
         raise ValueError(f"{config.train.run_dir}: no checkpoint to evaluate; train first or pass --checkpoint")
     return found[-1][1]
+
+
+def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str, Any] | None:
+    """run_dir/eval/step-N.json when it was made at evaluate.n against the current dataset."""
+    url = join_url(config.train.run_dir, "eval", f"step-{step:08d}.json")
+    store = storage_for(url, config.storage)
+    if not store.exists(url):
+        return None
+    result = json.loads(store.read_bytes(url))
+    if result.get("n_fake") != config.evaluate.n or result.get("dataset_checksum") != checksum:
+        return None
+    if "spread_ratio" not in result:  # scored before the floor and spread were measured: score again
+        return None
+    return {**result, "written_to": url}
+
+
+def stored_checkpoint_evaluation(config: AtlasConfig, checkpoint: str) -> dict[str, Any] | None:
+    """The evaluation training already made of `checkpoint` (`train.evaluate_every` landing on its step), when it
+    was made at evaluate.n against the current dataset; None otherwise."""
+    found = re.search(r"step-(\d+)\.pt$", checkpoint)
+    dataset = config.dataset_url
+    manifest = read_manifest(storage_for(dataset, config.storage), dataset)
+    if found is None or manifest is None:
+        return None
+    return stored_evaluation(config, int(found.group(1)), manifest["checksum"])
 
 
 def evaluate_checkpoint(

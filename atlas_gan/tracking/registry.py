@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from atlas_gan.config import AtlasConfig
-from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint
+from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint, stored_evaluation
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.generator import load_generator
 from atlas_gan.runtime.signature import LATENT, signature_of
 from atlas_gan.shards import read_manifest
-from atlas_gan.storage import join_url, storage_for
+from atlas_gan.storage import storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
 from atlas_gan.tracking.promotion import (
     CHAMPION,
@@ -82,20 +82,6 @@ class Registration:
 def quality_gate(config: AtlasConfig) -> QualityGate:
     promotion = config.tracking
     return QualityGate(promotion.champion_min_spread, promotion.champion_max_fid, promotion.champion_max_fid_over_floor)
-
-
-def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str, Any] | None:
-    """run_dir/eval/step-N.json when it was made at evaluate.n against the current dataset."""
-    url = join_url(config.train.run_dir, "eval", f"step-{step:08d}.json")
-    store = storage_for(url, config.storage)
-    if not store.exists(url):
-        return None
-    result = json.loads(store.read_bytes(url))
-    if result.get("n_fake") != config.evaluate.n or result.get("dataset_checksum") != checksum:
-        return None
-    if "spread_ratio" not in result:  # scored before the floor and spread were measured: score again
-        return None
-    return result
 
 
 MODEL_METADATA_KEYS = ("model", "signature", "spec", "bands", "step", "images_seen", "labels")

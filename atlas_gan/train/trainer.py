@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +54,19 @@ log = logging.getLogger("atlas_gan.train")
 
 class TrainingDiverged(RuntimeError):
     """Losses stayed non-finite after every allowed rollback."""
+
+
+PROGRESS_LINE = re.compile(r"^step (?P<step>\d+)/(?P<steps>\d+) ")
+
+
+def progress_line(record: dict[str, Any], steps: int) -> str:
+    """`step 200/2000 (10%) | 12.8 kimg | loss_d 0.412 loss_g 2.310 | 180 img/s` (parsed back by PROGRESS_LINE)."""
+    losses = " ".join(f"{key} {record[key]:.3f}" for key in record if key.startswith("loss_"))
+    speed = record.get("images_per_s")
+    return (
+        f"step {record['step']}/{steps} ({100 * record['step'] / steps:.0f}%) | {record['images_seen'] / 1000:.1f} kimg"
+        f" | {losses} | {'?' if speed is None else f'{speed:.0f}'} img/s"
+    )
 
 
 class Trainer:
@@ -438,6 +452,8 @@ class Trainer:
         }
         if self.ctx.is_main:
             self.log_event(record)
+            if not self.progress:  # no bar to watch: one line per log record (the Prefect task's log shows these)
+                log.info("%s", progress_line(record, self.config.train.steps))
             for hook in self.hooks:
                 hook.on_log(self, record)
 
