@@ -326,7 +326,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(500, ge=1)
-    evaluate_every: int = Field(0, ge=0, description="call evaluation hooks every N steps; 0 never")
+    evaluate_every: int = Field(0, ge=0, description="call evaluation hooks every N steps and at the last; 0 never")
     sample_count: int = Field(64, ge=1, le=1024, description="tiles in each fixed-latent sample grid")
     rgb_bands: BandTriplet | None = Field(
         None, description="three bands shown as red, green, blue (names or 1-based indexes); null: the first three"

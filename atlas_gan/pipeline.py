@@ -183,6 +183,6 @@ def with_fid_curve(config: AtlasConfig, points: int) -> AtlasConfig:
     unless the config asks for its own `train.evaluate_every` or `points` is 0."""
     if points <= 0 or config.train.evaluate_every:
         return config
-    every = max(1, config.train.steps // points)
+    every = -(-config.train.steps // points)  # ceil: points - 1 evaluations on the way, one at the last step
     train = config.train.model_copy(update={"evaluate_every": every})
     return config.model_copy(update={"train": train})

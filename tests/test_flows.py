@@ -16,7 +16,14 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.testing.utilities import prefect_test_harness
 
 from atlas_gan.config import ConfigError, load_config
-from atlas_gan.pipeline import PipelineOutcome, config_for_run, pipeline_config, run_name, skip_reason
+from atlas_gan.pipeline import (
+    PipelineOutcome,
+    config_for_run,
+    pipeline_config,
+    run_name,
+    skip_reason,
+    with_fid_curve,
+)
 from atlas_gan.train.launch import LaunchFailed, launch_training, torchrun_command
 from tests.conftest import REPO
 from tests.test_tracking import EVAL
@@ -51,6 +58,14 @@ def test_pipeline_decisions():
     outcome = PipelineOutcome(["a"], [{"file": "f.tif", "reason": "all nodata"}], "out/manifest.json")
     outcome.skipped = "no new imagery"
     assert "**Training skipped:** no new imagery" in outcome.markdown() and "`f.tif`: all nodata" in outcome.markdown()
+
+
+def test_the_flow_evaluates_a_few_times_during_training_unless_told_otherwise():
+    config = load_config(None, ["train.steps=850"])
+    assert with_fid_curve(config, 4).train.evaluate_every == 213  # 213, 426, 639 and the last step, 850
+    assert with_fid_curve(config, 0).train.evaluate_every == 0
+    own = load_config(None, ["train.steps=850", "train.evaluate_every=100"])
+    assert with_fid_curve(own, 4).train.evaluate_every == 100  # the config's own choice stands
 
 
 def test_torchrun_command():

@@ -146,7 +146,7 @@ def test_deployment_run_then_new_imagery_triggers_a_second_run(stack, geotiff, m
     scenes = geotiff / "landsat-pucallpa"
     s3.upload_file(str(scenes / "landsat_1985.tif"), "atlas-imagery", "incoming/landsat_1985.tif")
     deployment = httpx.get(f"{stack['PREFECT_API_URL']}/deployments/name/train-gan/satellite", timeout=30).json()
-    assert deployment["concurrency_limit"] == 1  # the schedule, the trigger and manual runs queue for one slot
+    assert deployment["global_concurrency_limit"]["limit"] == 1  # the schedule, trigger and manual runs: one slot
     assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     run = _run_deployment(stack, "train-gan/satellite", 600)
     worker_log = Path(stack["STATE"]) / "worker" / "worker.log"

@@ -427,7 +427,7 @@ class Trainer:
                 urls = self.write_samples()
                 for hook in self.hooks:
                     hook.on_samples(self, urls)
-            if cfg.evaluate_every and self.step % cfg.evaluate_every == 0:
+            if cfg.evaluate_every and (self.step % cfg.evaluate_every == 0 or self.step == cfg.steps):
                 for hook in self.hooks:
                     hook.on_evaluate(self)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
