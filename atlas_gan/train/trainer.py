@@ -428,8 +428,10 @@ class Trainer:
                 for hook in self.hooks:
                     hook.on_samples(self, urls)
             if cfg.evaluate_every and (self.step % cfg.evaluate_every == 0 or self.step == cfg.steps):
+                evaluation_started = time.perf_counter()
                 for hook in self.hooks:
                     hook.on_evaluate(self)
+                window_start += time.perf_counter() - evaluation_started  # images/s counts training time only
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()
