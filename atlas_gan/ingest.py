@@ -21,6 +21,7 @@ interrupted run published but never listed, and deletes any such leftovers it do
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -244,59 +245,58 @@ def _ingest_holding_lock(
     parts = 1 if cfg.workers == 1 or not new_specs else min(64, -(-2 * cfg.workers // len(new_specs)))
     tasks = [(spec, part, parts) for spec in new_specs for part in range(parts)]
     runner = mapper or _SceneRunner(min(cfg.workers, max(len(tasks), 1)))
-    try:
-        with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir:
-            scan = partial(_scan_task, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
-            pieces = list(runner.map(scan, tasks, "scan scenes", "part", progress))
-            pieces_of = {spec.scene_id: pieces[i * parts : (i + 1) * parts] for i, spec in enumerate(new_specs)}
-            scans = [merge_parts(pieces_of[spec.scene_id], cfg) for spec in new_specs]
-            frozen = manifest is not None and manifest["normalization"] is not None
-            bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
-            accepted = _accept(scans, bands, rejected)
-            report.rejected = rejected
-            if cfg.strict and rejected:
-                details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
-                raise IngestRejected(f"--strict: {len(rejected)} input(s) rejected, nothing written:\n{details}")
-            if not accepted and manifest is not None and manifest.get("rejected", []) == rejected:
-                report.seconds = time.perf_counter() - started
-                return report  # nothing new: write nothing at all
+    # The pool closes (waiting for its workers) before the spool folder goes: a failing run must not delete files
+    # that workers are still writing (rmtree then fails with "Directory not empty").
+    with tempfile.TemporaryDirectory(prefix="atlas-gan-spool-") as spool_dir, contextlib.closing(runner):
+        scan = partial(_scan_task, config=cfg, gdal_options=_gdal_options(config), spool_dir=spool_dir)
+        pieces = list(runner.map(scan, tasks, "scan scenes", "part", progress))
+        pieces_of = {spec.scene_id: pieces[i * parts : (i + 1) * parts] for i, spec in enumerate(new_specs)}
+        scans = [merge_parts(pieces_of[spec.scene_id], cfg) for spec in new_specs]
+        frozen = manifest is not None and manifest["normalization"] is not None
+        bands = manifest["tile"]["bands"] if frozen else _first_bands(scans)
+        accepted = _accept(scans, bands, rejected)
+        report.rejected = rejected
+        if cfg.strict and rejected:
+            details = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejected)
+            raise IngestRejected(f"--strict: {len(rejected)} input(s) rejected, nothing written:\n{details}")
+        if not accepted and manifest is not None and manifest.get("rejected", []) == rejected:
+            report.seconds = time.perf_counter() - started
+            return report  # nothing new: write nothing at all
 
-            normalization = manifest["normalization"] if frozen else None
-            if accepted and not frozen:
-                sample_size = cfg.normalization.float_sample_size
-                stats = merge_band_statistics([s.stats for s in accepted], len(bands), sample_size)
-                norm = Normalization.from_statistics(stats, cfg.normalization)
-                normalization = describe(stats, norm, bands, cfg.normalization)
-                normalization["computed_from"] = [s.spec.scene_id for s in accepted]
-            scene_entries = [_scene_entry(s, cfg) for s in accepted]
+        normalization = manifest["normalization"] if frozen else None
+        if accepted and not frozen:
+            sample_size = cfg.normalization.float_sample_size
+            stats = merge_band_statistics([s.stats for s in accepted], len(bands), sample_size)
+            norm = Normalization.from_statistics(stats, cfg.normalization)
+            normalization = describe(stats, norm, bands, cfg.normalization)
+            normalization["computed_from"] = [s.spec.scene_id for s in accepted]
+        scene_entries = [_scene_entry(s, cfg) for s in accepted]
 
-            first_index = len(manifest["shards"]) if manifest else 0
-            writer = ShardWriter(
-                out_store,
-                cfg.output,
-                cfg.name,
-                first_index,
-                cfg.shard_max_samples,
-                cfg.shard_max_bytes,
-                on_shard,
-                before_publish=lease.check,
-            )
-            if accepted:
-                norm = Normalization.from_manifest(normalization)
-                light = [  # pass 2 works part by part, and needs no histograms
-                    replace(piece, stats=[])
-                    for scene in accepted
-                    for piece in pieces_of[scene.spec.scene_id]
-                    if piece.tile_count
-                ]
-                encode = partial(_encode, norm=norm, config=cfg)
-                try:
-                    _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
-                except BaseException:
-                    writer.abort()
-                    raise
-    finally:
-        runner.close()
+        first_index = len(manifest["shards"]) if manifest else 0
+        writer = ShardWriter(
+            out_store,
+            cfg.output,
+            cfg.name,
+            first_index,
+            cfg.shard_max_samples,
+            cfg.shard_max_bytes,
+            on_shard,
+            before_publish=lease.check,
+        )
+        if accepted:
+            norm = Normalization.from_manifest(normalization)
+            light = [  # pass 2 works part by part, and needs no histograms
+                replace(piece, stats=[])
+                for scene in accepted
+                for piece in pieces_of[scene.spec.scene_id]
+                if piece.tile_count
+            ]
+            encode = partial(_encode, norm=norm, config=cfg)
+            try:
+                _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
+            except BaseException:
+                writer.abort()
+                raise
 
     manifest = _updated_manifest(
         manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected

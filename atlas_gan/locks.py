@@ -218,6 +218,13 @@ def _s3_lock(
             continue
         waiting.blocked(describe_holder(raw))
         time.sleep(poll)
+    if store.put_if(url, body, etag='"atlas-never-matches"') is not None:  # the server ignored the condition
+        store.delete(url)
+        raise StorageError(
+            f"{url}: the S3 server at {store.endpoint_url} ignores conditional writes (If-Match / If-None-Match), "
+            "so overlapping ingests could not be kept apart there; use one that supports them (AWS S3, MinIO, "
+            "SeaweedFS)"
+        )
     lease = Lease(url)
     renewal = _Renewal(store, lease, body, etag, lease_seconds)
     renewal.start()

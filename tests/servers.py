@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -16,10 +17,36 @@ from botocore.config import Config
 LOOPBACK = "127.0.0.1"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    """A free loopback port for a test server, drawn below the ephemeral range: a port drawn there (bind to 0) is
+    released until the server binds it, and meanwhile any outgoing connection of the suite (MLflow, Prefect, Dask
+    clients) may take it as its local port; CI saw SeaweedFS fail with 'address already in use' that way."""
+    low = min(_ephemeral_range()[0], 32768)
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, low)
+        if port in _HANDED_OUT:
+            continue
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class SeaweedS3:

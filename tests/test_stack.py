@@ -46,7 +46,7 @@ def s3_port_block() -> int:
     """A port whose SeaweedFS companions are free too."""
     for _ in range(50):
         port = free_port()
-        if port < 50000 and all(_free(p) for p in s3_port_block_ports(port)):
+        if port + 10005 < 32768 and all(_free(p) for p in s3_port_block_ports(port)):  # below the ephemeral range
             return port
     raise RuntimeError("no free port block for SeaweedFS")
 
