@@ -64,6 +64,15 @@ def _retry_storage_or_server(task: Any, task_run: Any, state: Any) -> bool:
     )
 
 
+# Evaluate and register: two retries with backoff when S3 or the MLflow server fails, none for bad input.
+SERVER_RETRIES: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_condition_fn": _retry_storage_or_server,
+}
+
+
 @task(
     name="train",
     cache_policy=NO_CACHE,
@@ -99,14 +108,7 @@ def train(
     return latest_checkpoint(config)
 
 
-@task(
-    name="evaluate",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_condition_fn=_retry_storage_or_server,
-    timeout_seconds=4 * 3600,
-)
+@task(name="evaluate", timeout_seconds=4 * 3600, **SERVER_RETRIES)
 def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
     """The final scores: the ones training made at its last step (the FID curve's last point) when they were made
     at evaluate.n on the current dataset, else computed now."""
@@ -128,14 +130,7 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
     return result
 
 
-@task(
-    name="register",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_condition_fn=_retry_storage_or_server,
-    timeout_seconds=3600,
-)
+@task(name="register", timeout_seconds=3600, **SERVER_RETRIES)
 def register(config: AtlasConfig, checkpoint: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     registration = register_generator(config, checkpoint, evaluation, progress=False)
     get_run_logger().info("%s", registration.summary())
