@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -16,7 +15,7 @@ import typer
 from atlas_gan import __version__
 from atlas_gan.config import resolve_config
 from atlas_gan.locks import LockLost, LockTimeout
-from atlas_gan.storage import StorageError
+from atlas_gan.storage import LocalStorage, StorageError
 
 if TYPE_CHECKING:
     from atlas_gan.sampling import Sampler  # imported lazily at run time: torch is slow to import
@@ -116,22 +115,12 @@ def _writable(path: Path, what: str) -> Path:
 
 
 def _write_file(path: Path, data: bytes, what: str) -> None:
-    """Write atomically (temp file + rename): an interrupted write never leaves a half file."""
+    """Write atomically (LocalStorage: temp file + rename): an interrupted write never leaves a half file."""
     _writable(path, what)
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except OSError as exc:
-        _fail(f"{what} {path}: cannot write: {exc.strerror or exc}", 2)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        LocalStorage().write_bytes(str(path), data)
+    except StorageError as exc:
+        _fail(f"{what}: {exc}", 2)
 
 
 @app.command(epilog=_EXIT_CODES_HELP)

@@ -98,7 +98,7 @@ def train(
 
     def on_line(line: str) -> None:
         logger.info("%s", line)
-        found = PROGRESS_LINE.search(line.split(": ", 1)[-1]) or PROGRESS_LINE.search(line)
+        found = PROGRESS_LINE.search(line)
         if found:
             done = 100.0 * int(found["step"]) / max(1, int(found["steps"]))
             update_progress_artifact(artifact_id=progress_id, progress=min(100.0, done))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
-from atlas_gan.runtime.checkpoint import list_checkpoints
+from atlas_gan.runtime.checkpoint import checkpoint_step, list_checkpoints
 from atlas_gan.runtime.distributed import DistributedContext, barrier
 from atlas_gan.runtime.generator import load_generator
 from atlas_gan.runtime.precision import autocast_dtype
@@ -186,12 +185,12 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
 def stored_checkpoint_evaluation(config: AtlasConfig, checkpoint: str) -> dict[str, Any] | None:
     """The evaluation training already made of `checkpoint` (`train.evaluate_every` landing on its step), when it
     was made at evaluate.n against the current dataset; None otherwise."""
-    found = re.search(r"step-(\d+)\.pt$", checkpoint)
+    step = checkpoint_step(checkpoint)
+    if step is None:
+        return None
     dataset = config.dataset_url
     manifest = read_manifest(storage_for(dataset, config.storage), dataset)
-    if found is None or manifest is None:
-        return None
-    return stored_evaluation(config, int(found.group(1)), manifest["checksum"])
+    return None if manifest is None else stored_evaluation(config, step, manifest["checksum"])
 
 
 def evaluate_checkpoint(

@@ -32,14 +32,16 @@ def checkpoint_url(run_dir: str, step: int) -> str:
     return join_url(run_dir, "checkpoints", f"step-{step:08d}.pt")
 
 
+def checkpoint_step(url: str) -> int | None:
+    """The step of a checkpoint URL (`.../step-00000200.pt` -> 200), or None when it is not named like one."""
+    match = _NAME.search(url)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(store: Storage, run_dir: str) -> list[tuple[int, str]]:
     """(step, url) of every checkpoint in the run, oldest first."""
-    found = []
-    for info in store.list(join_url(run_dir, "checkpoints")):
-        match = _NAME.search(info.url)
-        if match:
-            found.append((int(match.group(1)), info.url))
-    return sorted(found)
+    steps = ((checkpoint_step(info.url), info.url) for info in store.list(join_url(run_dir, "checkpoints")))
+    return sorted((step, url) for step, url in steps if step is not None)
 
 
 def rng_state() -> dict[str, Any]:

@@ -22,14 +22,13 @@ from typing import Any
 import yaml
 
 from atlas_gan.config import config_to_dict
-from atlas_gan.tracking.store import client_for, flatten, label_tags, log_dataset_input, open_run, redact
+from atlas_gan.tracking.store import SCORE_KEYS, client_for, flatten, label_tags, log_dataset_input, open_run, redact
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*
-EVAL_KEYS = ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")
 
 
 def git_commit(directory: Path) -> str | None:
@@ -173,7 +172,7 @@ class MLflowHook(TrainHooks):
         self._send_metrics(record["step"], {k: record.get(k) for k in keys})
 
     def _on_evaluation(self, record: dict[str, Any]) -> None:
-        self._send_metrics(record["step"], {k: record.get(k) for k in EVAL_KEYS})
+        self._send_metrics(record["step"], {k: record.get(k) for k in SCORE_KEYS})
         protocol = {
             "atlas.fid.n_fake": str(record["n_fake"]),
             "atlas.fid.n_real": str(record["n_real"]),

@@ -42,6 +42,7 @@ from atlas_gan.tracking.promotion import (
     protocol_key,
 )
 from atlas_gan.tracking.store import (
+    SCORE_KEYS,
     client_for,
     dataset_entity,
     describe_registered_model,
@@ -262,7 +263,7 @@ def register_generator(
     logged = log_generator_model(config, run_id, generator, model_meta)
     version, model_uri = logged.version, logged.model_uri
     dataset = dataset_entity(manifest, config.dataset_url)
-    for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio"):
+    for key in SCORE_KEYS:
         if main_scores.get(key) is not None:  # the run's metric, linked to the logged model and its dataset
             client.log_metric(
                 run_id,

@@ -132,6 +132,7 @@ def open_run(client: Any, config: AtlasConfig, run_name: str | None = None) -> t
     return run.info.run_id, False
 
 
+SCORE_KEYS = ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")  # an evaluation's metrics
 DATASET_DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the manifest checksum's first 32 hex
 
 
@@ -195,7 +196,7 @@ def log_evaluation(config: AtlasConfig, result: dict[str, Any]) -> str | None:
     now = int(time.time() * 1000)
     metrics = [
         Metric(key, float(value), now, step)
-        for key in ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")
+        for key in SCORE_KEYS
         if (value := next(iter(result["scores"].values())).get(key)) is not None
     ]
     client.log_batch(run_id, metrics=metrics)

@@ -56,7 +56,7 @@ class TrainingDiverged(RuntimeError):
     """Losses stayed non-finite after every allowed rollback."""
 
 
-PROGRESS_LINE = re.compile(r"^step (?P<step>\d+)/(?P<steps>\d+) ")
+PROGRESS_LINE = re.compile(r"\bstep (?P<step>\d+)/(?P<steps>\d+) \(")  # inside any log prefix
 
 
 def progress_line(record: dict[str, Any], steps: int) -> str:
