@@ -371,21 +371,30 @@ def export(
 @app.command(epilog=_EXIT_CODES_HELP)
 def preview(
     dataset: str = typer.Argument(..., help="Folder or s3:// prefix holding manifest.json and the shards."),
-    out: Path = typer.Option(Path("tiles.png"), "--out", help="PNG file to write."),
+    out: Path = typer.Option(
+        None, "--out", help="PNG file to write (default tiles.png, or footprints.png with --map)."
+    ),
+    footprint_map: bool = typer.Option(
+        False, "--map", help="Draw where the tiles lie instead: scene outlines and tile density in lon/lat."
+    ),
     count: int = typer.Option(
         64, "--count", "-n", min=1, max=4096, help="How many tiles (the first ones, in shard order)."
     ),
     bands: str = typer.Option(None, "--bands", help="Display bands as R,G,B (or one for grey), e.g. B4,B3,B2."),
     columns: int = typer.Option(8, "--columns", min=1, max=256, help="Tiles per row."),
 ) -> None:
-    """Write a PNG grid of tiles from an ingested dataset, to look at what the GAN will learn from."""
+    """Write a PNG grid of tiles from an ingested dataset, to look at what the GAN will learn from; or, with --map,
+    the map of where they came from (the dataset's tile-index.parquet, readable by GeoPandas/DuckDB)."""
     from atlas_gan.preview import write_preview
     from atlas_gan.storage import storage_for
+    from atlas_gan.tile_index import dataset_map
 
     wanted = [b.strip() for b in bands.split(",")] if bands else None
+    out = out or Path("footprints.png" if footprint_map else "tiles.png")
     _writable(out, "--out")
     with _exit_codes():
-        png = write_preview(storage_for(dataset), dataset, count, wanted, columns)
+        store = storage_for(dataset)
+        png = dataset_map(store, dataset) if footprint_map else write_preview(store, dataset, count, wanted, columns)
     _write_file(out, png, "--out")
     typer.echo(f"wrote {out} ({len(png):,} bytes)")
 

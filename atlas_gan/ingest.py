@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
 from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
+from atlas_gan.geo.footprints import tile_transform
 from atlas_gan.geo.normalize import Normalization, describe
 from atlas_gan.geo.stats import merge_band_statistics
-from atlas_gan.geo.tiling import SceneScan, encode_scene, merge_parts, scan_scene
+from atlas_gan.geo.tiling import SceneScan, encode_scene, merge_parts, scan_scene, tile_key
 from atlas_gan.locks import Lease, exclusive_output
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
@@ -52,7 +53,8 @@ from atlas_gan.shards import (
     shard_pattern,
     write_manifest,
 )
-from atlas_gan.storage import S3Storage, Storage, is_s3, storage_for
+from atlas_gan.storage import S3Storage, Storage, is_s3, join_url, storage_for
+from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, TileRows, map_png, shard_of_each, updated_index
 
 
 class IngestRejected(RuntimeError):
@@ -272,6 +274,7 @@ def _ingest_holding_lock(
             normalization["computed_from"] = [s.spec.scene_id for s in accepted]
         scene_entries = [_scene_entry(s, cfg) for s in accepted]
 
+        light: list[SceneScan] = []
         first_index = len(manifest["shards"]) if manifest else 0
         writer = ShardWriter(
             out_store,
@@ -298,9 +301,13 @@ def _ingest_holding_lock(
                 writer.abort()
                 raise
 
+    index = updated_index(out_store, cfg.output, manifest, _index_rows(light, writer.records), cfg.tile_size)
     manifest = _updated_manifest(
         manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected
     )
+    manifest["index"] = {"tiles": INDEX_NAME, "format": "GeoParquet 1.1 (WKB, OGC:CRS84)", "map": MAP_NAME}
+    lease.check()
+    _write_index(out_store, cfg.output, manifest, index)
     lease.check()  # the manifest is the one write two runs must never interleave
     write_manifest(out_store, cfg.output, manifest)
     _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
@@ -312,6 +319,29 @@ def _ingest_holding_lock(
     report.dropped_nodata = sum(s.dropped_nodata for s in accepted)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _index_rows(pieces: list[SceneScan], records: list[ShardRecord]) -> TileRows:
+    """Index rows of the tiles just written, in the order they went into the shards."""
+    rows = TileRows()
+    for piece in pieces:
+        meta, scene = piece.meta, piece.spec.scene_id
+        for row, cols, fractions in piece.strips:
+            for col, fraction in zip(cols, fractions, strict=True):
+                transform = tile_transform(meta["transform"], row, col)
+                key = tile_key(scene, row, col)
+                crs, epsg = meta["crs"], meta["epsg"]
+                rows.add(key, scene, "", piece.spec.acquired, round(fraction, 6), (row, col), crs, epsg, transform)
+    rows.shards = shard_of_each(records, len(rows.keys))
+    return rows
+
+
+def _write_index(store: Storage, output: str, manifest: dict[str, Any], index: Any) -> None:
+    """The GeoParquet tile index and its footprint map, beside the manifest (written before it)."""
+    from atlas_gan.tile_index import write_index
+
+    write_index(store, output, index)
+    store.write_bytes(join_url(output, MAP_NAME), map_png(manifest, index))
 
 
 @dataclass

@@ -83,7 +83,7 @@ class PipelineOutcome:
     sample_grid: str | None = None
 
     def markdown(self, grid_image: str | None = None, links: dict[str, str] | None = None) -> str:
-        """The Prefect report. `grid_image`: the sample grid as a data URI (`grid_data_uri`); `links`: absolute
+        """The Prefect report. `grid_image`: the sample grid as a data URI (`image_data_uri`); `links`: absolute
         URLs by label (`mlflow_links`)."""
         lines = ["# atlas-gan pipeline run", ""]
         lines.append(f"- **new scenes:** {len(self.added_scenes)} ({', '.join(self.added_scenes) or 'none'})")
@@ -116,9 +116,10 @@ class PipelineOutcome:
         return "\n".join(lines) + "\n"
 
 
-def grid_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> str | None:
-    """A sample grid as an inline JPEG data URI (at most `max_side` px), for reports that cannot fetch files."""
-    if url is None:
+def image_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> str | None:
+    """A picture (PNG/GIF) as an inline JPEG data URI (at most `max_side` px), for reports that cannot fetch files;
+    None when there is no such file."""
+    if url is None or not storage_for(url, config.storage).exists(url):
         return None
     from PIL import Image
 
@@ -128,6 +129,15 @@ def grid_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> 
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def ingest_markdown(summary: str, manifest: str, footprints: str | None) -> str:
+    """The ingest flow's Prefect report: what was added and rejected, and where the tiles lie (`footprints`:
+    the footprint map as a data URI)."""
+    lines = ["# atlas-gan ingest", "", f"- **manifest:** `{manifest}`", "", "```", summary, "```"]
+    if footprints:
+        lines += ["", "## Where the tiles lie", "", f"![footprint map]({footprints})"]
+    return "\n".join(lines) + "\n"
 
 
 def mlflow_links(config: AtlasConfig, registration: dict[str, Any] | None) -> dict[str, str]:

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from atlas_gan.ingest import ingest, scene_of
-from atlas_gan.pipeline import pipeline_config
-from atlas_gan.storage import StorageError
+from atlas_gan.pipeline import image_data_uri, ingest_markdown, pipeline_config
+from atlas_gan.storage import StorageError, join_url
+from atlas_gan.tile_index import MAP_NAME
 
 
 def _storage_failure(task: Any, task_run: Any, state: Any) -> bool:
@@ -77,6 +79,12 @@ def ingest_imagery(config_path: str | None = None, overrides: list[str] | None =
     config = pipeline_config(config_path, overrides)
     report = ingest(config, progress=False, mapper=PrefectSceneMapper(), on_wait=logger.warning)
     logger.info("%s", report.summary())
+    footprints = image_data_uri(config, join_url(config.ingest.output, MAP_NAME), max_side=900)
+    create_markdown_artifact(
+        key="ingest-report",
+        markdown=ingest_markdown(report.summary(), report.manifest_url, footprints),
+        description="atlas-gan ingest: scenes added and where the tiles lie",
+    )
     return {
         "manifest": report.manifest_url,
         "added_scenes": report.added_scenes,

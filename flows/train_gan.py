@@ -25,7 +25,7 @@ from atlas_gan.pipeline import (
     PipelineOutcome,
     champion_version,
     config_for_run,
-    grid_data_uri,
+    image_data_uri,
     mlflow_links,
     newest_sample_grid,
     pipeline_config,
@@ -204,7 +204,7 @@ def train_gan(
         )
         outcome.floor_fid, outcome.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         outcome.registration, outcome.sample_grid = registration, newest_sample_grid(run_config)
-        grid_image, links = grid_data_uri(run_config, outcome.sample_grid), mlflow_links(run_config, registration)
+        grid_image, links = image_data_uri(run_config, outcome.sample_grid), mlflow_links(run_config, registration)
     create_markdown_artifact(
         key="train-gan-report", markdown=outcome.markdown(grid_image, links), description="atlas-gan pipeline run"
     )

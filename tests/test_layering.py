@@ -14,7 +14,7 @@ LAYERS: list[set[str]] = [  # bottom to top; a module may import its own layer's
     {"storage", "locks"},
     {"samples", "labels"},
     {"geo", "shards"},
-    {"preview", "ingest"},
+    {"preview", "ingest", "tile_index", "figures"},
     {"losses", "models"},
     {"runtime"},  # shared at run time by everything above: process groups, checkpoints, loading a generator
     {"export", "recipes"},

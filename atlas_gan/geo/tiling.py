@@ -20,6 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from atlas_gan.config import IngestConfig
 from atlas_gan.geo.discovery import SceneSpec
+from atlas_gan.geo.footprints import tile_transform
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
 from atlas_gan.geo.stats import BandStatistics, merge_band_statistics, new_band_statistics
@@ -197,10 +198,14 @@ def _scene_json_prefix(scan: SceneScan, tile_dtype: str) -> str:
     return json.dumps(shared, separators=(",", ":"))[:-1]
 
 
+def tile_key(scene_id: str, row: int, col: int) -> str:
+    """A tile's WebDataset sample key: its scene and the top-left pixel of its window."""
+    return f"{scene_id}_r{row:06d}_c{col:06d}"
+
+
 def tile_metadata_json(prefix: str, transform: list[float], row: int, col: int, size: int, fraction: float) -> bytes:
     """One tile's metadata: the scene's shared fields plus its transform, bounds, window and nodata fraction."""
-    a, b, c, d, e, f = transform
-    c, f = c + a * col + b * row, f + d * col + e * row  # the tile's own affine transform
+    a, b, c, d, e, f = tile_transform(transform, row, col)
     xs = [c + a * i + b * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
     ys = [f + d * i + e * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
     own = {
@@ -234,7 +239,7 @@ def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig, fra
             for col, fraction, tile, mask in zip(cols, fractions, tiles, masks, strict=True):
                 meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
                 sample = encode_sample(
-                    f"{scan.spec.scene_id}_r{row:06d}_c{col:06d}",
+                    tile_key(scan.spec.scene_id, row, col),
                     {"tile.npy": tile_npy.encode(tile), "mask.npy": mask_npy.encode(mask), "json": meta},
                 )
                 fragment.write(sample)

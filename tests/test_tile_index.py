@@ -1,0 +1,114 @@
+"""The GeoParquet tile index and footprint map that ingest writes beside the manifest, on real imagery."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import geopandas
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from PIL import Image
+from typer.testing import CliRunner
+
+from atlas_gan.cli import app
+from atlas_gan.geo.footprints import scene_outline_wgs84
+from atlas_gan.ingest import ingest
+from atlas_gan.shards import read_manifest
+from atlas_gan.storage import LocalStorage
+from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, read_index
+
+# One real source per band count the issue names: (path under geotiff/, bands).
+SOURCES = {
+    1: ("tests/image_nodata.tif", 1),  # custom Albers WKT, no EPSG code
+    3: ("tests/RGB.byte.tif", 3),
+    4: ("tests/rgbn_suba.tif", 4),
+    12: ("tests/bigearthnet_S2A_MSIL2A_20170613T101031_87_48", 12),  # one file per band, 10-60 m resampled
+}
+
+
+def shard_keys(output: Path, manifest: dict) -> dict[str, str]:
+    """key -> shard, read with plain tarfile."""
+    keys = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(output / shard["url"]) as tar:
+            keys |= {m.name.removesuffix(".json"): shard["url"] for m in tar.getmembers() if m.name.endswith(".json")}
+    return keys
+
+
+@pytest.mark.parametrize("bands", sorted(SOURCES))
+def test_index_rows_are_the_shards_tiles_with_footprints_inside_their_scene(bands, geotiff, make_config, tmp_path):
+    source, expected = SOURCES[bands]
+    output = tmp_path / "shards"
+    ingest(make_config(geotiff / source, output, tile_size=32, workers=1), progress=False)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["tile"]["bands"].__len__() == expected
+    assert manifest["index"]["tiles"] == INDEX_NAME
+
+    frame = geopandas.read_parquet(output / INDEX_NAME)  # GeoPandas alone, no atlas-gan code
+    assert frame.crs.to_epsg() == 4326 or frame.crs.to_string() == "OGC:CRS84"
+    keys = shard_keys(output, manifest)
+    assert len(frame) == manifest["totals"]["samples"] == len(keys)
+    assert dict(zip(frame["key"], frame["shard"].astype(str), strict=True)) == keys
+    assert frame.geometry.is_valid.all() and (frame.geometry.geom_type == "Polygon").all()
+    assert frame["nodata_fraction"].between(0, manifest["config"]["max_nodata_fraction"]).all()
+
+    geo = json.loads(pq.read_schema(output / INDEX_NAME).metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    west, south, east, north = geo["columns"]["geometry"]["bbox"]
+    assert np.allclose(frame.total_bounds, [west, south, east, north])
+
+    for scene in manifest["scenes"]:
+        outline = scene_outline_wgs84(scene["crs"], scene["transform"], scene["width"], scene["height"])
+        tiles = frame[frame["scene"] == scene["id"]]
+        assert len(tiles) == scene["tiles"]
+        union = shapely.union_all(tiles.geometry.values)
+        assert outline.buffer(1e-7).contains(union), f"{scene['id']}: tiles outside the scene's footprint"
+        native = shapely.from_wkb(tiles["geometry_native"].values)
+        a, _, c, _, e, f = scene["transform"]
+        size = manifest["tile"]["size"]
+        first = tiles.iloc[0]
+        left, bottom, right, top = native[0].bounds
+        assert left == pytest.approx(c + a * first["col"]) and top == pytest.approx(f + e * first["row"])
+        assert right - left == pytest.approx(abs(a) * size) and top - bottom == pytest.approx(abs(e) * size)
+
+    picture = Image.open(output / MAP_NAME)
+    assert picture.format == "PNG" and picture.size[0] == 1000 and picture.size[1] >= 420
+    assert len(np.unique(np.asarray(picture.convert("RGB")).reshape(-1, 3), axis=0)) > 10  # drawn, not blank
+
+
+def test_incremental_ingest_extends_the_index_and_rebuilds_a_missing_one(geotiff, make_config, tmp_path):
+    output = tmp_path / "shards"
+    series = geotiff / "landsat-pucallpa"
+    ingest(make_config(str(series / "landsat_19*.tif"), output, tile_size=64, workers=1), progress=False)
+    first = pq.read_table(output / INDEX_NAME)
+    assert set(first.column("scene").cast("string").to_pylist()) == {f"landsat_19{y}" for y in (85, 90, 95)}
+
+    (output / INDEX_NAME).unlink()  # a dataset from before the index existed: rebuilt from the shards' metadata
+    ingest(make_config(str(series / "landsat_20*.tif"), output, tile_size=64, workers=1), progress=False)
+    manifest = read_manifest(LocalStorage(), str(output))
+    table = pq.read_table(output / INDEX_NAME)
+    assert table.num_rows == manifest["totals"]["samples"]
+    assert len(set(table.column("scene").cast("string").to_pylist())) == 8
+    rebuilt = table.slice(0, first.num_rows)
+    for column in ("key", "row", "col", "acquired", "nodata_fraction", "geometry", "geometry_native"):
+        assert rebuilt.column(column).to_pylist() == first.column(column).to_pylist(), column
+    assert geopandas.read_parquet(output / INDEX_NAME).geometry.is_valid.all()
+
+    # Rows of shards the manifest does not list (an interrupted run's) are not the dataset's.
+    manifest["shards"] = manifest["shards"][:1]
+    listed = read_index(LocalStorage(), str(output), manifest)
+    assert set(listed.column("shard").cast("string").to_pylist()) == {manifest["shards"][0]["url"]}
+
+
+def test_cli_preview_map(geotiff, make_config, tmp_path):
+    output = tmp_path / "shards"
+    ingest(make_config(geotiff / "tests" / "rgbn_suba.tif", output, tile_size=32, workers=1), progress=False)
+    result = CliRunner().invoke(app, ["preview", str(output), "--map", "--out", str(tmp_path / "map.png")])
+    assert result.exit_code == 0, result.output
+    image = Image.open(io.BytesIO((tmp_path / "map.png").read_bytes()))
+    assert image.format == "PNG" and image.size[0] == 1000
+    missing = CliRunner().invoke(app, ["preview", str(tmp_path / "nothing"), "--map", "--out", str(tmp_path / "x.png")])
+    assert missing.exit_code == 2 and "no dataset there" in missing.output
