@@ -298,7 +298,11 @@ def sample(
     ),
     out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
     bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
-    geotiff: Path = typer.Option(None, "--geotiff", help="Also write each tile as a GeoTIFF into this folder."),
+    geotiff: Path = typer.Option(
+        None,
+        "--geotiff",
+        help="Also write each tile as a Cloud-Optimized GeoTIFF into this folder (tags: model, seed...).",
+    ),
     values: GeoTiffValues = typer.Option(
         GeoTiffValues.physical, "--values", help="GeoTIFF values: physical (source units) or model ([-1, 1])."
     ),
@@ -325,10 +329,20 @@ def sample(
             typer.echo(f"wrote {out}: {count} tiles of {sampler.source} ({what})")
         if geotiff is not None:
             files = write_geotiffs(
-                images, sampler.bands, geotiff, sampler.meta.get("normalization"), values.value, crs, pixel_size
+                images,
+                sampler.bands,
+                geotiff,
+                sampler.meta.get("normalization"),
+                values.value,
+                crs,
+                pixel_size,
+                tags=sampler.provenance(seed, truncation_psi, label),
             )
             bands_text = ",".join(sampler.bands)
-            typer.echo(f"wrote {len(files)} GeoTIFFs to {geotiff} ({values.value} values, bands {bands_text})")
+            typer.echo(
+                f"wrote {len(files)} Cloud-Optimized GeoTIFFs to {geotiff} ({values.value} values, bands {bands_text};"
+                " tags name the model, seed, truncation and label)"
+            )
 
 
 @app.command(epilog=_EXIT_CODES_HELP)

@@ -8,9 +8,6 @@ geotransform is written unless the caller asks for one.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +28,20 @@ class Sampler:
     generator: torch.nn.Module
     meta: dict[str, Any]  # atlas_gan.runtime.generator.generator_meta
     source: str
+    version: str | None = None  # the registered model version behind a models:/ URI
+
+    def provenance(self, seed: int, truncation_psi: float = 1.0, label: str | None = None) -> dict[str, Any]:
+        """Tags that say where generated tiles came from: model URI and version, family, step, seed, truncation,
+        label (None values are left out)."""
+        return {
+            "atlas_model_uri": self.source,
+            "atlas_model_version": self.version,
+            "atlas_model_family": self.meta.get("model"),
+            "atlas_training_step": self.meta.get("step"),
+            "atlas_seed": seed,
+            "atlas_truncation_psi": truncation_psi,
+            "atlas_label": label,
+        }
 
     @property
     def bands(self) -> list[str]:
@@ -66,10 +77,10 @@ def load_sampler(uri: str, storage_settings: Any = None, tracking: str | None = 
     """`models:/name@alias`, `models:/name/3`, `runs:/id/generator` (MLflow, from the `tracking` store), or a
     checkpoint path / s3:// URL."""
     if is_mlflow_uri(uri):
-        from atlas_gan.tracking.registry import load_registered_generator
+        from atlas_gan.tracking.registry import load_registered_generator, registered_version
 
         generator, meta = load_registered_generator(uri, tracking)
-        return Sampler(generator, meta, uri)
+        return Sampler(generator, meta, uri, registered_version(uri, tracking))
     from atlas_gan.runtime.generator import load_generator
     from atlas_gan.storage import storage_for
 
@@ -117,40 +128,18 @@ def write_geotiffs(
     crs: str | None = None,
     pixel_size: float = 1.0,
     prefix: str = "sample",
+    tags: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """One float32 GeoTIFF per tile, band descriptions = band names; each written to a temp name then renamed."""
-    import rasterio
-    import rasterio.errors
+    """One Cloud-Optimized GeoTIFF per tile (float32, band descriptions = band names), each written atomically.
+    `tags` (e.g. `Sampler.provenance`) go into every file, with the tile's index among the generated ones."""
     from rasterio.transform import from_origin
 
+    from atlas_gan.geo.cog import write_cog
+
     data = physical_values(images, normalization) if values == "physical" else images.astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "dtype": "float32",
-        "count": data.shape[1],
-        "height": data.shape[2],
-        "width": data.shape[3],
-        "compress": "deflate",
-    }
-    if crs is not None:
-        profile["crs"] = crs
-        profile["transform"] = from_origin(0.0, data.shape[2] * pixel_size, pixel_size, pixel_size)
-    written = []
-    with warnings.catch_warnings():  # no CRS on synthetic tiles is on purpose, not worth a warning per file
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        for index, tile in enumerate(data):
-            path = folder / f"{prefix}-{index:05d}.tif"
-            handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(handle)
-            try:
-                with rasterio.open(temp, "w", **profile) as dst:
-                    dst.write(tile)
-                    dst.descriptions = tuple(bands)
-                    dst.update_tags(generator="atlas-gan", values=values)
-                os.replace(temp, path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
-            written.append(path)
-    return written
+    transform = from_origin(0.0, data.shape[2] * pixel_size, pixel_size, pixel_size) if crs is not None else None
+    shared = {"generator": "atlas-gan", "values": values, **(tags or {})}
+    return [
+        write_cog(folder / f"{prefix}-{index:05d}.tif", tile, bands, {**shared, "atlas_tile": index}, crs, transform)
+        for index, tile in enumerate(data)
+    ]

@@ -286,7 +286,8 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(geotiff, make_confi
     assert report.wrote
     resumed = json.loads((output / "manifest.json").read_text())
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in clean["shards"]]
-    assert sorted(p.name for p in output.iterdir()) == sorted(["manifest.json", *(s["url"] for s in clean["shards"])])
+    written = ["manifest.json", "tile-index.parquet", "footprints.png", *(s["url"] for s in clean["shards"])]
+    assert sorted(p.name for p in output.iterdir()) == sorted(written)
 
 
 def test_leftover_shards_beyond_the_manifest_are_removed(geotiff, make_config, tmp_path):
@@ -295,7 +296,12 @@ def test_leftover_shards_beyond_the_manifest_are_removed(geotiff, make_config, t
     (output / "tiles-000099.tar").write_bytes(b"left by a crashed run")
     (output / ".tiles.abc123.partial").write_bytes(b"half a shard")
     ingest(make_config(geotiff / "tests" / "rgb16.tif", output, workers=1), progress=False)
-    assert sorted(p.name for p in output.iterdir()) == ["manifest.json", "tiles-000000.tar"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "footprints.png",
+        "manifest.json",
+        "tile-index.parquet",
+        "tiles-000000.tar",
+    ]
 
 
 def test_changed_source_is_rejected_not_silently_mixed(geotiff, make_config, tmp_path):

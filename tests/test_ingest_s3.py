@@ -34,7 +34,9 @@ def test_s3_source_to_s3_output_matches_local(s3, geotiff, make_config, tmp_path
     assert manifest["normalization"] == json.loads((tmp_path / "local" / "manifest.json").read_text())["normalization"]
     assert manifest["scenes"][0]["sources"][0]["url"].startswith(f"s3://{s3.bucket}/imagery/parana/")
     listed = sorted(info.url.rsplit("/", 1)[-1] for info in store.list(output))
-    assert listed == sorted(["manifest.json", *(s["url"] for s in manifest["shards"])])
+    assert listed == sorted(
+        ["manifest.json", "tile-index.parquet", "footprints.png", *(s["url"] for s in manifest["shards"])]
+    )
 
     register_webdataset_s3()  # plain webdataset, streaming through boto3
     keys = [sample["__key__"] for sample in wds.WebDataset(shard_urls(manifest, output), shardshuffle=False)]
@@ -78,7 +80,9 @@ def test_server_stopped_mid_ingest_then_rerun_completes(s3, geotiff, make_config
     clean_manifest = json.loads((tmp_path / "clean" / "manifest.json").read_text())
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in clean_manifest["shards"]]
     listed = sorted(info.url.rsplit("/", 1)[-1] for info in store.list(output))
-    assert listed == sorted(["manifest.json", *(s["url"] for s in manifest["shards"])])  # no duplicates
+    assert listed == sorted(
+        ["manifest.json", "tile-index.parquet", "footprints.png", *(s["url"] for s in manifest["shards"])]
+    )  # no duplicates
 
 
 def test_a_storage_outage_while_reading_is_retried_not_rejected():

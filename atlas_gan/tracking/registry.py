@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -195,6 +196,24 @@ def load_registered_generator(model_uri: str, tracking: str | None = None) -> tu
     if not isinstance(python_model, GeneratorModel):
         raise ValueError(f"{model_uri} is not an atlas-gan generator (it is {type(python_model).__name__})")
     return python_model.generator, python_model.meta
+
+
+def registered_version(model_uri: str, tracking: str | None = None) -> str | None:
+    """The version number behind `models:/NAME/VERSION` or `models:/NAME@ALIAS` (None for other URIs, or when the
+    registry cannot say)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))/?", model_uri)
+    if found is None:
+        return None
+    name, version, alias = found.groups()
+    if version is not None:
+        return version
+    try:
+        return str(MlflowClient(tracking, tracking).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def _champion(client: Any, name: str):
