@@ -17,6 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import rasterio
+from rio_cogeo.cogeo import cog_validate
 import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -355,8 +356,19 @@ def test_sample_cli_writes_a_grid_and_geotiffs(tracked, tmp_path):
     images = sampler.generate(9, seed=3)
     manifest = json.loads((Path(config.dataset_url) / "manifest.json").read_text())
     band = manifest["normalization"]["bands"][0]
+    champion = MlflowClient(tracked["uri"], tracked["uri"]).get_model_version_by_alias("tiles-test", "champion")
+    for index, path in enumerate(files):
+        valid, errors, _ = cog_validate(str(path), quiet=True)
+        assert valid, (path, errors)
+        with rasterio.open(path) as tif:
+            tags = tif.tags()
+        assert tags["atlas_model_uri"] == "models:/tiles-test@champion"
+        assert tags["atlas_model_version"] == str(champion.version)
+        assert (tags["atlas_seed"], tags["atlas_tile"], tags["atlas_truncation_psi"]) == ("3", str(index), "1.0")
+        assert tags["atlas_model_family"] == sampler.meta["model"] and "atlas_label" not in tags
     with rasterio.open(files[0]) as tif:
         assert tif.descriptions == tuple(manifest["tile"]["bands"]) and tif.crs is None and tif.count == 4
+        assert tif.profile["tiled"] and tif.overviews(1)  # the COG layout: internal tiles and overviews
         physical = tif.read(1)
     np.testing.assert_allclose(physical, (images[0, 0] + 1) / 2 * band["scale"] + band["offset"], rtol=1e-5)
     claimed = runner.invoke(
