@@ -44,11 +44,23 @@ def band_triplets(bands: list[str], rgb: list[str | int] | None) -> list[tuple[s
 
 def iter_tiles(store: Storage, output: str, manifest: dict[str, Any]) -> Iterator[np.ndarray]:
     """Every tile of the dataset, in shard order, read with plain tarfile."""
-    for shard in manifest["shards"]:
+    for tile, _ in iter_tiles_and_masks(store, output, manifest["shards"]):
+        yield tile
+
+
+def iter_tiles_and_masks(
+    store: Storage, output: str, shards: list[dict[str, Any]]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tile, valid-pixel mask) of every sample of these manifest shards, in order."""
+    for shard in shards:
         with store.open_read(join_url(output, shard["url"])) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            tile = None
             for member in tar:
                 if member.name.endswith(".tile.npy"):
-                    yield np.load(io.BytesIO(tar.extractfile(member).read()))
+                    tile = np.load(io.BytesIO(tar.extractfile(member).read()))
+                elif member.name.endswith(".mask.npy") and tile is not None:
+                    yield tile, np.load(io.BytesIO(tar.extractfile(member).read()))
+                    tile = None
 
 
 def tile_grid(tiles: list[np.ndarray], positions: list[int], columns: int, gap: int = 2) -> np.ndarray:

@@ -31,6 +31,7 @@ class EvaluationHook(TrainHooks):
         record = {
             "event": "evaluate",
             "step": trainer.step,
+            "images_seen": trainer.images_seen,
             "fid": main["fid"],
             "kid": main["kid"],
             "is": main["is"],

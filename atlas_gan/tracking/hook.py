@@ -205,6 +205,17 @@ class MLflowHook(TrainHooks):
                 self.run_id, image.convert("RGB"), key=f"samples-{triplet}", step=trainer.step, synchronous=True
             )
 
+    def on_figures(self, trainer: Trainer, urls: list[str]) -> None:
+        """The latest figures as artifacts under figures/ (each drawing replaces the previous one)."""
+        if self.run_id is None:
+            return
+        for url in urls:
+            name = url.rsplit("/", 1)[-1]
+            self._attempt(
+                f"logging figure {name}",
+                lambda url=url, name=name: self._log_file(name, trainer.store.read_bytes(url), "figures"),
+            )
+
     def on_checkpoint(self, trainer: Trainer, url: str) -> None:
         if self.run_id is not None:
             self._attempt("tagging the checkpoint", lambda: self.client.set_tag(self.run_id, "atlas.checkpoint", url))

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from atlas_gan.metrics.hook import EvaluationHook
 
         hooks.append(EvaluationHook())
+    if ctx.is_main:
+        from atlas_gan.train.figures_hook import FiguresHook
+
+        hooks.append(FiguresHook())
     tracker = None
     if config.tracking.enabled and ctx.is_main:
         from atlas_gan.tracking.hook import MLflowHook

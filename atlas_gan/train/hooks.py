@@ -20,6 +20,9 @@ class TrainHooks:
 
     def on_samples(self, trainer: Trainer, urls: list[str]) -> None: ...
 
+    def on_figures(self, trainer: Trainer, urls: list[str]) -> None:
+        """The run's figures (curves, real vs generated, band histograms) were (re)drawn at these URLs."""
+
     def on_checkpoint(self, trainer: Trainer, url: str) -> None: ...
 
     def on_evaluate(self, trainer: Trainer) -> None:

@@ -1,0 +1,85 @@
+"""Training curves against kimg (thousands of real images shown): losses, speed, augmentation, FID/KID."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from atlas_gan.figures.canvas import new_figure, png_bytes
+
+
+def smoothed(values: np.ndarray, half_life: float) -> np.ndarray:
+    """Exponential moving average with the given half-life in points (bias-corrected at the start)."""
+    if len(values) == 0 or half_life <= 0:
+        return values
+    beta = 0.5 ** (1.0 / half_life)
+    out, mean, weight = np.empty(len(values)), 0.0, 0.0
+    for i, value in enumerate(values):
+        mean, weight = beta * mean + (1 - beta) * value, beta * weight + (1 - beta)
+        out[i] = mean / weight
+    return out
+
+
+def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int = 1200) -> bytes:
+    """Four panels from log.jsonl records: losses (raw faint, smoothed bold), images/s, augmentation p, and FID
+    (with the real-vs-real floor) and KID from evaluation records."""
+    steps = [r for r in records if "event" not in r and "images_seen" in r]
+    evaluations = [r for r in records if r.get("event") == "evaluate" and r.get("fid") is not None]
+    figure = new_figure(width_px, int(width_px * 0.62))
+    figure.suptitle(title, fontsize="medium")
+    losses_axes, fid_axes, speed_axes, augment_axes = figure.subplots(2, 2).ravel()
+    kimg = np.array([r["images_seen"] / 1000 for r in steps])
+
+    loss_keys = sorted({k for r in steps for k in r if k.startswith("loss_")})
+    for key in loss_keys:
+        values = np.array([r.get(key, np.nan) for r in steps], dtype=float)
+        (line,) = losses_axes.plot(kimg, values, linewidth=0.6, alpha=0.3)
+        losses_axes.plot(kimg, smoothed(values, max(1.0, len(values) / 30)), color=line.get_color(), label=key)
+    _finish(losses_axes, "losses", "loss", bool(loss_keys))
+
+    if evaluations:
+        eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
+        fid_axes.plot(eval_kimg, [r["fid"] for r in evaluations], marker="o", color="tab:red", label="FID")
+        floors = [r.get("floor_fid") for r in evaluations]
+        if all(f is not None for f in floors):
+            fid_axes.plot(eval_kimg, floors, linestyle="--", color="tab:gray", label="real-vs-real floor")
+        kids = [r.get("kid") for r in evaluations]
+        if all(k is not None for k in kids):
+            kid_axes = fid_axes.twinx()
+            kid_axes.plot(eval_kimg, kids, marker="s", color="tab:blue", linewidth=0.8, label="KID")
+            kid_axes.set_ylabel("KID", color="tab:blue")
+        n = evaluations[-1].get("n_fake")
+        _finish(fid_axes, f"FID against the real tiles (N={n})", "FID", True)
+    else:
+        _finish(fid_axes, "FID: no evaluation yet (train.evaluate_every)", "FID", False)
+
+    speeds = np.array([r.get("images_per_s") or np.nan for r in steps], dtype=float)
+    speed_axes.plot(kimg, speeds, color="tab:green")
+    _finish(speed_axes, "training speed", "images / s", False)
+
+    augment = np.array([r.get("augment_p", np.nan) for r in steps], dtype=float)
+    if np.isfinite(augment).any():
+        augment_axes.plot(kimg, augment, color="tab:purple")
+        augment_axes.set_ylim(0, max(0.05, float(np.nanmax(augment)) * 1.1))
+        _finish(augment_axes, "adaptive augmentation probability p", "p", False)
+    else:
+        _finish(augment_axes, "augmentation: not adaptive in this recipe", "p", False)
+    return png_bytes(figure)
+
+
+def _kimg_of(evaluation: dict[str, Any], steps: list[dict[str, Any]]) -> float:
+    if "images_seen" in evaluation:
+        return evaluation["images_seen"] / 1000
+    if not steps:
+        return 0.0
+    return float(np.interp(evaluation["step"], [r["step"] for r in steps], [r["images_seen"] for r in steps])) / 1000
+
+
+def _finish(axes: Any, title: str, ylabel: str, legend: bool) -> None:
+    axes.set_title(title, fontsize="small")
+    axes.set_xlabel("kimg (thousands of real images shown)")
+    axes.set_ylabel(ylabel)
+    axes.grid(True, linewidth=0.3, alpha=0.5)
+    if legend:
+        axes.legend(fontsize="small", loc="best")

@@ -1,0 +1,115 @@
+"""Pictures of a training run, redrawn at every evaluation and at the end, into `run_dir/figures/`:
+
+- `curves.png`: losses, images/s, augmentation p and FID/KID against kimg;
+- `real-vs-generated-<triplet>.png`: real tiles beside the EMA generator's fixed-latent samples, one stretch;
+- `band-histograms.png`: each band's values, real against generated, in the source's units.
+
+Other hooks get the URLs through `on_figures` (MLflow logs them as artifacts; the Prefect report inlines them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas_gan.figures.compare import band_histograms_png, real_vs_generated_png
+from atlas_gan.figures.curves import training_curves_png
+from atlas_gan.geo.normalize import Normalization
+from atlas_gan.preview import band_triplets, iter_tiles_and_masks
+from atlas_gan.storage import join_url, storage_for
+from atlas_gan.train.hooks import TrainHooks
+from atlas_gan.train.run_log import LOG_NAME
+from atlas_gan.train.trainer import Trainer
+
+log = logging.getLogger("atlas_gan.train")
+
+FIGURES_DIR = "figures"
+REAL_TILES = 256  # for the histograms; the first `sample_count` of them are drawn beside the generated ones
+SHARDS_READ = 4  # real tiles come from this many shards spread across the dataset
+
+
+class FiguresHook(TrainHooks):
+    """Rank 0: keeps the log's records and a spread sample of real tiles, and draws the figures."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.real: np.ndarray | None = None  # (n, bands, h, w) in [0, 1]
+        self.real_masks: np.ndarray | None = None
+        self.drawn_at: int | None = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        url = join_url(trainer.config.train.run_dir, LOG_NAME)
+        if trainer.store.exists(url):  # a resumed run: its curves start at step 0, not at the resume
+            lines = trainer.store.read_bytes(url).decode().splitlines()
+            self.records = [json.loads(line) for line in lines if line.strip()]
+        self.real, self.real_masks = _spread_real_tiles(trainer, REAL_TILES)
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if record.get("event") == "evaluate":
+            self.draw(trainer)
+
+    def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self.drawn_at != trainer.step:
+            self.draw(trainer)
+
+    def draw(self, trainer: Trainer) -> list[str]:
+        """Write every figure for the current step; a failure is logged, never fatal to training."""
+        try:
+            urls = self._draw(trainer)
+        except Exception as exc:  # a picture must never end a training run
+            log.warning("could not draw the training figures at step %d: %s", trainer.step, exc)
+            return []
+        self.drawn_at = trainer.step
+        for hook in trainer.hooks:
+            hook.on_figures(trainer, urls)
+        return urls
+
+    def _draw(self, trainer: Trainer) -> list[str]:
+        folder = join_url(trainer.config.train.run_dir, FIGURES_DIR)
+        title = f"{trainer.model_name}, step {trainer.step:,} ({trainer.images_seen / 1000:.1f} kimg)"
+        figures = {"curves.png": training_curves_png(self.records, f"training curves: {title}")}
+        with torch.no_grad(), trainer.recipe.autocast():
+            generated = trainer.generator(*trainer.fixed_inputs).float().cpu().numpy()
+        generated = (generated + 1.0) / 2.0  # [-1, 1] -> the normalized [0, 1] the real tiles are stored in
+        assert self.real is not None and self.real_masks is not None
+        shown = list(self.real[: len(generated)])
+        for label, positions in band_triplets(trainer.bands, trainer.config.train.rgb_bands):
+            png = real_vs_generated_png(shown, list(generated), positions, title, label)
+            figures[f"real-vs-generated-{label}.png"] = png
+        norm = Normalization.from_manifest(trainer.manifest["normalization"])
+        real_values = _valid_values(norm.invert(self.real.transpose(1, 0, 2, 3)), self.real_masks)
+        fake_values = norm.invert(generated.transpose(1, 0, 2, 3)).reshape(len(trainer.bands), -1)
+        units = f"source units ({trainer.manifest['scenes'][0].get('dtype', 'values')})"
+        figures["band-histograms.png"] = band_histograms_png(
+            real_values, fake_values, trainer.bands, f"band values, real vs generated: {title}", units
+        )
+        urls = []
+        for name, data in figures.items():
+            url = join_url(folder, name)
+            trainer.store.write_bytes(url, data)
+            urls.append(url)
+        return urls
+
+
+def _spread_real_tiles(trainer: Trainer, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `count` real tiles (as float32 in [0, 1], with masks), evenly spaced through `SHARDS_READ` shards
+    spread over the dataset, at the training image size."""
+    shards = trainer.manifest["shards"]
+    picked = [shards[i] for i in sorted({round(x) for x in np.linspace(0, len(shards) - 1, SHARDS_READ)})]
+    store = storage_for(trainer.config.dataset_url, trainer.config.storage)
+    pairs = list(iter_tiles_and_masks(store, trainer.config.dataset_url, picked))
+    chosen = [pairs[round(i)] for i in np.linspace(0, len(pairs) - 1, min(count, len(pairs)))]
+    size = trainer.spec.image_size
+    tiles = np.stack([tile[:, :size, :size].astype(np.float32) for tile, _ in chosen])  # top-left crop if smaller
+    masks = np.stack([mask[:size, :size] for _, mask in chosen])
+    return tiles, masks
+
+
+def _valid_values(physical: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(bands, n, h, w) with (n, h, w) masks -> (bands, valid pixels)."""
+    return physical[:, masks]
