@@ -279,7 +279,9 @@ def sample(
     model: str = typer.Option(
         ..., "--model", "-m", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/generator, or a checkpoint."
     ),
-    count: int = typer.Option(64, "--count", "-n", min=1, max=100_000, help="Tiles to generate."),
+    count: int = typer.Option(
+        None, "--count", "-n", min=1, max=100_000, help="Tiles to generate (default 64), or walks with --walk (16)."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Latent seed: the same seed gives the same tiles."),
     label: str = typer.Option(
         None,
@@ -306,14 +308,39 @@ def sample(
     values: GeoTiffValues = typer.Option(
         GeoTiffValues.physical, "--values", help="GeoTIFF values: physical (source units) or model ([-1, 1])."
     ),
+    walk: Path = typer.Option(
+        None,
+        "--walk",
+        help="Write a looping latent walk as an animated GIF instead: --count walks side by side, each through "
+        "--keyframes seeded latents by spherical interpolation (a conditional model: a row per label, or --label).",
+    ),
+    keyframes: int = typer.Option(4, "--keyframes", min=2, max=64, help="--walk: latents each walk passes through."),
+    frames_between: int = typer.Option(
+        16, "--frames-between", min=1, max=240, help="--walk: frames from one keyframe to the next (80 ms each)."
+    ),
     crs: str = typer.Option(None, "--crs", help="Claim this CRS for the GeoTIFFs (e.g. EPSG:32618); default none."),
     pixel_size: float = typer.Option(10.0, "--pixel-size", min=0.0, help="Pixel size in CRS units (with --crs)."),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
-    """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or GeoTIFFs with band names."""
-    from atlas_gan.sampling import grid_png, write_geotiffs
+    """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or Cloud-Optimized GeoTIFFs
+    with band names and provenance tags, or an animated latent walk (--walk)."""
+    from atlas_gan.sampling import grid_png, walk_gif_bytes, write_geotiffs
 
+    wanted = [b.strip() for b in bands.split(",")] if bands else None
+    if walk is not None:
+        _writable(walk, "--walk")
+        walks = count or 16
+        with _exit_codes():
+            sampler = _load_sampler(model, config, overrides)
+            frames = sampler.walk(walks, seed, label, keyframes, frames_between, truncation_psi)
+            _write_file(walk, walk_gif_bytes(frames, sampler.bands, wanted), "--walk")
+        typer.echo(
+            f"wrote {walk}: {walks} latent walks of {sampler.source}, {len(frames)} frames "
+            f"({keyframes} keyframes from seed {seed}, {frames_between} frames apart)"
+        )
+        return
+    count = count or 64
     if out is None and geotiff is None:
         out = Path("grid.png")
     if out is not None:
@@ -321,7 +348,6 @@ def sample(
     with _exit_codes():
         sampler = _load_sampler(model, config, overrides)
         images = sampler.generate(count, seed, label, truncation_psi=truncation_psi)
-        wanted = [b.strip() for b in bands.split(",")] if bands else None
         if out is not None:
             _write_file(out, grid_png(images, sampler.bands, wanted), "--out")
             what = f"bands {','.join(sampler.bands)}, seed {seed}" + (f", label {label}" if label else "")

@@ -56,6 +56,23 @@ def skip_reason(added_scenes: list[str], champion: str | None, force: bool) -> s
     return None
 
 
+REPORT_FIGURES = {  # caption -> file in run_dir/figures (written by atlas_gan.train.figures_hook)
+    "Training curves": "curves.png",
+    "Real tiles beside generated ones": "real-vs-generated-rgb.png",
+    "Band values, real vs generated": "band-histograms.png",
+    "Latent walk of the new generator": "latent-walk.gif",
+}
+
+
+def run_figures(config: AtlasConfig) -> dict[str, str]:
+    """caption -> URL of the figures the run drew (those it did not are left out)."""
+    folder = join_url(config.train.run_dir, "figures")
+    store = storage_for(folder, config.storage)
+    urls = {join_url(folder, name): caption for caption, name in REPORT_FIGURES.items()}
+    present = {info.url for info in store.list(folder)}
+    return {caption: url for url, caption in urls.items() if url in present}
+
+
 def newest_sample_grid(config: AtlasConfig) -> str | None:
     """The run's latest RGB sample grid (URL), if it wrote any."""
     folder = join_url(config.train.run_dir, "samples")
@@ -81,10 +98,16 @@ class PipelineOutcome:
     spread_ratio: float | None = None  # samples' pixel spread / the real tiles'
     registration: dict[str, Any] | None = None
     sample_grid: str | None = None
+    figures: dict[str, str] | None = None  # caption -> URL (run_dir/figures)
 
-    def markdown(self, grid_image: str | None = None, links: dict[str, str] | None = None) -> str:
+    def markdown(
+        self,
+        grid_image: str | None = None,
+        links: dict[str, str] | None = None,
+        figure_images: dict[str, str | None] | None = None,
+    ) -> str:
         """The Prefect report. `grid_image`: the sample grid as a data URI (`image_data_uri`); `links`: absolute
-        URLs by label (`mlflow_links`)."""
+        URLs by label (`mlflow_links`); `figure_images`: caption -> data URI of the run's figures."""
         lines = ["# atlas-gan pipeline run", ""]
         lines.append(f"- **new scenes:** {len(self.added_scenes)} ({', '.join(self.added_scenes) or 'none'})")
         lines.append(f"- **rejected inputs:** {len(self.rejected)}")
@@ -113,7 +136,14 @@ class PipelineOutcome:
             lines += ["", " · ".join(f"[{label}]({url})" for label, url in links.items())]
         if grid_image:
             lines += ["", "## Samples of the new generator (fixed latents, EMA)", "", f"![sample grid]({grid_image})"]
+        for caption, image in (figure_images or {}).items():
+            if image is None:
+                continue
+            lines += ["", f"## {caption}", "", f"![{caption}]({image})"]
         return "\n".join(lines) + "\n"
+
+
+MAX_INLINE_GIF_BYTES = 3 * 2**20  # larger animations are shown as their first frame
 
 
 def image_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> str | None:
@@ -123,7 +153,10 @@ def image_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) ->
         return None
     from PIL import Image
 
-    with Image.open(io.BytesIO(storage_for(url, config.storage).read_bytes(url))) as grid:
+    data = storage_for(url, config.storage).read_bytes(url)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) <= MAX_INLINE_GIF_BYTES:  # keep the animation
+        return "data:image/gif;base64," + base64.b64encode(data).decode()
+    with Image.open(io.BytesIO(data)) as grid:
         image = grid.convert("RGB")
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -174,6 +207,8 @@ def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
             f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "
             f"{_number(outcome.get('floor_fid'))}; sample spread {_number(outcome.get('spread_ratio'))} of the "
             "real tiles')",
+            f"figures:       {join_url(outcome['run_dir'], 'figures')} (curves, real vs generated, band histograms,"
+            " latent walk)",
             f"MLflow run:    {registration.get('run_id')} in {uri}",
             f"this model:    {registration.get('model_uri')} -> {registration.get('alias')}",
             f"               ({registration.get('reason')})",

@@ -29,6 +29,7 @@ from atlas_gan.pipeline import (
     mlflow_links,
     newest_sample_grid,
     pipeline_config,
+    run_figures,
     run_name,
     skip_reason,
     where_text,
@@ -179,7 +180,7 @@ def train_gan(
     ingested = ingest_imagery.with_options(task_runner=runner)(config_path, overrides)
     outcome = PipelineOutcome(ingested["added_scenes"], ingested["rejected"], ingested["manifest"])
     outcome.skipped = skip_reason(ingested["added_scenes"], champion_version(config), force)
-    grid_image, links = None, {}
+    grid_image, links, figure_images = None, {}, {}
     if outcome.skipped:
         logger.info("training skipped: %s", outcome.skipped)
     else:
@@ -205,8 +206,12 @@ def train_gan(
         outcome.floor_fid, outcome.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         outcome.registration, outcome.sample_grid = registration, newest_sample_grid(run_config)
         grid_image, links = image_data_uri(run_config, outcome.sample_grid), mlflow_links(run_config, registration)
+        outcome.figures = run_figures(run_config)
+        figure_images = {caption: image_data_uri(run_config, url, 900) for caption, url in outcome.figures.items()}
     create_markdown_artifact(
-        key="train-gan-report", markdown=outcome.markdown(grid_image, links), description="atlas-gan pipeline run"
+        key="train-gan-report",
+        markdown=outcome.markdown(grid_image, links, figure_images),
+        description="atlas-gan pipeline run",
     )
     return asdict(outcome)
 

@@ -18,3 +18,15 @@ def gif_bytes(frames: Sequence[np.ndarray], frame_ms: int = 80) -> bytes:
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return buffer.getvalue()
+
+
+def walk_gif(frames: Sequence[np.ndarray], positions: list[int], columns: int, frame_ms: int = 80) -> bytes:
+    """A latent walk as a GIF: each frame is a grid of tiles in [0, 1] (walks, bands, h, w), shown through the
+    band `positions`; tiles under 64 px are enlarged twice (nearest neighbour) so they can be seen."""
+    from atlas_gan.preview import tile_grid
+
+    grids = [tile_grid(list(frame), positions, columns) for frame in frames]
+    scale = 2 if frames[0].shape[-1] < 64 else 1
+    if scale > 1:
+        grids = [grid.repeat(scale, axis=0).repeat(scale, axis=1) for grid in grids]
+    return gif_bytes(grids, frame_ms)

@@ -71,6 +71,38 @@ class LatentSignature:
             )
         return torch.from_numpy(array), generation_labels(vocabulary, len(array), label, seed)
 
+    def walk_inputs(
+        self,
+        spec: ModelSpec,
+        vocabulary: LabelVocabulary | None,
+        walks: int,
+        keyframes: int,
+        frames_between: int,
+        seed: int,
+        label: str | None = None,
+    ) -> list[Inputs]:
+        """A looping latent walk: for each of `walks` parallel walks, `keyframes` seeded latents joined by spherical
+        interpolation (`frames_between` frames from one to the next, back to the first at the end). Returns one
+        input tuple per frame. Labels stay fixed along a walk: `label` for all, else walk i draws class
+        i mod classes (a row per label in a grid as wide as the class count)."""
+        keys = seeded_latents(walks * keyframes, spec.latent_dim, seed).reshape(keyframes, walks, spec.latent_dim)
+        labels = None
+        if vocabulary is not None:
+            given = label is not None and str(label) != ""
+            labels = (
+                generation_labels(vocabulary, walks, label, seed)
+                if given
+                else torch.arange(walks) % len(vocabulary.classes)
+            )
+        elif label is not None and str(label) != "":
+            generation_labels(None, walks, label, seed)  # raises: unconditional generators take no label
+        frames = []
+        for key in range(keyframes):
+            start, end = keys[key], keys[(key + 1) % keyframes]
+            for step in range(frames_between):
+                frames.append((slerp(start, end, step / frames_between), labels))
+        return frames
+
     def label_names(self, inputs: Inputs, vocabulary: LabelVocabulary | None) -> list[str]:
         """The label of each input, by name ([] for an unconditional generator)."""
         labels = inputs[1] if len(inputs) > 1 else None
@@ -93,6 +125,18 @@ class LatentSignature:
             labels = vocabulary.sample(size, rng).to(device) if vocabulary else None
             yield latents, labels
             done += size
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between rows of `start` and `end` (Gaussian latents keep their typical norm);
+    linear where the two are (nearly) parallel."""
+    dot = (start * end).sum(-1, keepdim=True) / (start.norm(dim=-1, keepdim=True) * end.norm(dim=-1, keepdim=True))
+    omega = torch.arccos(dot.clamp(-1.0, 1.0))
+    sin = torch.sin(omega)
+    linear = sin.abs() < 1e-6
+    safe = torch.where(linear, torch.ones_like(sin), sin)
+    spherical = (torch.sin((1 - t) * omega) * start + torch.sin(t * omega) * end) / safe
+    return torch.where(linear, (1 - t) * start + t * end, spherical)
 
 
 SIGNATURES: dict[str, LatentSignature] = {LATENT: LatentSignature()}

@@ -2,7 +2,8 @@
 
 - `curves.png`: losses, images/s, augmentation p and FID/KID against kimg;
 - `real-vs-generated-<triplet>.png`: real tiles beside the EMA generator's fixed-latent samples, one stretch;
-- `band-histograms.png`: each band's values, real against generated, in the source's units.
+- `band-histograms.png`: each band's values, real against generated, in the source's units;
+- `latent-walk.gif` (at the end only): a looping latent walk of the final EMA generator.
 
 Other hooks get the URLs through `on_figures` (MLflow logs them as artifacts; the Prefect report inlines them).
 """
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from atlas_gan.figures.animation import walk_gif
 from atlas_gan.figures.compare import band_histograms_png, real_vs_generated_png
 from atlas_gan.figures.curves import training_curves_png
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.preview import band_triplets, iter_tiles_and_masks
+from atlas_gan.runtime.walk import latent_walk
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.run_log import LOG_NAME
@@ -28,6 +31,7 @@ from atlas_gan.train.trainer import Trainer
 log = logging.getLogger("atlas_gan.train")
 
 FIGURES_DIR = "figures"
+WALK_NAME = "latent-walk.gif"
 REAL_TILES = 256  # for the histograms; the first `sample_count` of them are drawn beside the generated ones
 SHARDS_READ = 4  # real tiles come from this many shards spread across the dataset
 
@@ -56,6 +60,14 @@ class FiguresHook(TrainHooks):
     def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self.drawn_at != trainer.step:
             self.draw(trainer)
+        try:
+            url = join_url(trainer.config.train.run_dir, FIGURES_DIR, WALK_NAME)
+            trainer.store.write_bytes(url, walk_gif_of(trainer))
+        except Exception as exc:  # a picture must never end a training run
+            log.warning("could not draw the latent walk: %s", exc)
+            return
+        for hook in trainer.hooks:
+            hook.on_figures(trainer, [url])
 
     def draw(self, trainer: Trainer) -> list[str]:
         """Write every figure for the current step; a failure is logged, never fatal to training."""
@@ -94,6 +106,13 @@ class FiguresHook(TrainHooks):
             trainer.store.write_bytes(url, data)
             urls.append(url)
         return urls
+
+
+def walk_gif_of(trainer: Trainer, walks: int = 9) -> bytes:
+    """A looping latent walk of the trainer's (EMA) generator, through the RGB triplet."""
+    frames = latent_walk(trainer.generator, trainer.generator_meta(), walks, seed=trainer.config.train.seed)
+    positions = band_triplets(trainer.bands, trainer.config.train.rgb_bands)[0][1]
+    return walk_gif(list((frames + 1.0) / 2.0), positions, columns=int(np.ceil(np.sqrt(walks))))
 
 
 def _spread_real_tiles(trainer: Trainer, count: int) -> tuple[np.ndarray, np.ndarray]:
