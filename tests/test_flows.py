@@ -167,6 +167,18 @@ def test_train_gan_flow_ingests_trains_registers_then_skips(harness, geotiff, tm
     assert artifacts["train-progress"].data == 100.0  # the progress artifact followed training to the end
     report = artifacts["train-gan-report"].data
     assert "![sample grid](data:image/jpeg;base64," in report and "| decision | **champion**" in report
+    assert "![Training curves](data:image/jpeg;base64," in report
+    assert "![Latent walk of the new generator](data:image/gif;base64," in report  # animated, inline
+    figures = sorted(p.name for p in (Path(first["run_dir"]) / "figures").iterdir())
+    assert figures == [
+        "band-histograms.png",
+        "curves.png",
+        "latent-walk.gif",
+        "real-vs-generated-4.png",
+        "real-vs-generated-rgb.png",
+    ]
+    logged = MlflowClient(overrides_uri(overrides)).list_artifacts(first["registration"]["run_id"], "figures")
+    assert sorted(Path(a.path).name for a in logged) == figures
     logs = asyncio.run(flow_run_logs(first_flow_run_id()))
     assert any(line.endswith("step 2/2 (100%)") or "step 2/2 (100%) |" in line for line in logs), logs[-20:]
 
@@ -246,6 +258,8 @@ def test_ingest_flow_maps_one_task_per_scene_and_reports_rejections(harness, geo
     assert [r["scene"] for r in result["rejected"]] == ["broken"] and result["wrote"]
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["scenes"] == 2
+    report = asyncio.run(latest_artifacts())["ingest-report"].data
+    assert "rejected" in report and "![footprint map](data:image/jpeg;base64," in report
     assert os.environ.get("PREFECT_API_URL") is None or "127.0.0.1" in os.environ["PREFECT_API_URL"]
 
 

@@ -17,9 +17,10 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import rasterio
-from rio_cogeo.cogeo import cog_validate
 import torch
 from mlflow import MlflowClient
+from PIL import Image
+from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 import atlas_gan
@@ -377,6 +378,13 @@ def test_sample_cli_writes_a_grid_and_geotiffs(tracked, tmp_path):
     assert claimed.exit_code == 0, claimed.output
     with rasterio.open(tmp_path / "c" / "sample-00000.tif") as tif:
         assert tif.crs.to_epsg() == 32618
+    walk = tmp_path / "walk.gif"
+    walk_args = ["--walk", str(walk), "-n", "4", "--keyframes", "2", "--frames-between", "3"]
+    args = ["sample", "--model", checkpoint, *walk_args]
+    walked = runner.invoke(app, args)
+    assert walked.exit_code == 0, walked.output
+    gif = Image.open(walk)
+    assert gif.format == "GIF" and gif.n_frames == 6 and gif.size == (2 * (2 * 34 + 2),) * 2
     missing = runner.invoke(
         app, ["sample", "--model", "models:/no-such-model@champion", "--set", f"tracking.uri={tracked['uri']}"]
     )
