@@ -35,7 +35,8 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # flow's default FID curve: 4 evaluations, the last at the final step); FID/KID at N=256
 # beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its samples vary
 # and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64 tiles sampled from
-# models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png).
+# models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png) and a latent walk of it
+# ($(DEMO_DIR)/champion-walk.gif); the run's figures are in its run_dir/figures, the tiles' map in shards/footprints.png.
 DEMO_SETTINGS := --set ingest.output=$(DEMO_DIR)/shards --set train.run_dir=$(DEMO_DIR)/runs \
 	--set tracking.store_dir=$(DEMO_DIR)/mlflow --set 'ingest.bands=[B04, B03, B02, B08]' \
 	--set 'train.rgb_bands=[B04, B03, B02]' --set train.model=fastgan --set train.steps=850 \
@@ -50,6 +51,8 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/atlas-gan preview $(DEMO_DIR)/shards --out $(DEMO_DIR)/tiles.png -n 64 --bands B04,B03,B02
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/atlas-gan sample --model models:/atlas-gan-satellite@champion -n 64 \
 		--bands B04,B03,B02 --out $(DEMO_DIR)/champion.png --set tracking.store_dir=$(DEMO_DIR)/mlflow
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/atlas-gan sample --model models:/atlas-gan-satellite@champion -n 9 \
+		--bands B04,B03,B02 --walk $(DEMO_DIR)/champion-walk.gif --set tracking.store_dir=$(DEMO_DIR)/mlflow
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench infra
