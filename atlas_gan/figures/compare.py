@@ -36,7 +36,7 @@ def band_histograms_png(
     count = len(bands)
     columns = min(4, count)
     rows = -(-count // columns)
-    figure = new_figure(320 * columns + 80, 230 * rows + 80)
+    figure = new_figure(max(640, 320 * columns + 80), 230 * rows + 80)
     figure.suptitle(title, fontsize="medium")
     panels = np.atleast_1d(figure.subplots(rows, columns)).ravel()
     for index, (axes, name) in enumerate(zip(panels, bands, strict=False)):
