@@ -80,6 +80,8 @@ class IngestReport:
     dropped_nodata: int = 0
     wrote: bool = False
     seconds: float = 0.0
+    tile_index: str | None = None  # the GeoParquet tile index and its footprint map, when this run wrote them
+    footprint_map: str | None = None
 
     def summary(self) -> str:
         lines = [
@@ -89,6 +91,8 @@ class IngestReport:
             f"tiles written: {self.new_samples} in {len(self.new_shards)} shard(s); "
             f"dropped for nodata: {self.dropped_nodata}; {self.seconds:.1f} s",
         ]
+        if self.tile_index:
+            lines.append(f"tile index: {self.tile_index} (GeoParquet); map: {self.footprint_map}")
         lines += [f"  rejected {r['file']}: {r['reason']}" for r in self.rejected]
         if not self.wrote:
             lines.append("nothing new: no file was written")
@@ -313,6 +317,7 @@ def _ingest_holding_lock(
     _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
 
     report.wrote = True
+    report.tile_index, report.footprint_map = join_url(cfg.output, INDEX_NAME), join_url(cfg.output, MAP_NAME)
     report.added_scenes = [s.spec.scene_id for s in accepted]
     report.new_shards = [r.url for r in writer.records]
     report.new_samples = sum(r.samples for r in writer.records)
