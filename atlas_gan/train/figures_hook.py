@@ -10,6 +10,8 @@ Other hooks get the URLs through `on_figures` (MLflow logs them as artifacts; th
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 from typing import Any
@@ -116,13 +118,17 @@ def walk_gif_of(trainer: Trainer, walks: int = 9) -> bytes:
 
 
 def _spread_real_tiles(trainer: Trainer, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `count` real tiles (as float32 in [0, 1], with masks), evenly spaced through `SHARDS_READ` shards
-    spread over the dataset, at the training image size."""
+    """Up to `count` real tiles (as float32 in [0, 1], with masks): the first ones of `SHARDS_READ` shards spread
+    over the dataset (a shard is read only as far as needed), at the training image size."""
     shards = trainer.manifest["shards"]
     picked = [shards[i] for i in sorted({round(x) for x in np.linspace(0, len(shards) - 1, SHARDS_READ)})]
     store = storage_for(trainer.config.dataset_url, trainer.config.storage)
-    pairs = list(iter_tiles_and_masks(store, trainer.config.dataset_url, picked))
-    chosen = [pairs[round(i)] for i in np.linspace(0, len(pairs) - 1, min(count, len(pairs)))]
+    per_shard = -(-count // len(picked))
+    chosen = []
+    for shard in picked:
+        with contextlib.closing(iter_tiles_and_masks(store, trainer.config.dataset_url, [shard])) as samples:
+            chosen += itertools.islice(samples, per_shard)  # closing stops the read there
+    chosen = chosen[:count]
     size = trainer.spec.image_size
     tiles = np.stack([tile[:, :size, :size].astype(np.float32) for tile, _ in chosen])  # top-left crop if smaller
     masks = np.stack([mask[:size, :size] for _, mask in chosen])
