@@ -64,6 +64,18 @@ REPORT_FIGURES = {  # caption -> file in run_dir/figures (written by atlas_gan.t
 }
 
 
+def report_figure_images(config: AtlasConfig, figures: dict[str, str]) -> dict[str, str | None]:
+    """caption -> data URI of each figure for the report; an animation too large to inline is shown as its
+    first frame, and the caption says where the animation is."""
+    images: dict[str, str | None] = {}
+    for caption, url in figures.items():
+        image = image_data_uri(config, url, 900)
+        if url.endswith(".gif") and image is not None and not image.startswith("data:image/gif"):
+            caption = f"{caption} (first frame; the animation: {url})"
+        images[caption] = image
+    return images
+
+
 def run_figures(config: AtlasConfig) -> dict[str, str]:
     """caption -> URL of the figures the run drew (those it did not are left out)."""
     folder = join_url(config.train.run_dir, "figures")
@@ -143,7 +155,9 @@ class PipelineOutcome:
         return "\n".join(lines) + "\n"
 
 
-MAX_INLINE_GIF_BYTES = 3 * 2**20  # larger animations are shown as their first frame
+# Larger animations are shown as their first frame: Prefect refuses events over 1.5 MB (PREFECT_SERVER_EVENTS_
+# MAXIMUM_SIZE_BYTES), and a report holds the sample grid and four figures besides.
+MAX_INLINE_GIF_BYTES = 600_000
 
 
 def image_data_uri(config: AtlasConfig, url: str | None, max_side: int = 640) -> str | None:

@@ -212,13 +212,12 @@ def map_png(manifest: dict[str, Any], table: Any) -> bytes:
     }
     import shapely
 
-    geometries = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table else []
-    bounds = shapely.bounds(geometries) if len(geometries) else np.zeros((0, 4))
+    geometries = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table is not None else []
     title = (
-        f"dataset {manifest['name']!r}: {len(bounds):,} tiles of {manifest['tile']['size']} px "
+        f"dataset {manifest['name']!r}: {len(geometries):,} tiles of {manifest['tile']['size']} px "
         f"from {len(outlines)} scene(s)"
     )
-    return footprint_map_png(outlines, bounds, title)
+    return footprint_map_png(outlines, np.asarray(geometries), title)
 
 
 def dataset_map(store: Storage, output: str) -> bytes:

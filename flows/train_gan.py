@@ -29,6 +29,7 @@ from atlas_gan.pipeline import (
     mlflow_links,
     newest_sample_grid,
     pipeline_config,
+    report_figure_images,
     run_figures,
     run_name,
     skip_reason,
@@ -207,7 +208,7 @@ def train_gan(
         outcome.registration, outcome.sample_grid = registration, newest_sample_grid(run_config)
         grid_image, links = image_data_uri(run_config, outcome.sample_grid), mlflow_links(run_config, registration)
         outcome.figures = run_figures(run_config)
-        figure_images = {caption: image_data_uri(run_config, url, 900) for caption, url in outcome.figures.items()}
+        figure_images = report_figure_images(run_config, outcome.figures)
     create_markdown_artifact(
         key="train-gan-report",
         markdown=outcome.markdown(grid_image, links, figure_images),

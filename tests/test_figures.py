@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 from atlas_gan.config import load_config
+from atlas_gan.figures.animation import gif_bytes
 from atlas_gan.figures.curves import smoothed, training_curves_png
 from atlas_gan.ingest import ingest
 from atlas_gan.labels import LabelVocabulary
 from atlas_gan.models.base import ModelSpec
+from atlas_gan.pipeline import MAX_INLINE_GIF_BYTES, report_figure_images, run_figures
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.signature import LatentSignature, slerp
@@ -68,7 +70,7 @@ def test_a_run_draws_every_figure_for_any_band_count(bands, geotiff, make_config
 
     walk = Image.open(folder / WALK_NAME)
     side = 2 * (3 * (32 + 2) + 2)  # 9 walks in a 3x3 grid of 32 px tiles, shown twice as large
-    assert walk.format == "GIF" and walk.size == (side, side) and walk.n_frames == 4 * 16
+    assert walk.format == "GIF" and walk.size == (side, side) and walk.n_frames == 4 * 12
     assert walk.info["loop"] == 0
 
 
@@ -121,3 +123,20 @@ def test_walk_inputs_loop_and_hold_one_label_per_walk():
     assert all(f[1].tolist() == [1, 1] for f in fixed)
     again = LatentSignature().walk_inputs(spec, vocabulary, walks=6, keyframes=3, frames_between=4, seed=7)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(frames, again, strict=True))  # seeded
+
+
+def test_the_report_inlines_small_animations_and_shows_large_ones_as_a_still(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "run" / "figures"
+    folder.mkdir(parents=True)
+    small = gif_bytes([np.full((64, 64, 3), v, np.uint8) for v in (0, 128, 255)])
+    large = gif_bytes([rng.integers(0, 256, (400, 400, 3), dtype=np.uint8) for _ in range(8)])  # noise: ~1.3 MB
+    assert len(small) < MAX_INLINE_GIF_BYTES < len(large)
+    config = load_config(None, [f"train.run_dir={tmp_path / 'run'}"])
+    for data, animated in ((small, True), (large, False)):
+        (folder / "latent-walk.gif").write_bytes(data)
+        figures = run_figures(config)
+        assert list(figures) == ["Latent walk of the new generator"]
+        ((caption, image),) = report_figure_images(config, figures).items()
+        assert image.startswith("data:image/gif;base64,") == animated
+        assert ("first frame; the animation:" in caption) == (not animated)

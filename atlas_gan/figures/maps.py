@@ -13,27 +13,24 @@ MAX_LEGEND_SCENES = 12
 CELLS = 120  # cells across the longer side of the map
 
 
-def footprint_map_png(outlines: dict[str, Any], tile_bounds: np.ndarray, title: str, width_px: int = 1000) -> bytes:
-    """`outlines`: scene id -> shapely polygon (lon/lat); `tile_bounds`: (n, 4) west, south, east, north of each
-    tile. Cells are shaded by how many tiles cover them (stacked scenes of one place add up), under the scene
-    outlines; scenes too small to see at the map's scale get a ring marker."""
+def footprint_map_png(outlines: dict[str, Any], tiles: np.ndarray, title: str, width_px: int = 1000) -> bytes:
+    """`outlines`: scene id -> shapely polygon (lon/lat); `tiles`: the tiles' footprints (shapely polygons, lon/lat).
+    Cells are shaded by how many tiles cover them (stacked scenes of one place add up), under the scene outlines;
+    scenes too small to see at the map's scale get a ring marker."""
+    import shapely
+
+    tile_bounds = shapely.bounds(tiles) if len(tiles) else np.zeros((0, 4))
     west, south, east, north = _bounds(outlines, tile_bounds)
     shape = (north - south) / max((east - west) * math.cos(math.radians((south + north) / 2)), 1e-9)
     figure = new_figure(width_px, int(np.clip(width_px * 0.6 * shape + 220, 420, 1.2 * width_px)))
     axes = figure.add_subplot()
     span = max(east - west, north - south, 1e-6)
     cell = span / CELLS
-    if len(tile_bounds):
-        counts = _coverage(
-            tile_bounds,
-            west,
-            south,
-            cell,
-            int(np.ceil((east - west) / cell)) + 1,
-            int(np.ceil((north - south) / cell)) + 1,
-        )
-        x_edges = west + cell * np.arange(counts.shape[1] + 1)
-        y_edges = south + cell * np.arange(counts.shape[0] + 1)
+    if len(tiles):
+        columns, rows = int(np.ceil((east - west) / cell)) + 1, int(np.ceil((north - south) / cell)) + 1
+        counts = coverage(tiles, tile_bounds, west, north, cell, rows, columns)
+        x_edges = west + cell * np.arange(columns + 1)
+        y_edges = north - cell * np.arange(rows + 1)
         image = axes.pcolormesh(
             x_edges,
             y_edges,
@@ -67,24 +64,24 @@ def footprint_map_png(outlines: dict[str, Any], tile_bounds: np.ndarray, title: 
     return png_bytes(figure)
 
 
-def _coverage(bounds: np.ndarray, west: float, south: float, cell: float, columns: int, rows: int) -> np.ndarray:
-    """(rows, columns) count of tiles covering each cell's centre; a tile too small to cover any cell's centre
-    counts in the cell holding its own centre."""
-    counts = np.zeros((rows, columns), np.int32)
+def coverage(
+    tiles: np.ndarray, bounds: np.ndarray, west: float, north: float, cell: float, rows: int, columns: int
+) -> np.ndarray:
+    """(rows, columns) count of tiles covering each cell's centre, north row first (GDAL's rasterize, adding up).
+    Tiles smaller than a cell count in every cell they touch instead, so none vanishes."""
+    from rasterio.enums import MergeAlg
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
 
-    def span(low: np.ndarray, high: np.ndarray, origin: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-        first = np.ceil((low - origin) / cell - 0.5).astype(int)
-        last = np.floor((high - origin) / cell - 0.5).astype(int) + 1
-        centre = (((low + high) / 2 - origin) // cell).astype(int)
-        empty = last <= first
-        first, last = np.where(empty, centre, first), np.where(empty, centre + 1, last)
-        return np.clip(first, 0, size - 1), np.clip(last, 1, size)
-
-    first_col, last_col = span(bounds[:, 0], bounds[:, 2], west, columns)
-    first_row, last_row = span(bounds[:, 1], bounds[:, 3], south, rows)
-    for c0, c1, r0, r1 in zip(first_col, last_col, first_row, last_row, strict=True):
-        counts[r0:r1, c0:c1] += 1
-    return counts
+    smaller = np.median(np.minimum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])) < cell
+    return rasterize(
+        ((tile, 1) for tile in tiles),
+        out_shape=(rows, columns),
+        transform=from_origin(west, north, cell, cell),
+        all_touched=bool(smaller),
+        merge_alg=MergeAlg.add,
+        dtype="int32",
+    )
 
 
 def _bounds(outlines: dict[str, Any], tile_bounds: np.ndarray) -> tuple[float, float, float, float]:

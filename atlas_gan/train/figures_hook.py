@@ -112,7 +112,8 @@ class FiguresHook(TrainHooks):
 
 def walk_gif_of(trainer: Trainer, walks: int = 9) -> bytes:
     """A looping latent walk of the trainer's (EMA) generator, through the RGB triplet."""
-    frames = latent_walk(trainer.generator, trainer.generator_meta(), walks, seed=trainer.config.train.seed)
+    meta = trainer.generator_meta()
+    frames = latent_walk(trainer.generator, meta, walks, seed=trainer.config.train.seed, frames_between=12)
     positions = band_triplets(trainer.bands, trainer.config.train.rgb_bands)[0][1]
     return walk_gif(list((frames + 1.0) / 2.0), positions, columns=int(np.ceil(np.sqrt(walks))))
 
