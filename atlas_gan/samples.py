@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -82,3 +84,94 @@ class NpyEncoder:
 def encode_sample(key: str, members: dict[str, bytes]) -> bytes:
     """All members of one sample (`<key>.<suffix>`), in the given order."""
     return b"".join(tar_member(f"{key}.{suffix}", payload) for suffix, payload in members.items())
+
+
+class TarFormatError(ValueError):
+    """A shard that is not a whole, well-formed tar archive."""
+
+
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    while len(data) < size:  # network streams may return less than asked
+        more = stream.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _field(header: bytes, start: int, end: int) -> bytes:
+    return header[start:end].split(b"\0", 1)[0]
+
+
+def _pax_path(payload: bytes) -> str | None:
+    """The `path` record of a pax extended header ("<len> path=<name>\\n" records)."""
+    for record in payload.decode("utf-8", "replace").splitlines():
+        _, _, assignment = record.partition(" ")
+        key, _, value = assignment.partition("=")
+        if key == "path":
+            return value
+    return None
+
+
+def read_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, payload) of each regular file in a tar stream, in order, parsing the headers directly: the trainer's
+    hot loop, several times faster than `tarfile` on thousands of small members. ustar headers as ingest writes them
+    and pax long names are read; other member types are skipped. Raises TarFormatError on a bad checksum or a
+    truncated archive."""
+    long_name: str | None = None
+    while True:
+        header = _read_exact(stream, BLOCK)
+        if not header or header == _ZERO_BLOCK:
+            return
+        if len(header) < BLOCK:
+            raise TarFormatError("truncated: the archive ends inside a member header")
+        stored = int(_field(header, 148, 156).strip() or b"0", 8)
+        if stored != sum(header[:148]) + 8 * ord(" ") + sum(header[156:]):
+            raise TarFormatError("a member header fails its checksum (corrupt or not a tar archive)")
+        size = int(_field(header, 124, 136).strip() or b"0", 8)
+        padded = size + (-size % BLOCK)
+        data = _read_exact(stream, padded)
+        if len(data) < padded:
+            raise TarFormatError(f"truncated: a {size}-byte member is cut short")
+        kind = header[156:157]
+        if kind == b"x":
+            long_name = _pax_path(data[:size])
+            continue
+        if kind not in (b"0", b"\0"):
+            long_name = None
+            continue
+        name = long_name or _ustar_name(header)
+        long_name = None
+        yield name, data[:size]
+
+
+def _ustar_name(header: bytes) -> str:
+    name = _field(header, 0, 100).decode()
+    prefix = _field(header, 345, 500).decode() if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+class NpyDecoder:
+    """`.npy` bytes -> array without copying, parsing each distinct header once (a shard's tiles share one)."""
+
+    def __init__(self) -> None:
+        self._headers: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        if payload[6:8] != b"\x01\x00":  # only version 1.0 headers have the 2-byte length read below
+            return np.load(io.BytesIO(payload))
+        end = 10 + int.from_bytes(payload[8:10], "little")
+        known = self._headers.get(payload[:end])
+        if known is None:
+            stream = io.BytesIO(payload[:end])
+            np.lib.format.read_magic(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            if fortran or dtype.hasobject:
+                return np.load(io.BytesIO(payload))
+            known = self._headers[payload[:end]] = (dtype, shape, end)
+        dtype, shape, offset = known
+        return np.frombuffer(payload, dtype=dtype, offset=offset).reshape(shape)

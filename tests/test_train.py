@@ -12,6 +12,7 @@ from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import list_checkpoints, load_checkpoint
 from atlas_gan.runtime.generator import load_generator
+from atlas_gan.samples import TarFormatError
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage, StorageError
 from atlas_gan.train.data import TileStream, augment, to_training_range
@@ -232,3 +233,15 @@ def test_ema_half_life_and_rampup():
         model.weight.fill_(1.0)
     ema.update(model, 1000, 10**6)
     assert torch.allclose(ema.model.weight, 0.5 * before + 0.5)
+
+
+def test_a_damaged_shard_is_named(train_data, tmp_path):
+    shard = sorted(train_data.glob("*.tar"))[0]
+    damaged = tmp_path / shard.name
+    data = bytearray(shard.read_bytes())
+    data[5 * 512 + 10] ^= 0xFF  # somewhere in the middle of the archive: a header or a payload
+    damaged.write_bytes(bytes(data[: len(data) // 2]))  # and cut short
+    stream = TileStream([str(damaged)], 0, 1, image_size=32, seed=0, shuffle_buffer=4)
+    with pytest.raises(TarFormatError, match=str(damaged)):
+        for _ in stream:
+            pass
