@@ -325,16 +325,21 @@ def sample(
 ) -> None:
     """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or Cloud-Optimized GeoTIFFs
     with band names and provenance tags, or an animated latent walk (--walk)."""
-    from atlas_gan.sampling import grid_png, walk_gif_bytes, write_geotiffs
+    from atlas_gan.sampling import grid_png, write_geotiffs
 
     wanted = [b.strip() for b in bands.split(",")] if bands else None
     if walk is not None:
         _writable(walk, "--walk")
         walks = count or 16
+        from atlas_gan.figures.animation import walk_gif
+        from atlas_gan.preview import band_positions
+
         with _exit_codes():
             sampler = _load_sampler(model, config, overrides)
-            frames = sampler.walk(walks, seed, label, keyframes, frames_between, truncation_psi)
-            _write_file(walk, walk_gif_bytes(frames, sampler.bands, wanted), "--walk")
+            frames = sampler.walk(
+                walks, seed, label, keyframes=keyframes, frames_between=frames_between, truncation_psi=truncation_psi
+            )
+            _write_file(walk, walk_gif(frames, band_positions(sampler.bands, wanted)), "--walk")
         typer.echo(
             f"wrote {walk}: {walks} latent walks of {sampler.source}, {len(frames)} frames "
             f"({keyframes} keyframes from seed {seed}, {frames_between} frames apart)"

@@ -54,7 +54,15 @@ from atlas_gan.shards import (
     write_manifest,
 )
 from atlas_gan.storage import S3Storage, Storage, is_s3, join_url, storage_for
-from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, TileRows, map_png, shard_of_each, updated_index
+from atlas_gan.tile_index import (
+    INDEX_NAME,
+    MAP_NAME,
+    TileRows,
+    map_png,
+    shard_of_each,
+    updated_index,
+    write_index,
+)
 
 
 class IngestRejected(RuntimeError):
@@ -343,8 +351,6 @@ def _index_rows(pieces: list[SceneScan], records: list[ShardRecord]) -> TileRows
 
 def _write_index(store: Storage, output: str, manifest: dict[str, Any], index: Any) -> None:
     """The GeoParquet tile index and its footprint map, beside the manifest (written before it)."""
-    from atlas_gan.tile_index import write_index
-
     write_index(store, output, index)
     store.write_bytes(join_url(output, MAP_NAME), map_png(manifest, index))
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import itertools
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from atlas_gan.samples import NpyDecoder, read_members
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import Storage, join_url
 
@@ -52,14 +52,15 @@ def iter_tiles_and_masks(
     store: Storage, output: str, shards: list[dict[str, Any]]
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(tile, valid-pixel mask) of every sample of these manifest shards, in order."""
+    decoder = NpyDecoder()
     for shard in shards:
-        with store.open_read(join_url(output, shard["url"])) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        with store.open_read(join_url(output, shard["url"])) as stream:
             tile = None
-            for member in tar:
-                if member.name.endswith(".tile.npy"):
-                    tile = np.load(io.BytesIO(tar.extractfile(member).read()))
-                elif member.name.endswith(".mask.npy") and tile is not None:
-                    yield tile, np.load(io.BytesIO(tar.extractfile(member).read()))
+            for name, payload in read_members(stream):
+                if name.endswith(".tile.npy"):
+                    tile = decoder.decode(payload)
+                elif name.endswith(".mask.npy") and tile is not None:
+                    yield tile, decoder.decode(payload)
                     tile = None
 
 

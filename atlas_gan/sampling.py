@@ -69,31 +69,10 @@ class Sampler:
         parts = generate_batched(self.generator, inputs, batch_size, truncation_psi)
         return torch.cat(parts).float().numpy()
 
-    def walk(
-        self,
-        walks: int,
-        seed: int = 0,
-        label: str | None = None,
-        keyframes: int = 4,
-        frames_between: int = 16,
-        truncation_psi: float = 1.0,
-        batch_size: int = 256,
-    ) -> np.ndarray:
-        """A looping latent walk (`LatentSignature.walk_inputs`): (frames, walks, bands, size, size) in [-1, 1]."""
-        return latent_walk(
-            self.generator, self.meta, walks, seed, label, keyframes, frames_between, truncation_psi, batch_size
-        )
-
-
-def walk_gif_bytes(
-    frames: np.ndarray, bands: list[str], display: list[str] | None, columns: int | None = None
-) -> bytes:
-    """GIF of walk frames in [-1, 1] through the display bands (default: the first three)."""
-    from atlas_gan.figures.animation import walk_gif
-
-    walks = frames.shape[1]
-    columns = columns or max(1, int(np.ceil(np.sqrt(walks))))
-    return walk_gif(list((frames + 1.0) / 2.0), band_positions(bands, display), columns)
+    def walk(self, walks: int, seed: int = 0, label: str | None = None, **options: Any) -> np.ndarray:
+        """A looping latent walk (`atlas_gan.runtime.walk.latent_walk`, whose keyword options it takes):
+        (frames, walks, bands, size, size) in [-1, 1]."""
+        return latent_walk(self.generator, self.meta, walks, seed, label, **options)
 
 
 def is_mlflow_uri(uri: str) -> bool:

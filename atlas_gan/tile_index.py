@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from atlas_gan.geo.footprints import polygons, tile_corners, to_wgs84
+from atlas_gan.samples import read_members
 from atlas_gan.shards import ShardRecord
 from atlas_gan.storage import Storage, join_url
 
@@ -89,9 +89,8 @@ def index_table(tiles: TileRows, size: int) -> Any:
     for name in dict.fromkeys(tiles.crs):  # reproject one CRS at a time
         rows = crs == name
         lon[rows], lat[rows] = to_wgs84(name, x[rows], y[rows])
-    native = shapely.to_wkb(polygons(x, y)) if count else np.array([], dtype=object)
-    wgs84 = polygons(lon, lat) if count else np.array([], dtype=object)
-    centres = shapely.centroid(wgs84) if count else wgs84
+    wgs84 = polygons(lon, lat)
+    centres = shapely.centroid(wgs84)
     table = pa.table(
         {
             "key": pa.array(tiles.keys, pa.string()),
@@ -101,12 +100,12 @@ def index_table(tiles: TileRows, size: int) -> Any:
             "nodata_fraction": pa.array(tiles.fractions, pa.float32()),
             "row": pa.array(tiles.rows, pa.int32()),
             "col": pa.array(tiles.cols, pa.int32()),
-            "lon": pa.array(shapely.get_x(centres) if count else [], pa.float64()),
-            "lat": pa.array(shapely.get_y(centres) if count else [], pa.float64()),
+            "lon": pa.array(shapely.get_x(centres), pa.float64()),
+            "lat": pa.array(shapely.get_y(centres), pa.float64()),
             "crs": pa.array(tiles.crs, pa.string()).dictionary_encode(),
             "epsg": pa.array(tiles.epsg, pa.int32()),
-            "geometry_native": pa.array(list(native), pa.binary()),
-            "geometry": pa.array(list(shapely.to_wkb(wgs84)) if count else [], pa.binary()),
+            "geometry_native": pa.array(list(shapely.to_wkb(polygons(x, y))), pa.binary()),
+            "geometry": pa.array(list(shapely.to_wkb(wgs84)), pa.binary()),
         }
     )
     return with_geo_metadata(table)
@@ -160,14 +159,14 @@ def rows_from_shards(store: Storage, output: str, shard_names: Iterable[str]) ->
     """Index rows rebuilt from the tiles' own JSON metadata (datasets ingested before the index existed)."""
     tiles = TileRows()
     for shard in shard_names:
-        with store.open_read(join_url(output, shard)) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
+        with store.open_read(join_url(output, shard)) as stream:
+            for name, payload in read_members(stream):
+                if not name.endswith(".json"):
                     continue
-                meta = json.loads(tar.extractfile(member).read())
+                meta = json.loads(payload)
                 window = meta["window"]
                 tiles.add(
-                    member.name.removesuffix(".json"),
+                    name.removesuffix(".json"),
                     meta["scene_id"],
                     shard,
                     meta.get("acquired"),

@@ -20,12 +20,13 @@ def gif_bytes(frames: Sequence[np.ndarray], frame_ms: int = 80) -> bytes:
     return buffer.getvalue()
 
 
-def walk_gif(frames: Sequence[np.ndarray], positions: list[int], columns: int, frame_ms: int = 80) -> bytes:
-    """A latent walk as a GIF: each frame is a grid of tiles in [0, 1] (walks, bands, h, w), shown through the
-    band `positions`; tiles under 64 px are enlarged twice (nearest neighbour) so they can be seen."""
+def walk_gif(frames: np.ndarray, positions: list[int], frame_ms: int = 80) -> bytes:
+    """A latent walk as a GIF: frames (frames, walks, bands, h, w) in [-1, 1], each a square-ish grid of the walks
+    shown through the band `positions`; tiles under 64 px are enlarged twice (nearest neighbour) to be seen."""
     from atlas_gan.preview import tile_grid
 
-    grids = [tile_grid(list(frame), positions, columns) for frame in frames]
+    columns = max(1, int(np.ceil(np.sqrt(frames.shape[1]))))
+    grids = [tile_grid(list((frame + 1.0) / 2.0), positions, columns) for frame in frames]
     scale = 2 if frames[0].shape[-1] < 64 else 1
     if scale > 1:
         grids = [grid.repeat(scale, axis=0).repeat(scale, axis=1) for grid in grids]

@@ -187,13 +187,16 @@ class MLflowHook(TrainHooks):
 
     def on_samples(self, trainer: Trainer, urls: list[str]) -> None:
         """Each grid as an MLflow image at the training step (the UI's step slider), keyed by its band triplet."""
+        self._each_file(trainer, urls, "sample grid", lambda data, name: self._log_image(trainer, data, name))
+
+    def _each_file(self, trainer: Trainer, urls: list[str], what: str, log_one: Any) -> None:
+        """`log_one(bytes, file name)` for each run_dir file, each attempt on its own (see `_attempt`)."""
         if self.run_id is None:
             return
         for url in urls:
             name = url.rsplit("/", 1)[-1]
             self._attempt(
-                f"logging sample grid {name}",
-                lambda url=url, name=name: self._log_image(trainer, trainer.store.read_bytes(url), name),
+                f"logging {what} {name}", lambda url=url, name=name: log_one(trainer.store.read_bytes(url), name)
             )
 
     def _log_image(self, trainer: Trainer, png: bytes, name: str) -> None:
@@ -207,14 +210,7 @@ class MLflowHook(TrainHooks):
 
     def on_figures(self, trainer: Trainer, urls: list[str]) -> None:
         """The latest figures as artifacts under figures/ (each drawing replaces the previous one)."""
-        if self.run_id is None:
-            return
-        for url in urls:
-            name = url.rsplit("/", 1)[-1]
-            self._attempt(
-                f"logging figure {name}",
-                lambda url=url, name=name: self._log_file(name, trainer.store.read_bytes(url), "figures"),
-            )
+        self._each_file(trainer, urls, "figure", lambda data, name: self._log_file(name, data, "figures"))
 
     def on_checkpoint(self, trainer: Trainer, url: str) -> None:
         if self.run_id is not None:

@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 
 from atlas_gan.figures.animation import walk_gif
 from atlas_gan.figures.compare import band_histograms_png, real_vs_generated_png
@@ -87,16 +86,14 @@ class FiguresHook(TrainHooks):
         folder = join_url(trainer.config.train.run_dir, FIGURES_DIR)
         title = f"{trainer.model_name}, step {trainer.step:,} ({trainer.images_seen / 1000:.1f} kimg)"
         figures = {"curves.png": training_curves_png(self.records, f"training curves: {title}")}
-        with torch.no_grad(), trainer.recipe.autocast():
-            generated = trainer.generator(*trainer.fixed_inputs).float().cpu().numpy()
-        generated = (generated + 1.0) / 2.0  # [-1, 1] -> the normalized [0, 1] the real tiles are stored in
+        generated = (trainer.fixed_samples().numpy() + 1.0) / 2.0  # the normalized [0, 1] of the real tiles
         assert self.real is not None and self.real_masks is not None
         shown = list(self.real[: len(generated)])
         for label, positions in band_triplets(trainer.bands, trainer.config.train.rgb_bands):
             png = real_vs_generated_png(shown, list(generated), positions, title, label)
             figures[f"real-vs-generated-{label}.png"] = png
         norm = Normalization.from_manifest(trainer.manifest["normalization"])
-        real_values = _valid_values(norm.invert(self.real.transpose(1, 0, 2, 3)), self.real_masks)
+        real_values = norm.invert(self.real.transpose(1, 0, 2, 3))[:, self.real_masks]  # (bands, valid pixels)
         fake_values = norm.invert(generated.transpose(1, 0, 2, 3)).reshape(len(trainer.bands), -1)
         units = f"source units ({trainer.manifest['scenes'][0].get('dtype', 'values')})"
         figures["band-histograms.png"] = band_histograms_png(
@@ -114,8 +111,7 @@ def walk_gif_of(trainer: Trainer, walks: int = 9) -> bytes:
     """A looping latent walk of the trainer's (EMA) generator, through the RGB triplet."""
     meta = trainer.generator_meta()
     frames = latent_walk(trainer.generator, meta, walks, seed=trainer.config.train.seed, frames_between=12)
-    positions = band_triplets(trainer.bands, trainer.config.train.rgb_bands)[0][1]
-    return walk_gif(list((frames + 1.0) / 2.0), positions, columns=int(np.ceil(np.sqrt(walks))))
+    return walk_gif(frames, band_triplets(trainer.bands, trainer.config.train.rgb_bands)[0][1])
 
 
 def _spread_real_tiles(trainer: Trainer, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +130,3 @@ def _spread_real_tiles(trainer: Trainer, count: int) -> tuple[np.ndarray, np.nda
     tiles = np.stack([tile[:, :size, :size].astype(np.float32) for tile, _ in chosen])  # top-left crop if smaller
     masks = np.stack([mask[:size, :size] for _, mask in chosen])
     return tiles, masks
-
-
-def _valid_values(physical: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(bands, n, h, w) with (n, h, w) masks -> (bands, valid pixels)."""
-    return physical[:, masks]

@@ -324,12 +324,15 @@ class Trainer:
             self.run_log = RunLog(self.store, self.config.train.run_dir)
         self.run_log.write(record)
 
+    def fixed_samples(self) -> torch.Tensor:
+        """Rank 0: the (EMA) generator's images of the fixed inputs, float32 on the CPU, in [-1, 1]."""
+        with torch.no_grad(), self.recipe.autocast():
+            return self.generator(*self.fixed_inputs).float().cpu()
+
     def write_samples(self) -> list[str]:
         """Rank 0: fixed-input grids from the (EMA) generator (RGB triplet, then the other bands in threes)."""
-        with torch.no_grad(), self.recipe.autocast():
-            images = self.generator(*self.fixed_inputs).float().cpu()
         prefix = join_url(self.config.train.run_dir, "samples", f"step-{self.step:08d}")
-        return write_sample_grids(self.store, prefix, images, self.bands, self.config.train.rgb_bands)
+        return write_sample_grids(self.store, prefix, self.fixed_samples(), self.bands, self.config.train.rgb_bands)
 
     def fingerprint(self) -> str:
         """Digest of every network's parameters: equal on every rank when training is in sync."""
