@@ -14,14 +14,14 @@ LAYERS: list[set[str]] = [  # bottom to top; a module may import its own layer's
     {"storage", "locks"},
     {"samples", "labels"},
     {"geo", "shards"},
-    {"preview", "ingest", "tile_index", "figures"},
+    {"preview", "ingest", "tile_index", "split", "figures"},
     {"losses", "models"},
     {"runtime"},  # shared at run time by everything above: process groups, checkpoints, loading a generator
     {"export", "recipes"},
     {"train"},
     {"metrics"},  # plugs into training as a hook
     {"tracking"},  # plugs into training as a hook; registers what metrics scored
-    {"sampling"},
+    {"sampling", "translate"},  # whole-scene inference with a registered or trained generator
     {"pipeline"},
     {"cli"},
 ]

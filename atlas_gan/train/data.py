@@ -65,6 +65,7 @@ class TileStream(IterableDataset):
         augment_config: AugmentConfig | None = None,
         storage: StorageConfig | None = None,
         scene_labels: dict[str, int] | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         if not shard_urls:
@@ -75,6 +76,7 @@ class TileStream(IterableDataset):
         self.shuffle_buffer, self.augment_config = shuffle_buffer, augment_config or AugmentConfig()
         self.storage = storage
         self.scene_labels = scene_labels
+        self.exclude = exclude  # tile keys training never sees (the validation split and its buffer)
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -102,6 +104,8 @@ class TileStream(IterableDataset):
                 if "tile.npy" in sample:
                     yield sample
                 key, sample = member_key, {}
+            if member_key in self.exclude:
+                continue
             if suffix == "tile.npy":
                 sample["tile.npy"] = decoder.decode(payload)
             elif suffix == "json" and self.scene_labels is not None:
@@ -144,6 +148,27 @@ class TileStream(IterableDataset):
         order = rng.permutation(len(buffer))
         for i in order:
             yield {"image": torch.from_numpy(buffer[i][0]), "label": buffer[i][1], "epoch": epoch}
+
+
+def read_tiles(
+    shard_urls: list[str], keys: frozenset[str] | None, image_size: int, storage: StorageConfig | None, limit: int
+) -> tuple[list[str], torch.Tensor]:
+    """The first `limit` tiles named by `keys` (e.g. the validation split; None: any) in shard order, in the
+    training range [-1, 1] at `image_size`: (keys, images (n, bands, size, size))."""
+    decoder, found = NpyDecoder(), {}
+    for url in shard_urls:
+        with storage_for(url, storage).open_read(url) as stream:
+            for name, payload in read_members(stream):
+                key, _, suffix = name.partition(".")
+                if suffix == "tile.npy" and (keys is None or key in keys):
+                    found[key] = to_training_range(decoder.decode(payload), image_size)
+                    if len(found) == limit:
+                        break
+        if len(found) == limit:
+            break
+    if not found:
+        return [], torch.empty(0)
+    return list(found), torch.from_numpy(np.stack(list(found.values())))
 
 
 def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
