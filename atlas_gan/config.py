@@ -268,14 +268,52 @@ class FastGANOptions(_AdversarialOptions):
     )
 
 
+def _distinct_bands(value: list[str | int]) -> list[str | int]:
+    if len({str(band).lower() for band in value}) != len(value):
+        raise ValueError(f"bands repeat: {value}")
+    return value
+
+
+BandList = Annotated[list[str | int], Field(min_length=1, max_length=256), AfterValidator(_distinct_bands)]
+
+
+class Pix2PixOptions(_Strict):
+    """pix2pix (Isola et al. 2017): paired translation of one dataset's input bands into its target bands."""
+
+    family: Literal["pix2pix"]
+    input_bands: BandList = Field(description="the bands G sees (names or 1-based indexes), e.g. [B4, B3, B2]")
+    target_bands: BandList = Field(description="the bands G draws, e.g. [B8]; may overlap input_bands")
+    l1_weight: float = Field(100.0, ge=0, le=1e5, description="weight of the L1 loss to the target (the paper's 100)")
+    norm: Literal["batch", "instance"] = Field(
+        "batch", description="normalization in G and D; batch: no per-tile contrast, so whole scenes have no seams"
+    )
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout in G's three innermost decoder blocks (training only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_adversarial_options(cls, data: Any) -> Any:
+        """The default config's null n_critic/r1_gamma are dropped; a value set for them is an error."""
+        if isinstance(data, dict):
+            for key in _AdversarialOptions.model_fields:
+                if key in data and data[key] is None:
+                    data = {k: v for k, v in data.items() if k != key}
+                elif key in data:
+                    raise ValueError(f"{key}: pix2pix has one D step per G step and no R1 penalty")
+        return data
+
+
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "attention_resolution": ("sagan", "self-attention block"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
     "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
+    "input_bands": ("pix2pix", "input image"),
+    "target_bands": ("pix2pix", "target image"),
+    "l1_weight": ("pix2pix", "L1 loss to a target"),
 }
 
 ModelOptions = Annotated[
-    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions, Field(discriminator="family")
+    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions | Pix2PixOptions,
+    Field(discriminator="family"),
 ]
 MODEL_FAMILIES: tuple[str, ...] = tuple(
     name for options in ModelOptions.__origin__.__args__ for name in options.model_fields["family"].annotation.__args__
@@ -287,6 +325,20 @@ _SHORTHAND_SECTIONS = {("train", "model"): "family"}
 
 # Keys that lived flat in `train` before family options moved under `train.model`.
 _MOVED_TRAIN_KEYS = ("n_critic", "r1_gamma", "path_length_weight", "attention_resolution")
+
+
+class ValidationConfig(_Strict):
+    """Tiles held out of training for validation, in spatial blocks: no held-out tile has a training tile beside
+    it (or on the same ground at another date), so validation is not flattered by spatial autocorrelation."""
+
+    fraction: float | None = Field(
+        None, ge=0, le=0.5, description="share of tiles held out; null: 0.1 for image-to-image recipes, else 0"
+    )
+    by: Literal["blocks", "scenes"] = Field(
+        "blocks", description="blocks: square blocks of ground, all dates; scenes: whole scenes"
+    )
+    block_tiles: int = Field(4, ge=1, le=1000, description="blocks: side of a block, in tiles")
+    seed: int = Field(0, ge=0, description="which blocks or scenes are held out")
 
 
 class TrainConfig(_Strict):
@@ -322,6 +374,7 @@ class TrainConfig(_Strict):
     )
     ada: AdaConfig | None = Field(None, description="adaptive discriminator augmentation; null: off")
     condition: ConditionConfig = ConditionConfig()
+    validation: ValidationConfig = ValidationConfig()
     seed: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)

@@ -26,6 +26,8 @@ class ModelSpec:
     d_width: int = 64
     num_classes: int = 0  # > 0: a conditional GAN over that many labels
     attention_resolution: int = 0  # > 0: a self-attention block where feature maps have this size (SAGAN)
+    input_bands: int = 0  # > 0: an image-to-image generator reading this many bands (0: latent vectors in)
+    norm: str = "batch"  # image-to-image networks: batch or instance normalization
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:

@@ -4,8 +4,9 @@ The first five share the DCGAN layout (`dcgan.py`); what differs is normalizatio
 self-attention and how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not
 by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
-adds the lazy R1 and path-length regularizers. Every family here trains with the adversarial recipe
-(`atlas_gan/recipes/adversarial.py`); `training` holds that recipe's settings from the family's paper.
+adds the lazy R1 and path-length regularizers. These train with the adversarial recipe
+(`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it, and pix2pix (`pix2pix.py`)
+translates images with its own recipe. `training` holds each family's settings from its paper.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from atlas_gan.models.base import AdversarialDefaults, GANFamily
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
+from atlas_gan.models.pix2pix import PatchDiscriminator, UNetGenerator
 from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 DCGAN = GANFamily(
@@ -101,4 +103,18 @@ FASTGAN = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN)
+PIX2PIX = GANFamily(
+    name="pix2pix",
+    generator=UNetGenerator,
+    discriminator=PatchDiscriminator,
+    training=AdversarialDefaults(
+        loss="nonsaturating", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), small_data_augmentation=()
+    ),
+    recipe="pix2pix",
+    description=(
+        "Isola et al. 2017: U-Net G with skip connections and dropout, 70x70 PatchGAN D on (input, output) pairs, "
+        "BCE + 100 x L1 to the target; paired band-to-band translation, any band counts"
+    ),
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX)

@@ -14,16 +14,29 @@ from atlas_gan.models.base import ModelSpec
 from atlas_gan.recipes.adversarial import AdversarialRecipe, attention_resolution
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update
 from atlas_gan.recipes.fastgan import FastGANRecipe
+from atlas_gan.recipes.pix2pix import BandRoles, Pix2PixRecipe, band_roles
 from atlas_gan.runtime.distributed import DistributedContext
 
-RECIPES: dict[str, type[AdversarialRecipe]] = {recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe)}
+RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe, Pix2PixRecipe)}
 
 
-def model_spec(cfg: TrainConfig, bands: int, image_size: int, num_classes: int) -> ModelSpec:
-    """The networks' shape for this config and dataset."""
+def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes: int) -> ModelSpec:
+    """The networks' shape for this config and dataset (`roles`: the bands G reads and draws)."""
     family = get_family(cfg.model.family)
+    if roles.inputs is not None:
+        if num_classes:
+            raise ValueError(f"{family.name} translates images and takes no labels: set train.condition.by=none")
+        return ModelSpec(
+            len(roles.outputs),
+            image_size,
+            cfg.latent_dim,
+            cfg.g_width,
+            cfg.d_width,
+            input_bands=len(roles.inputs),
+            norm=getattr(cfg.model, "norm", "batch"),
+        )
     return ModelSpec(
-        bands,
+        len(roles.outputs),
         image_size,
         cfg.latent_dim,
         cfg.g_width,
@@ -39,10 +52,24 @@ def build_recipe(
     ctx: DistributedContext,
     autocast_dtype: torch.dtype | None,
     memory_format: torch.memory_format | None,
+    roles: BandRoles,
 ) -> Recipe:
     """The configured family's recipe with freshly initialized networks (seed the global RNG first)."""
     family = get_family(cfg.model.family)
-    return RECIPES[family.recipe](family, spec, cfg, ctx, autocast_dtype, memory_format)
+    recipe = RECIPES[family.recipe]
+    if issubclass(recipe, Pix2PixRecipe):
+        return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format, roles)
+    return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format)
 
 
-__all__ = ["RECIPES", "Batch", "Progress", "Recipe", "Update", "build_recipe", "model_spec"]
+__all__ = [
+    "RECIPES",
+    "BandRoles",
+    "Batch",
+    "Progress",
+    "Recipe",
+    "Update",
+    "band_roles",
+    "build_recipe",
+    "model_spec",
+]

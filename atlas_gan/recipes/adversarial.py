@@ -107,7 +107,9 @@ class AdversarialRecipe(Recipe):
 
     # ---- state ------------------------------------------------------------------------------------------------------
 
-    def fixed_inputs(self, count: int, seed: int) -> tuple[torch.Tensor | None, ...]:
+    def fixed_inputs(
+        self, count: int, seed: int, examples: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
         """Seeded latents; a conditional grid shows the classes in equal blocks, in order."""
         latents = torch.randn(count, self.spec.latent_dim, generator=torch.Generator().manual_seed(seed))
         labels = None

@@ -11,7 +11,8 @@ A recipe declares:
   signature, never on a family name.
 - `step(batches, update, progress)`: pulls the batches it needs and updates its networks through `update`, which
   does what every update needs (zero grad, backward, average over ranks, finite check, step, post-step hook).
-- `fixed_inputs(n)`: the generator inputs of the sample grids, the same at every step.
+- `fixed_inputs(n, seed, examples)`: the generator inputs of the sample grids, the same at every step (an
+  image-to-image recipe takes them from `examples`, held-out tiles).
 - `state_dict` / `rank_state_dict`: state beyond networks and optimizers (ADA's p, the path-length mean, ...):
   shared (equal on every rank) or per rank (saved for every rank, restored exactly when the world size is equal).
 """
@@ -106,8 +107,11 @@ class Recipe:
         """One training step; returns the losses to log, or None when a non-finite loss made every rank skip it."""
         raise NotImplementedError
 
-    def fixed_inputs(self, count: int, seed: int) -> tuple[torch.Tensor | None, ...]:
-        """The generator's inputs for the sample grids (on the training device)."""
+    def fixed_inputs(
+        self, count: int, seed: int, examples: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The generator's inputs for the sample grids (on the training device); `examples`: held-out dataset
+        tiles in [-1, 1], for recipes whose generator reads images."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.runtime.signature import signature_of
 from atlas_gan.storage import Storage
 
-META_KEYS = ("model", "signature", "spec", "bands", "labels", "normalization", "step", "images_seen")
+META_KEYS = ("model", "signature", "spec", "bands", "input_bands", "labels", "normalization", "step", "images_seen")
 
 
 def generator_meta(
@@ -26,14 +26,17 @@ def generator_meta(
     normalization: dict[str, Any] | None,
     step: int,
     images_seen: int,
+    input_bands: list[str] | None = None,
 ) -> dict[str, Any]:
-    """What is needed to rebuild a generator and read its images: family, input signature, ModelSpec fields, band
-    names, label vocabulary (None: unconditional), the dataset's normalization, and how far it was trained."""
+    """What is needed to rebuild a generator and read its images: family, input signature, ModelSpec fields, the
+    names of the bands it draws (and reads: `input_bands`, None for a latent generator), label vocabulary (None:
+    unconditional), the dataset's normalization (every dataset band, by name), and how far it was trained."""
     return {
         "model": model,
         "signature": signature,
         "spec": spec,
         "bands": bands,
+        "input_bands": input_bands,
         "labels": labels,
         "normalization": normalization,
         "step": step,
@@ -56,6 +59,7 @@ def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Modul
         signature=state["generator"]["signature"],
         spec=state["spec"],
         bands=state["bands"],
+        input_bands=state.get("input_bands"),
         labels=state.get("labels"),
         normalization=state["normalization"],
         step=state["step"],

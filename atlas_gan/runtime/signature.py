@@ -8,7 +8,8 @@ registered models record it (`meta["signature"]`; absent in files written before
 - `latent`: `generator(latents, labels)`: latents float32 (n, latent_dim) ~ N(0, I); labels int64 (n,) for a
   conditional generator, else None.
 
-Image-to-image recipes (translation, super-resolution) add their signature here, with inputs drawn from images.
+- `image`: `generator(images)`: images float32 (n, input_bands, h, w) in [-1, 1], the dataset's normalized units
+  (translation; super-resolution will share it). There is nothing to draw from a seed: inputs come from imagery.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from atlas_gan.labels import LabelVocabulary, generation_labels
 from atlas_gan.models.base import ModelSpec, seeded_latents
 
 LATENT = "latent"
+IMAGE = "image"
 
 Inputs = tuple[torch.Tensor | None, ...]
 
@@ -139,7 +141,55 @@ def slerp(start: torch.Tensor, end: torch.Tensor, t: float) -> torch.Tensor:
     return torch.where(linear, (1 - t) * start + t * end, spherical)
 
 
-SIGNATURES: dict[str, LatentSignature] = {LATENT: LatentSignature()}
+class ImageSignature(LatentSignature):
+    """Images in; see the module docstring. What only makes sense for latents (seeds, walks) is refused."""
+
+    name: ClassVar[str] = IMAGE
+
+    def input_names(self, spec: ModelSpec) -> list[str]:
+        return ["images"]
+
+    def example_inputs(self, spec: ModelSpec, count: int) -> tuple[torch.Tensor, ...]:
+        """Seeded images in [-1, 1] (export tracing)."""
+        rng = torch.Generator().manual_seed(0)
+        size = spec.image_size
+        return (torch.rand(count, spec.input_bands, size, size, generator=rng) * 2 - 1,)
+
+    def seeded_inputs(
+        self, spec: ModelSpec, vocabulary: LabelVocabulary | None, count: int, seed: int, label: str | None = None
+    ) -> Inputs:
+        raise ValueError(
+            "this generator translates images: pass images (n, "
+            f"{spec.input_bands}, h, w) in [-1, 1], or use `atlas-gan translate` on a scene; it draws nothing "
+            "from a seed"
+        )
+
+    def request_inputs(
+        self,
+        model_input: Any,
+        spec: ModelSpec,
+        vocabulary: LabelVocabulary | None,
+        seed: int,
+        label: str | None = None,
+    ) -> Inputs:
+        if isinstance(model_input, dict):
+            model_input = model_input.get("images", next(iter(model_input.values()), None))
+        array = np.asarray(model_input, dtype=np.float32)
+        if array.ndim != 4 or array.shape[1] != spec.input_bands:
+            raise ValueError(f"images must have shape (n, {spec.input_bands}, h, w); got {array.shape}")
+        return (torch.from_numpy(array),)
+
+    def walk_inputs(self, *args: Any, **kwargs: Any) -> list[Inputs]:
+        raise ValueError("an image-to-image generator has no latent space to walk")
+
+    def label_names(self, inputs: Inputs, vocabulary: LabelVocabulary | None) -> list[str]:
+        return []
+
+    def random_batches(self, *args: Any, **kwargs: Any) -> Iterator[Inputs]:
+        raise ValueError("an image-to-image generator is scored on held-out image pairs, not on random inputs")
+
+
+SIGNATURES: dict[str, LatentSignature] = {LATENT: LatentSignature(), IMAGE: ImageSignature()}
 
 
 def signature_of(meta: dict[str, Any]) -> LatentSignature:

@@ -37,6 +37,12 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
     if train.diffaugment is None:
         if train.ada is not None:
             picks.append(DataDefault("train.diffaugment", [], "train.ada is set: ADA augments what D sees"))
+        elif not get_family(train.model.family).training.small_data_augmentation:
+            reason = (
+                f"{train.model.family}: D judges (input, output) pairs, which augmenting D's view would unpair; "
+                "the loader's flips and rotations move both"
+            )
+            picks.append(DataDefault("train.diffaugment", [], reason))
         elif tiles < SMALL_DATASET:
             family = train.model.family
             reason = (

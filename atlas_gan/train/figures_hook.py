@@ -5,6 +5,10 @@
 - `band-histograms.png`: each band's values, real against generated, in the source's units;
 - `latent-walk.gif` (at the end only): a looping latent walk of the final EMA generator.
 
+A translation (a generator that reads images) gets `translation-<triplet>.png` instead of the real-vs-generated
+grids: held-out tiles' input bands, their translation and the target bands; its histograms compare target and
+translated values, and it has no latent walk.
+
 Other hooks get the URLs through `on_figures` (MLflow logs them as artifacts; the Prefect report inlines them).
 """
 
@@ -19,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from atlas_gan.figures.animation import walk_gif
-from atlas_gan.figures.compare import band_histograms_png, real_vs_generated_png
+from atlas_gan.figures.compare import band_histograms_png, real_vs_generated_png, translation_png
 from atlas_gan.figures.curves import training_curves_png
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.preview import band_triplets, iter_tiles_and_masks
+from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.runtime.walk import latent_walk
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.train.hooks import TrainHooks
@@ -51,6 +56,8 @@ class FiguresHook(TrainHooks):
         if trainer.store.exists(url):  # a resumed run: its curves start at step 0, not at the resume
             lines = trainer.store.read_bytes(url).decode().splitlines()
             self.records = [json.loads(line) for line in lines if line.strip()]
+        if trainer.recipe.signature == IMAGE:
+            return  # the held-out examples are the real side
         self.real, self.real_masks = _spread_real_tiles(trainer, REAL_TILES)
 
     def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -61,6 +68,8 @@ class FiguresHook(TrainHooks):
     def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self.drawn_at != trainer.step:
             self.draw(trainer)
+        if trainer.recipe.signature == IMAGE:
+            return
         try:
             url = join_url(trainer.config.train.run_dir, FIGURES_DIR, WALK_NAME)
             trainer.store.write_bytes(url, walk_gif_of(trainer))
@@ -83,9 +92,11 @@ class FiguresHook(TrainHooks):
         return urls
 
     def _draw(self, trainer: Trainer) -> list[str]:
-        folder = join_url(trainer.config.train.run_dir, FIGURES_DIR)
         title = f"{trainer.model_name}, step {trainer.step:,} ({trainer.images_seen / 1000:.1f} kimg)"
         figures = {"curves.png": training_curves_png(self.records, f"training curves: {title}")}
+        if trainer.recipe.signature == IMAGE:
+            figures.update(_translation_figures(trainer, title))
+            return _write(trainer, figures)
         generated = (trainer.fixed_samples().numpy() + 1.0) / 2.0  # the normalized [0, 1] of the real tiles
         assert self.real is not None and self.real_masks is not None
         shown = list(self.real[: len(generated)])
@@ -99,12 +110,42 @@ class FiguresHook(TrainHooks):
         figures["band-histograms.png"] = band_histograms_png(
             real_values, fake_values, trainer.bands, f"band values, real vs generated: {title}", units
         )
-        urls = []
-        for name, data in figures.items():
-            url = join_url(folder, name)
-            trainer.store.write_bytes(url, data)
-            urls.append(url)
-        return urls
+        return _write(trainer, figures)
+
+
+def _write(trainer: Trainer, figures: dict[str, bytes]) -> list[str]:
+    folder = join_url(trainer.config.train.run_dir, FIGURES_DIR)
+    urls = []
+    for name, data in figures.items():
+        url = join_url(folder, name)
+        trainer.store.write_bytes(url, data)
+        urls.append(url)
+    return urls
+
+
+def _translation_figures(trainer: Trainer, title: str) -> dict[str, bytes]:
+    """Input, translation and target of the held-out examples; target against translated band values."""
+    assert trainer.examples is not None and trainer.input_bands is not None
+    examples = (trainer.examples.numpy() + 1.0) / 2.0
+    roles = trainer.roles
+    inputs, targets = examples[:, roles.inputs], examples[:, roles.outputs]
+    translated = (trainer.fixed_samples().numpy() + 1.0) / 2.0
+    input_positions = band_triplets(trainer.input_bands, None)[0][1]
+    figures = {}
+    for label, positions in band_triplets(trainer.bands, trainer.display_bands):
+        arrow = f"{','.join(trainer.input_bands)} -> {','.join(trainer.bands[i] for i in dict.fromkeys(positions))}"
+        figures[f"translation-{label}.png"] = translation_png(
+            list(inputs), list(translated), list(targets), input_positions, positions, f"{title}: {arrow}"
+        )
+    by_name = {b["name"]: b for b in trainer.manifest["normalization"]["bands"]}
+    norm = Normalization.from_manifest({"bands": [by_name[name] for name in trainer.bands]})
+    real_values = norm.invert(targets.transpose(1, 0, 2, 3)).reshape(len(trainer.bands), -1)
+    fake_values = norm.invert(translated.transpose(1, 0, 2, 3)).reshape(len(trainer.bands), -1)
+    units = f"source units ({trainer.manifest['scenes'][0].get('dtype', 'values')})"
+    figures["band-histograms.png"] = band_histograms_png(
+        real_values, fake_values, trainer.bands, f"band values, target vs translated: {title}", units
+    )
+    return figures
 
 
 def walk_gif_of(trainer: Trainer, walks: int = 9) -> bytes:

@@ -26,7 +26,9 @@ from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
 from atlas_gan.labels import LabelVocabulary, scene_labels
-from atlas_gan.recipes import Batch, Progress, Recipe, Update, build_recipe, model_spec
+from atlas_gan.models import get_family
+from atlas_gan.models.base import ModelSpec
+from atlas_gan.recipes import RECIPES, Batch, Progress, Recipe, Update, band_roles, build_recipe, model_spec
 from atlas_gan.runtime import distributed as dist_utils
 from atlas_gan.runtime.checkpoint import (
     checkpoint_url,
@@ -40,9 +42,11 @@ from atlas_gan.runtime.checkpoint import (
 from atlas_gan.runtime.distributed import DistributedContext
 from atlas_gan.runtime.generator import generator_meta
 from atlas_gan.runtime.precision import autocast_dtype
+from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest, shard_urls
+from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, TileSplit, dataset_split
 from atlas_gan.storage import Storage, join_url, storage_for
-from atlas_gan.train.data import TileStream, make_loader
+from atlas_gan.train.data import TileStream, make_loader, read_tiles
 from atlas_gan.train.data_defaults import DataDefault, apply_data_defaults, pick_data_defaults
 from atlas_gan.train.ema import EMA
 from atlas_gan.train.hooks import TrainHooks
@@ -56,6 +60,7 @@ class TrainingDiverged(RuntimeError):
     """Losses stayed non-finite after every allowed rollback."""
 
 
+SPLIT_NAME = "split.json"  # run_dir: the validation split's settings, counts and held-out tile keys
 PROGRESS_LINE = re.compile(r"\bstep (?P<step>\d+)/(?P<steps>\d+) \(")  # inside any log prefix
 
 
@@ -81,7 +86,9 @@ class Trainer:
         if manifest is None or not manifest["shards"]:
             raise ValueError(f"{config.dataset_url}: no ingested dataset there (manifest.json with shards)")
         self.manifest = manifest
-        self.bands: list[str] = manifest["tile"]["bands"]
+        self.roles = band_roles(cfg, manifest["tile"]["bands"])
+        self.bands: list[str] = self.roles.output_names  # what the generator draws
+        self.input_bands: list[str] | None = self.roles.input_names  # what it reads (None: latent vectors)
         tile_size = manifest["tile"]["size"]
         image_size = cfg.image_size or tile_size
         if tile_size % image_size or tile_size < image_size:
@@ -95,18 +102,20 @@ class Trainer:
         self.scene_labels: dict[str, int] | None = labels.by_scene if labels else None
         self.vocabulary: LabelVocabulary | None = labels.vocabulary if labels else None
         num_classes = len(self.vocabulary.classes) if self.vocabulary else 0
-        self.spec = model_spec(cfg, len(self.bands), image_size, num_classes)
+        self.spec = model_spec(cfg, self.roles, image_size, num_classes)
         self.model_name = cfg.model.family
         device = ctx.device
         memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
         self.autocast_dtype = autocast_dtype(cfg.precision, device)
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
-        self.recipe: Recipe = build_recipe(cfg, self.spec, ctx, self.autocast_dtype, memory_format)
+        self.split = self._split(data_store, cfg)
+        self.recipe: Recipe = build_recipe(cfg, self.spec, ctx, self.autocast_dtype, memory_format, self.roles)
         self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
         torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # per-rank randomness; replaced by the checkpoint's on resume
-        self.fixed_inputs = self.recipe.fixed_inputs(cfg.sample_count, cfg.seed)
+        self.examples = self._examples(cfg.sample_count)  # held-out tiles, for generators that read images
+        self.fixed_inputs = self.recipe.fixed_inputs(cfg.sample_count, cfg.seed, self.examples)
         for network in self.recipe.networks.values():
             dist_utils.broadcast_module(network, ctx)
         self.emas = {
@@ -118,6 +127,24 @@ class Trainer:
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
         del saved
+
+    def _split(self, data_store: Storage, cfg: TrainConfig) -> TileSplit | None:
+        """The held-out tiles (`train.validation`; null fraction: 0.1 when the generator reads images, else 0)."""
+        fraction = cfg.validation.fraction
+        if fraction is None:
+            reads_images = RECIPES[get_family(cfg.model.family).recipe].signature == IMAGE
+            fraction = IMAGE_TO_IMAGE_FRACTION if reads_images else 0.0
+        if fraction == 0:
+            return None
+        return dataset_split(data_store, self.config.dataset_url, self.manifest, cfg.validation, fraction)
+
+    def _examples(self, count: int) -> torch.Tensor | None:
+        """Up to `count` held-out tiles (any tiles without a split) in [-1, 1], for generators that read images."""
+        if self.recipe.signature != IMAGE:
+            return None
+        keys = self.split.validation if self.split else None
+        urls = shard_urls(self.manifest, self.config.dataset_url)
+        return read_tiles(urls, keys, self.spec.image_size, self.config.storage, count)[1]
 
     @staticmethod
     def _data_defaults(cfg: TrainConfig, manifest: dict[str, Any], saved: dict[str, Any] | None) -> list[DataDefault]:
@@ -176,6 +203,7 @@ class Trainer:
             signature=self.recipe.signature,
             spec=asdict(self.spec),
             bands=self.bands,
+            input_bands=self.input_bands,
             labels=self.label_meta,
             normalization=self.manifest["normalization"],
             step=self.step,
@@ -198,6 +226,7 @@ class Trainer:
             "model": self.model_name,
             "spec": asdict(self.spec),
             "bands": self.bands,
+            "input_bands": self.input_bands,
             "dataset_checksum": self.manifest.get("checksum"),
             "normalization": self.manifest["normalization"],
             "labels": self.label_meta,
@@ -243,7 +272,7 @@ class Trainer:
                 return False
             state = load_checkpoint(self.store, found[-1][1], map_location=self.ctx.device)
         step, url = state["step"], checkpoint_url(self.config.train.run_dir, state["step"])
-        if state["spec"] != asdict(self.spec) or state["model"] != self.model_name:
+        if ModelSpec(**state["spec"]) != self.spec or state["model"] != self.model_name:
             raise ValueError(
                 f"{url}: checkpoint is {state['model']} {state['spec']}, the config asks for "
                 f"{self.model_name} {asdict(self.spec)}; use another train.run_dir"
@@ -325,14 +354,29 @@ class Trainer:
         self.run_log.write(record)
 
     def fixed_samples(self) -> torch.Tensor:
-        """Rank 0: the (EMA) generator's images of the fixed inputs, float32 on the CPU, in [-1, 1]."""
-        with torch.no_grad(), self.recipe.autocast():
-            return self.generator(*self.fixed_inputs).float().cpu()
+        """Rank 0: the (EMA) generator's images of the fixed inputs, float32 on the CPU, in [-1, 1] (drawn in
+        eval mode: a live generator's batch-norm statistics are not touched)."""
+        generator = self.generator
+        was_training = generator.training
+        try:
+            with torch.no_grad(), self.recipe.autocast():
+                return generator.eval()(*self.fixed_inputs).float().cpu()
+        finally:
+            generator.train(was_training)
+
+    @property
+    def display_bands(self) -> list[str | int] | None:
+        """`train.rgb_bands` where the generator draws them (a translation may draw other bands)."""
+        rgb = self.config.train.rgb_bands
+        if rgb is None or self.input_bands is None:
+            return rgb
+        named = [self.roles.names[b - 1] if isinstance(b, int) else b for b in rgb]
+        return named if all(name.lower() in map(str.lower, self.bands) for name in named) else None
 
     def write_samples(self) -> list[str]:
         """Rank 0: fixed-input grids from the (EMA) generator (RGB triplet, then the other bands in threes)."""
         prefix = join_url(self.config.train.run_dir, "samples", f"step-{self.step:08d}")
-        return write_sample_grids(self.store, prefix, self.fixed_samples(), self.bands, self.config.train.rgb_bands)
+        return write_sample_grids(self.store, prefix, self.fixed_samples(), self.bands, self.display_bands)
 
     def fingerprint(self) -> str:
         """Digest of every network's parameters: equal on every rank when training is in sync."""
@@ -368,6 +412,18 @@ class Trainer:
                     "device": str(ctx.device),
                 }
             )
+            if self.split is not None:
+                summary = {**self.split.summary(), "dataset_checksum": self.manifest.get("checksum")}
+                self.store.write_bytes(join_url(cfg.run_dir, SPLIT_NAME), json.dumps(summary, indent=1).encode())
+                counts = {k: v for k, v in summary.items() if k != "validation_keys"}
+                self.log_event({"event": "split", "step": self.step, **counts})
+                log.info(
+                    "validation split (%s): %d tiles held out, %d in the buffer around them, %d train",
+                    self.split.settings["by"],
+                    len(self.split.validation),
+                    len(self.split.buffer),
+                    self.split.train_count,
+                )
             if self.data_defaults:
                 self.log_event(
                     {
@@ -391,6 +447,7 @@ class Trainer:
             augment_config=cfg.augment,
             storage=self.config.storage,
             scene_labels=self.scene_labels,
+            exclude=self.split.excluded if self.split else frozenset(),
         )
         loader = make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
         batches = self._tracking_epochs(loader)
