@@ -199,7 +199,8 @@ def evaluate(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n_real=5000."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """FID, KID and Inception Score of a checkpoint's EMA generator against its dataset (TF-Inception weights).
+    """FID, KID and Inception Score of a checkpoint's EMA generator against its dataset (TF-Inception weights);
+    for a translation (pix2pix), PSNR/SSIM/L1/SAM on the held-out split beside the linear-regression baseline.
 
     Real-tile statistics are cached beside the dataset, so later evaluations only embed generated images. Compare
     FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands). When
@@ -216,6 +217,13 @@ def evaluate(
         ctx = distributed.setup()
         result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=count, progress=not quiet)
     if result is None:
+        return
+    if result.get("kind") == "translation":
+        from atlas_gan.metrics.translation import summary_lines
+
+        typer.echo("\n".join([*summary_lines(result), f"result: {result['written_to']}"]))
+        if out is not None:
+            _write_file(out, (json.dumps(result, indent=2) + "\n").encode(), "--out")
         return
     logged_to = None
     if cfg.tracking.enabled:  # the scores are written already: MLflow failing is a warning, not a failure
@@ -374,6 +382,45 @@ def sample(
                 f"wrote {len(files)} Cloud-Optimized GeoTIFFs to {geotiff} ({values.value} values, bands {bands_text};"
                 " tags name the model, seed, truncation and label)"
             )
+
+
+@app.command(epilog=_EXIT_CODES_HELP)
+def translate(
+    source: str = typer.Argument(..., help="The scene to translate: a GeoTIFF path or s3:// URL."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="An image-to-image model (pix2pix): models:/NAME@champion, ... or a checkpoint."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="The COG to write: a path or s3:// URL."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Tiles per generator forward pass."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when there is one."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow and S3 are."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Translate a whole scene with a pix2pix generator into a Cloud-Optimized GeoTIFF.
+
+    The scene is read a strip at a time (memory bounded), cut into tiles of the model's size overlapping by half,
+    and the translations are blended with windows that sum to one, so tile borders leave no seam. The output has
+    the scene's CRS and transform, the target band names, values in the target bands' physical units (float32,
+    NaN where the scene has no valid pixel), and tags naming the model URI and version. Input bands are found by
+    name (band descriptions), or by the training dataset's band order for a scene without names.
+    """
+    from atlas_gan.translate import SceneTranslator, translate_scene
+
+    if not source.startswith("s3://") and not Path(source).exists():
+        _fail(f"{source}: no such file", 2)
+    if not out.startswith("s3://"):
+        _writable(Path(out), "--out")
+    with _exit_codes():
+        cfg = resolve_config(config, overrides)
+        sampler = _load_sampler(model, config, overrides)
+        translator = SceneTranslator(sampler, batch_size, device)
+        report = translate_scene(translator, source, out, cfg.storage, progress=not quiet)
+    typer.echo(
+        f"wrote {report.output}: {report.width}x{report.height} px, {','.join(report.input_bands)} -> "
+        f"{','.join(report.output_bands)} ({report.tiles} overlapping tiles blended, {report.seconds:.1f} s); "
+        f"model {model}" + (f" version {sampler.version}" if sampler.version else "")
+    )
 
 
 @app.command(epilog=_EXIT_CODES_HELP)

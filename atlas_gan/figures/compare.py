@@ -1,4 +1,5 @@
-"""Real tiles beside generated ones (one band triplet, one stretch), and per-band value histograms."""
+"""Real tiles beside generated ones (one band triplet, one stretch), a translation beside its input and target, and
+per-band value histograms."""
 
 from __future__ import annotations
 
@@ -24,6 +25,32 @@ def real_vs_generated_png(
     for axes, grid, name in zip(figure.subplots(1, 2), (left, right), ("real tiles", "generated (EMA)"), strict=True):
         axes.imshow(grid, interpolation="nearest")
         axes.set_title(f"{name}: {len(real) if grid is left else len(generated)}", fontsize="small")
+        axes.set_axis_off()
+    return png_bytes(figure)
+
+
+def translation_png(
+    inputs: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    input_positions: list[int],
+    output_positions: list[int],
+    title: str,
+) -> bytes:
+    """Held-out tiles in [0, 1]: the input bands, the translation, and the target bands it should match (the last
+    two with one mapping of values to grey levels)."""
+    columns = max(1, int(np.ceil(np.sqrt(len(inputs)))))
+    grids = [
+        tile_grid(list(inputs), input_positions, columns),
+        tile_grid(list(outputs), output_positions, columns),
+        tile_grid(list(targets), output_positions, columns),
+    ]
+    figure = new_figure(1500, int(500 * grids[0].shape[0] / max(grids[0].shape[1], 1)) + 90)
+    figure.suptitle(title, fontsize="medium")
+    names = ("input bands", "translated (EMA)", "target bands")
+    for axes, grid, name in zip(figure.subplots(1, 3), grids, names, strict=True):
+        axes.imshow(grid, interpolation="nearest")
+        axes.set_title(f"{name}: {len(inputs)}", fontsize="small")
         axes.set_axis_off()
     return png_bytes(figure)
 

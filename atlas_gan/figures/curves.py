@@ -23,7 +23,7 @@ def smoothed(values: np.ndarray, half_life: float) -> np.ndarray:
 
 def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int = 1200) -> bytes:
     """Four panels from log.jsonl records: losses (raw faint, smoothed bold), images/s, augmentation p, and FID
-    (with the real-vs-real floor) and KID from evaluation records."""
+    (with the real-vs-real floor) and KID from evaluation records (a translation's PSNR against its baseline)."""
     steps = [r for r in records if "event" not in r and "images_seen" in r]
     evaluations = [r for r in records if r.get("event") == "evaluate" and r.get("fid") is not None]
     figure = new_figure(width_px, int(width_px * 0.62))
@@ -38,7 +38,10 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
         losses_axes.plot(kimg, smoothed(values, max(1.0, len(values) / 30)), color=line.get_color(), label=key)
     _finish(losses_axes, "losses", "loss", bool(loss_keys))
 
-    if evaluations:
+    translations = [r for r in records if r.get("event") == "evaluate_translation"]
+    if translations and not evaluations:
+        _paired_panel(fid_axes, translations, steps)
+    elif evaluations:
         eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
         fid_axes.plot(eval_kimg, [r["fid"] for r in evaluations], marker="o", color="tab:red", label="FID")
         floors = [r.get("floor_fid") for r in evaluations]
@@ -66,6 +69,15 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
     else:
         _finish(augment_axes, "augmentation: not adaptive in this recipe", "p", False)
     return png_bytes(figure)
+
+
+def _paired_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    """A translation's PSNR on the held-out tiles, with the linear-regression baseline it must beat."""
+    eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
+    axes.plot(eval_kimg, [r["psnr"] for r in evaluations], marker="o", color="tab:red", label="generator")
+    axes.plot(eval_kimg, [r["linear_psnr"] for r in evaluations], linestyle="--", color="tab:gray", label="linear")
+    n = evaluations[-1].get("n_validation")
+    _finish(axes, f"PSNR on the held-out tiles (N={n}), higher is better", "PSNR (dB)", True)
 
 
 def _kimg_of(evaluation: dict[str, Any], steps: list[dict[str, Any]]) -> float:

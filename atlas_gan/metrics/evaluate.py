@@ -28,12 +28,14 @@ from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.features import PixelSpread, chosen_tiles, embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
+from atlas_gan.metrics.translation import TranslationEvaluator
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime.checkpoint import checkpoint_step, list_checkpoints
 from atlas_gan.runtime.distributed import DistributedContext, barrier
 from atlas_gan.runtime.generator import load_generator
 from atlas_gan.runtime.precision import autocast_dtype
+from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import Storage, join_url, storage_for
 
@@ -215,7 +217,12 @@ def evaluate_generator(
     progress: bool = True,
     write: bool = True,
 ) -> dict[str, Any] | None:
-    """Scores of `generator` (meta: `generator_meta`, plus checkpoint if any). Collective, like the above."""
+    """Scores of `generator` (meta: `generator_meta`, plus checkpoint if any). Collective, like the above. An
+    image-to-image generator is scored on the validation split by rank 0 (`translation.py`)."""
+    if meta.get("signature") == IMAGE:
+        if not ctx.is_main:
+            return None
+        return TranslationEvaluator(config, meta, n).evaluate(generator, meta, ctx.device, write)
     cfg = config.evaluate
     started = time.perf_counter()
     n_fake = n or cfg.n

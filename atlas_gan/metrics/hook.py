@@ -1,11 +1,14 @@
-"""Evaluate while training: a trainer hook that scores the EMA generator every `train.evaluate_every` steps."""
+"""Evaluate while training: a trainer hook that scores the EMA generator every `train.evaluate_every` steps (FID
+and friends for generators of latents; paired metrics on the validation split for image-to-image generators)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from atlas_gan.metrics.evaluate import evaluate_generator
+from atlas_gan.metrics.translation import TranslationEvaluator, evaluation_record
 from atlas_gan.metrics.weights import resolve_weights
+from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.trainer import Trainer
 
@@ -16,11 +19,19 @@ class EvaluationHook(TrainHooks):
     def __init__(self, n: int | None = None) -> None:
         self.n = n
         self.results: list[dict[str, Any]] = []
+        self.translation: TranslationEvaluator | None = None  # rank 0, image-to-image generators
 
     def on_start(self, trainer: Trainer) -> None:
+        if trainer.recipe.signature == IMAGE:
+            if trainer.ctx.is_main:  # held-out pairs and baselines, loaded once (and bad settings fail now)
+                self.translation = TranslationEvaluator(trainer.config, trainer.generator_meta(), self.n)
+            return
         resolve_weights(trainer.config.evaluate.inception_weights)  # no weights: fail now, not mid-run
 
     def on_evaluate(self, trainer: Trainer) -> None:
+        if trainer.recipe.signature == IMAGE:
+            self._evaluate_translation(trainer)
+            return
         result = evaluate_generator(
             trainer.config, trainer.generator, trainer.generator_meta(), trainer.ctx, n=self.n, progress=False
         )
@@ -44,6 +55,18 @@ class EvaluationHook(TrainHooks):
             "bands": main["bands"],
             "result": result["written_to"],
         }
+        trainer.log_event(record)
+        for hook in trainer.hooks:
+            if hook is not self:
+                hook.on_log(trainer, record)
+
+    def _evaluate_translation(self, trainer: Trainer) -> None:
+        """Rank 0 only: a translation is scored on the held-out pairs in memory, no collective needed."""
+        if self.translation is None:
+            return
+        result = self.translation.evaluate(trainer.generator, trainer.generator_meta(), trainer.ctx.device)
+        self.results.append(result)
+        record = evaluation_record(result, trainer.images_seen)
         trainer.log_event(record)
         for hook in trainer.hooks:
             if hook is not self:

@@ -28,6 +28,7 @@ from atlas_gan.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
+TRANSLATION_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "linear_psnr", "linear_ssim", "psnr_over_linear")
 LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*
 
 
@@ -165,6 +166,9 @@ class MLflowHook(TrainHooks):
     def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if record.get("event") == "evaluate":
             self._on_evaluation(record)
+            return
+        if record.get("event") == "evaluate_translation":
+            self._send_metrics(record["step"], {k: record.get(k) for k in TRANSLATION_KEYS})
             return
         if "event" in record:
             return

@@ -1,0 +1,158 @@
+"""Score an image-to-image generator on the held-out tiles of its dataset's validation split.
+
+The split is the one training used (`train.validation`, recomputed: it depends only on the dataset and the seed).
+Each held-out tile gives a pair: its input bands, and its target bands as the truth. The result holds the paired
+metrics of the generator (`paired.py`) and, in the same result, of the baselines it must beat: the per-band linear
+regression from input to target bands fitted on training tiles, and identity where input and target bands are the
+same. The primary metric is PSNR (dB, mean over target bands; higher is better).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas_gan.config import AtlasConfig
+from atlas_gan.geo.scene import select_bands
+from atlas_gan.metrics.paired import LinearBaseline, paired_scores
+from atlas_gan.shards import read_manifest, shard_urls
+from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, dataset_split
+from atlas_gan.storage import join_url, storage_for
+from atlas_gan.train.data import read_tiles
+
+PRIMARY_METRIC = "psnr"  # higher is better
+BASELINE_TILES = 256  # training tiles the linear baseline is fitted on
+METRIC_KEYS = ("psnr", "ssim", "l1", "sam_degrees")
+
+
+class TranslationEvaluator:
+    """Loads the held-out pairs and fits the baselines once; `evaluate` scores a generator on them."""
+
+    def __init__(self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None) -> None:
+        dataset = config.dataset_url
+        store = storage_for(dataset, config.storage)
+        manifest = read_manifest(store, dataset)
+        if manifest is None:
+            raise ValueError(f"{dataset}: no dataset manifest to evaluate against")
+        self.config, self.meta, self.manifest = config, meta, manifest
+        bands = manifest["tile"]["bands"]
+        self.inputs = select_bands(bands, meta["input_bands"])
+        self.targets = select_bands(bands, meta["bands"])
+        validation = config.train.validation
+        fraction = validation.fraction if validation.fraction is not None else IMAGE_TO_IMAGE_FRACTION
+        if fraction == 0:
+            raise ValueError("train.validation.fraction is 0: a translation is scored on held-out tiles; set it > 0")
+        self.split = dataset_split(store, dataset, manifest, validation, fraction)
+        urls = shard_urls(manifest, dataset)
+        size = meta["spec"]["image_size"]
+        limit = n or config.evaluate.n
+        self.keys, tiles = read_tiles(urls, self.split.validation, size, config.storage, limit)
+        if not self.keys:
+            raise ValueError(f"{dataset}: none of the validation split's tiles were found in the shards")
+        self.pairs = tiles[:, self.inputs], tiles[:, self.targets]
+        train_keys = self.split.train_keys
+        _, training = read_tiles(urls, train_keys, size, config.storage, BASELINE_TILES)
+        self.linear = LinearBaseline(training[:, self.inputs], training[:, self.targets])
+        by_name = {b["name"]: b for b in manifest["normalization"]["bands"]}
+        self.scales = np.array([by_name[bands[i]]["scale"] for i in self.targets], dtype=np.float64)
+        self.offsets = np.array([by_name[bands[i]]["offset"] for i in self.targets], dtype=np.float64)
+        self.target_names = [bands[i] for i in self.targets]
+        self.baselines = self._baselines()
+
+    def _scores(self, predicted: torch.Tensor) -> dict[str, Any]:
+        return paired_scores(predicted, self.pairs[1], self.target_names, self.scales, self.offsets)
+
+    def _baselines(self) -> dict[str, Any]:
+        found = {"linear": self._scores(self.linear(self.pairs[0]))}
+        if self.inputs == self.targets:
+            found["identity"] = self._scores(self.pairs[0])
+        return found
+
+    @torch.no_grad()
+    def translate(self, generator: torch.nn.Module, device: torch.device) -> torch.Tensor:
+        was_training = generator.training
+        generator.eval()
+        batch = self.config.evaluate.batch_size
+        source = self.pairs[0]
+        try:
+            parts = [generator(source[i : i + batch].to(device)).float().cpu() for i in range(0, len(source), batch)]
+        finally:
+            generator.train(was_training)
+        return torch.cat(parts)
+
+    def evaluate(
+        self, generator: torch.nn.Module, meta: dict[str, Any], device: torch.device, write: bool = True
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        predicted = self.translate(generator, device)
+        if not torch.isfinite(predicted).all():
+            raise ValueError(f"the generator at step {meta.get('step')} translated to non-finite values (NaN or inf)")
+        scores = self._scores(predicted)
+        linear = self.baselines["linear"]
+        result: dict[str, Any] = {
+            "kind": "translation",
+            "checkpoint": meta.get("checkpoint"),
+            "step": meta["step"],
+            "model": meta["model"],
+            "dataset_checksum": self.manifest["checksum"],
+            "input_bands": meta["input_bands"],
+            "target_bands": self.target_names,
+            "primary_metric": PRIMARY_METRIC,
+            "n_validation": len(self.keys),
+            "split": {k: v for k, v in self.split.summary().items() if k != "validation_keys"},
+            **{key: scores[key] for key in METRIC_KEYS},
+            "per_band": scores["per_band"],
+            "baselines": self.baselines,
+            "psnr_over_linear": scores["psnr"] - linear["psnr"],
+            "ssim_over_linear": scores["ssim"] - linear["ssim"],
+            "device": str(device),
+        }
+        result["seconds"] = time.perf_counter() - started
+        if write:
+            url = join_url(self.config.train.run_dir, "eval", f"step-{meta['step']:08d}.json")
+            storage_for(url, self.config.storage).write_bytes(url, (json.dumps(result, indent=2) + "\n").encode())
+            result["written_to"] = url
+        return result
+
+
+def evaluation_record(result: dict[str, Any], images_seen: int) -> dict[str, Any]:
+    """The log.jsonl record of a translation evaluation (event `evaluate_translation`)."""
+    linear = result["baselines"]["linear"]
+    return {
+        "event": "evaluate_translation",
+        "step": result["step"],
+        "images_seen": images_seen,
+        **{key: result[key] for key in METRIC_KEYS},
+        "linear_psnr": linear["psnr"],
+        "linear_ssim": linear["ssim"],
+        "psnr_over_linear": result["psnr_over_linear"],
+        "n_validation": result["n_validation"],
+        "result": result.get("written_to"),
+    }
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A translation result as a few lines of text: the model, then each baseline, per band."""
+
+    def line(name: str, scores: dict[str, Any]) -> str:
+        sam = scores["sam_degrees"]
+        bands = "  ".join(
+            f"{band}: {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f} / L1 {v['l1_physical']:.4g}"
+            for band, v in scores["per_band"].items()
+        )
+        sam_text = "" if sam is None else f"  SAM {sam:.2f} deg"
+        return f"{name:<10} PSNR {scores['psnr']:6.2f} dB  SSIM {scores['ssim']:.4f}{sam_text}  | {bands}"
+
+    inputs, targets = ",".join(result["input_bands"]), ",".join(result["target_bands"])
+    lines = [
+        f"{result['model']} step {result['step']}: {inputs} -> {targets} on {result['n_validation']} held-out "
+        f"tiles (L1 in source units)",
+        line("generator", {**result, "per_band": result["per_band"]}),
+    ]
+    lines += [line(name, scores) for name, scores in result["baselines"].items()]
+    lines.append(f"PSNR over the linear baseline: {result['psnr_over_linear']:+.2f} dB")
+    return lines
