@@ -439,7 +439,9 @@ def export(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
 ) -> None:
     """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 (and `labels`
-    (n,) int64 for a conditional model), output `images` (n, bands, size, size) in [-1, 1], any batch size.
+    (n,) int64 for a conditional model), output `images` (n, bands, size, size) in [-1, 1], any batch size. A
+    translation (pix2pix) takes `images` (n, input bands, h, w) and gives `translated` (n, bands, h, w), with h
+    and w any multiples of its training size.
     The file carries the bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
     from atlas_gan.export import export_generator
     from atlas_gan.models.base import ModelSpec
@@ -452,10 +454,18 @@ def export(
         info = {key: sampler.meta.get(key) for key in META_KEYS}
         info["source"] = model
         export_generator(sampler.generator, spec, out, fmt.value, truncation_psi, info)  # type: ignore[arg-type]
-    inputs = "latents, labels" if spec.conditional else "latents"
+    from atlas_gan.runtime.signature import signature_of
+
+    inputs = ", ".join(signature_of(sampler.meta).input_names(spec))
+    if spec.input_bands:
+        size = f"any multiple of {spec.image_size} px across"
+        outputs = f"translated ({len(sampler.bands)} bands, the input's size)"
+    else:
+        size, outputs = "", f"images ({len(sampler.bands)} bands {spec.image_size}x{spec.image_size})"
     typer.echo(
         f"wrote {out}: {fmt.value}, {sampler.meta['model']} step {sampler.meta.get('step')}, "
-        f"inputs ({inputs}) -> images ({len(sampler.bands)} bands {spec.image_size}x{spec.image_size}), any batch size"
+        f"inputs ({inputs}) -> {outputs}, any batch size"
+        + (f", {size}" if size else "")
         + (f", truncation {truncation_psi}" if truncation_psi != 1.0 else "")
     )
 

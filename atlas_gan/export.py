@@ -74,6 +74,7 @@ from atlas_gan.storage import make_readable
 
 ExportFormat = Literal["torchscript", "onnx"]
 OUTPUT_IMAGES = "images"
+TRANSLATED_IMAGES = "translated"  # the output of an image-to-image generator, whose input is `images`
 EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so the example batch must be larger for a dynamic axis
 METADATA_KEY = "atlas_gan.export"
 TORCHSCRIPT_EXTRA_FILE = "atlas_gan.json"
@@ -216,8 +217,10 @@ def export_onnx(
     signature = signature_of(info or {})
     wrapper, example = _prepare(generator, spec, truncation_psi, signature)
     input_names = signature.input_names(spec)
-    batch = torch.export.Dim("batch")
-    dynamic_shapes = tuple({0: batch} for _ in input_names)
+    output_name = TRANSLATED_IMAGES if OUTPUT_IMAGES in input_names else OUTPUT_IMAGES
+    dynamic_shapes = _dynamic_shapes(spec, input_names)
+    if spec.input_bands:  # two tiles across: torch.export would fix a size-1 multiple of the tile to 1
+        example = tuple(x.repeat(1, 1, 2, 2) for x in example)
     with _quiet_onnx_exporter(), torch.no_grad():
         # torch.export first, by hand: given the module, torch.onnx.export would retry a capture that specialized
         # the batch size with that size fixed ("suggested fixes"), silently giving a fixed-batch model.
@@ -234,7 +237,7 @@ def export_onnx(
             dynamo=True,
             dynamic_shapes=dynamic_shapes,  # here only to name the axis "batch"
             input_names=input_names,
-            output_names=[OUTPUT_IMAGES],
+            output_names=[output_name],
             opset_version=opset,
             verbose=False,
         )
@@ -250,6 +253,16 @@ def export_onnx(
     with _atomic_destination(path, ".onnx") as temporary:
         onnx.save_model(model, str(temporary))
     return Path(path)
+
+
+def _dynamic_shapes(spec: ModelSpec, input_names: list[str]) -> tuple[dict[int, Any], ...]:
+    """A batch axis shared by every input; an image input also takes any multiple of the training size across
+    (its U-Net halves it down to 1x1)."""
+    batch = torch.export.Dim("batch")
+    if not spec.input_bands:
+        return tuple({0: batch} for _ in input_names)
+    rows, columns = torch.export.Dim("tile_rows", min=1, max=64), torch.export.Dim("tile_columns", min=1, max=64)
+    return ({0: batch, 2: spec.image_size * rows, 3: spec.image_size * columns},)
 
 
 def export_generator(

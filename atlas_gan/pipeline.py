@@ -59,6 +59,7 @@ def skip_reason(added_scenes: list[str], champion: str | None, force: bool) -> s
 REPORT_FIGURES = {  # caption -> file in run_dir/figures (written by atlas_gan.train.figures_hook)
     "Training curves": "curves.png",
     "Real tiles beside generated ones": "real-vs-generated-rgb.png",
+    "Held-out tiles: input, translation, target": "translation-rgb.png",
     "Band values, real vs generated": "band-histograms.png",
     "Latent walk of the new generator": "latent-walk.gif",
 }
@@ -111,6 +112,40 @@ class PipelineOutcome:
     registration: dict[str, Any] | None = None
     sample_grid: str | None = None
     figures: dict[str, str] | None = None  # caption -> URL (run_dir/figures)
+    translation: dict[str, Any] | None = None  # a translation's held-out scores (then no FID)
+
+    def scored(self, evaluation: dict[str, Any]) -> None:
+        """Take the final evaluation's headline scores (FID and friends, or a translation's)."""
+        if evaluation.get("kind") == "translation":
+            linear = evaluation["baselines"]["linear"]
+            self.translation = {
+                "psnr": evaluation["psnr"],
+                "ssim": evaluation["ssim"],
+                "linear_psnr": linear["psnr"],
+                "linear_ssim": linear["ssim"],
+                "n_validation": evaluation["n_validation"],
+                "bands": f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}",
+            }
+            return
+        self.fid, self.fid_n = evaluation["fid"], evaluation["n_fake"]
+        self.kid = next(iter(evaluation["scores"].values()))["kid"]
+        self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
+
+    def _score_rows(self) -> list[str]:
+        if self.translation is not None:
+            t = self.translation
+            return [
+                f"| translation | {t['bands']} |",
+                f"| PSNR on {t['n_validation']} held-out tiles | {_number(t['psnr'])} dB |",
+                f"| linear-regression baseline | {_number(t['linear_psnr'])} dB |",
+                f"| SSIM (baseline) | {_number(t['ssim'])} ({_number(t['linear_ssim'])}) |",
+            ]
+        return [
+            f"| FID (N={self.fid_n}) | {_number(self.fid)} |",
+            f"| real-vs-real floor at that N | {_number(self.floor_fid)} |",
+            f"| KID | {_number(self.kid)} |",
+            f"| sample spread / real tiles' | {_number(self.spread_ratio)} |",
+        ]
 
     def markdown(
         self,
@@ -136,10 +171,7 @@ class PipelineOutcome:
             "",
             "| metric | value |",
             "|---|---|",
-            f"| FID (N={self.fid_n}) | {_number(self.fid)} |",
-            f"| real-vs-real floor at that N | {_number(self.floor_fid)} |",
-            f"| KID | {_number(self.kid)} |",
-            f"| sample spread / real tiles' | {_number(self.spread_ratio)} |",
+            *self._score_rows(),
             f"| model version | `{reg.get('model_uri')}` |",
             f"| decision | **{reg.get('alias')}**: {reg.get('reason')} |",
             f"| champion before | {reg.get('champion_version') or 'none'} (FID {_number(reg.get('champion_fid'))}) |",
@@ -204,6 +236,20 @@ def mlflow_links(config: AtlasConfig, registration: dict[str, Any] | None) -> di
     }
 
 
+def _score_text(outcome: dict[str, Any]) -> str:
+    translation = outcome.get("translation")
+    if translation:
+        return (
+            f"PSNR:          {_number(translation['psnr'])} dB on {translation['n_validation']} held-out tiles "
+            f"(linear baseline {_number(translation['linear_psnr'])} dB; {translation['bands']})"
+        )
+    return (
+        f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "
+        f"{_number(outcome.get('floor_fid'))}; sample spread {_number(outcome.get('spread_ratio'))} of the "
+        "real tiles')"
+    )
+
+
 def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
     """Where a pipeline run left things, for people: shards, samples, the MLflow run, the champion."""
     from atlas_gan.tracking.store import redact, tracking_uri
@@ -218,9 +264,7 @@ def where_text(outcome: dict[str, Any], config: AtlasConfig) -> str:
         lines += [
             f"run dir:       {outcome['run_dir']}",
             f"sample grid:   {outcome['sample_grid']}",
-            f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "
-            f"{_number(outcome.get('floor_fid'))}; sample spread {_number(outcome.get('spread_ratio'))} of the "
-            "real tiles')",
+            _score_text(outcome),
             f"figures:       {join_url(outcome['run_dir'], 'figures')} (curves, real vs generated, band histograms,"
             " latent walk)",
             f"MLflow run:    {registration.get('run_id')} in {uri}",

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint, stored_checkpoint_evaluation
+from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.pipeline import (
     PipelineOutcome,
     champion_version,
@@ -119,6 +120,9 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
     if result is None:
         result = evaluate_checkpoint(config, checkpoint, distributed.setup(), progress=False)
     assert result is not None  # single process: rank 0
+    if result.get("kind") == "translation":
+        get_run_logger().info("%s", "\n".join(summary_lines(result)))
+        return result
     get_run_logger().info(
         "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles' (%s%s)",
         result["fid"],
@@ -197,14 +201,8 @@ def train_gan(
         checkpoint = timed_train(run_config, nproc_per_node, nnodes, rdzv_endpoint, max_restarts, handoff)
         evaluation = evaluate(run_config, checkpoint)
         registration = register(run_config, checkpoint, evaluation)
-        main = next(iter(evaluation["scores"].values()))
-        outcome.checkpoint, outcome.fid, outcome.kid, outcome.fid_n = (
-            checkpoint,
-            evaluation["fid"],
-            main["kid"],
-            evaluation["n_fake"],
-        )
-        outcome.floor_fid, outcome.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
+        outcome.checkpoint = checkpoint
+        outcome.scored(evaluation)
         outcome.registration, outcome.sample_grid = registration, newest_sample_grid(run_config)
         grid_image, links = image_data_uri(run_config, outcome.sample_grid), mlflow_links(run_config, registration)
         outcome.figures = run_figures(run_config)

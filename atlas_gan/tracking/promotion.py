@@ -9,6 +9,10 @@ A version must also pass the quality gate to be crowned, even when there is no c
 no champion rather than a bad one): its samples must vary (pixel spread at least `min_spread_ratio` of the real
 tiles': a collapsed generator draws one tile) and its FID must stay under the configured ceilings (absolute, and
 relative to the real-vs-real floor at the same N). A refused version is registered as `challenger` with the reason.
+
+Image-to-image generators (pix2pix) are scored by PSNR on their held-out split instead (`PairedScore`, higher is
+better), compared under the same split and bands only, and crowned only when they beat the per-band linear
+regression baseline: a translation that does not is not worth a GAN.
 """
 
 from __future__ import annotations
@@ -127,3 +131,59 @@ def decide(new: Score, champion: Score | None, gate: QualityGate | None = None) 
     if new.fid == champion.fid:
         return Decision(CHALLENGER, f"FID {new.fid:.4f} ties the champion's: a tie never demotes it")
     return Decision(CHALLENGER, f"FID {new.fid:.4f} does not beat the champion's {champion.fid:.4f}")
+
+
+def paired_protocol_key(result: dict[str, Any]) -> str:
+    """What must be equal for two translations' PSNRs to be compared (from a translation result)."""
+    split = result["split"]
+    return _digest(
+        {
+            "dataset": result["dataset_checksum"],
+            "split": {key: split.get(key) for key in ("by", "fraction", "seed", "block_tiles", "tiles")},
+            "inputs": result["input_bands"],
+            "targets": result["target_bands"],
+            "n": result["n_validation"],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class PairedScore:
+    """A translation's primary metric: PSNR (dB) on the held-out split; higher is better."""
+
+    psnr: float | None
+    protocol: str | None
+    family: str | None
+    over_baseline: float | None = None  # dB above the linear-regression baseline
+
+    @property
+    def usable(self) -> bool:
+        return self.psnr is not None and math.isfinite(self.psnr)
+
+
+def decide_paired(new: PairedScore, champion: PairedScore | None) -> Decision:
+    if not new.usable:
+        return Decision(CHALLENGER, f"no usable PSNR for the new version ({new.psnr}); the champion stays")
+    if new.over_baseline is None or new.over_baseline <= 0:
+        margin = "unknown" if new.over_baseline is None else f"{new.over_baseline:+.2f} dB"
+        return Decision(
+            CHALLENGER,
+            f"not crowned: PSNR {new.psnr:.2f} dB does not beat the per-band linear regression ({margin} over it)",
+        )
+    if champion is None:
+        return Decision(
+            CHAMPION,
+            f"first translation with a PSNR ({new.psnr:.2f} dB, {new.over_baseline:+.2f} dB over the linear "
+            "baseline): no champion yet",
+        )
+    if champion.family != new.family:
+        return Decision(CHALLENGER, "trained on another dataset family than the champion: not comparable")
+    if champion.protocol != new.protocol or not champion.usable:
+        return Decision(
+            CHALLENGER,
+            "the champion was not scored by PSNR on the same split and bands (another kind of generator, or "
+            "another split): not comparable; promote by hand or use another tracking.registered_model",
+        )
+    if new.psnr > champion.psnr:
+        return Decision(CHAMPION, f"PSNR {new.psnr:.3f} dB beats the champion's {champion.psnr:.3f} dB")
+    return Decision(CHALLENGER, f"PSNR {new.psnr:.3f} dB does not beat the champion's {champion.psnr:.3f} dB")

@@ -4,7 +4,8 @@
 `evaluate.n` (reused from run_dir/eval when it matches the current dataset, else computed now), logs the EMA
 generator as a pyfunc model into the training's MLflow run, and applies the promotion rule of `promotion.py`. When
 the champion was scored under another protocol (say the dataset has grown since), it is scored again under the new
-one first (`tracking.reevaluate_champion`), so the comparison is always like for like.
+one first (`tracking.reevaluate_champion`), so the comparison is always like for like. An image-to-image generator
+(pix2pix) is registered with its translation scores and promoted by PSNR (`promotion.decide_paired`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, 
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.generator import load_generator
-from atlas_gan.runtime.signature import LATENT, signature_of
+from atlas_gan.runtime.signature import IMAGE, LATENT, signature_of
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import storage_for
 from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, GeneratorModel
 from atlas_gan.tracking.promotion import (
     CHAMPION,
     Decision,
+    PairedScore,
     QualityGate,
     Score,
     decide,
+    decide_paired,
     family_key,
+    paired_protocol_key,
     protocol_key,
 )
 from atlas_gan.tracking.store import (
@@ -59,6 +63,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_code.py"
 MODEL_NAME_IN_RUN = "generator"
 TAG_FID, TAG_PROTOCOL, TAG_FAMILY = "atlas.fid", "atlas.fid.protocol", "atlas.dataset.family"
+TAG_PSNR, TAG_PSNR_PROTOCOL, TAG_PRIMARY = "atlas.psnr", "atlas.psnr.protocol", "atlas.primary_metric"
+TRANSLATION_SCORE_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "psnr_over_linear")
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,12 @@ class Registration:
     model_uri: str
     run_id: str
     model_id: str  # MLflow's logged model: its metrics are the version's scores
+    psnr: float | None = None  # a translation's primary metric (then fid is None)
 
     def summary(self) -> str:
+        score = f"PSNR {self.psnr:.2f} dB" if self.psnr is not None else f"FID {self.fid}"
         return (
-            f"registered {self.model_uri} (FID {self.fid}) as {self.alias}: {self.reason}\n"
+            f"registered {self.model_uri} ({score}) as {self.alias}: {self.reason}\n"
             f"load the best with: models:/{self.name}@{CHAMPION}"
         )
 
@@ -86,7 +94,7 @@ def quality_gate(config: AtlasConfig) -> QualityGate:
     return QualityGate(promotion.champion_min_spread, promotion.champion_max_fid, promotion.champion_max_fid_over_floor)
 
 
-MODEL_METADATA_KEYS = ("model", "signature", "spec", "bands", "step", "images_seen", "labels")
+MODEL_METADATA_KEYS = ("model", "signature", "spec", "bands", "input_bands", "step", "images_seen", "labels")
 
 
 def model_signature(meta: dict[str, Any]):
@@ -95,11 +103,16 @@ def model_signature(meta: dict[str, Any]):
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     spec = meta["spec"]
-    inputs = {LATENT: [TensorSpec(np.dtype(np.float32), (-1, spec["latent_dim"]), "latents")]}
+    float32 = np.dtype(np.float32)
+    inputs = {
+        LATENT: [TensorSpec(float32, (-1, spec["latent_dim"]), "latents")],
+        IMAGE: [TensorSpec(float32, (-1, spec.get("input_bands", 0), -1, -1), "images")],  # any size the net takes
+    }
     size, bands = spec["image_size"], spec["bands"]
+    side = -1 if signature_of(meta).name == IMAGE else size
     return ModelSignature(
         inputs=Schema(inputs[signature_of(meta).name]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, bands, size, size), "images")]),
+        outputs=Schema([TensorSpec(float32, (-1, bands, side, side), "images")]),
         params=ParamSchema(
             [
                 ParamSpec("count", "long", 0),
@@ -263,6 +276,8 @@ def register_generator(
         evaluation = stored_evaluation(config, meta["step"], manifest["checksum"])
     if evaluation is None:
         evaluation = evaluate_checkpoint(config, checkpoint, ctx, progress=progress)
+    if evaluation.get("kind") == "translation":
+        return _register_translation(config, checkpoint, generator, meta, manifest, evaluation)
     new = Score(
         float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
         protocol_key(evaluation, config.evaluate.seed),
@@ -350,6 +365,101 @@ def register_generator(
     registration = Registration(
         name, version, decision.alias, decision.reason, new.fid,
         str(champion.version) if champion is not None else None, champion_fid, model_uri, run_id, logged.model_id,
+    )  # fmt: skip
+    log.info("%s", json.dumps(asdict(registration)))
+    return registration
+
+
+def _register_translation(
+    config: AtlasConfig,
+    checkpoint: str,
+    generator: torch.nn.Module,
+    meta: dict[str, Any],
+    manifest: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> Registration:
+    """Register an image-to-image generator with its held-out scores; champion by PSNR over the same split."""
+    new = PairedScore(
+        float(evaluation["psnr"]),
+        paired_protocol_key(evaluation),
+        family_key(config.dataset_url, manifest),
+        float(evaluation["psnr_over_linear"]),
+    )
+    client = client_for(config.tracking)
+    run_id, _ = open_run(client, config)
+    model_meta = {
+        **meta,
+        "checkpoint": redact(checkpoint),
+        "dataset_checksum": manifest["checksum"],
+        "dataset_url": redact(config.dataset_url),
+    }
+    logged = log_generator_model(config, run_id, generator, model_meta)
+    version, name = logged.version, config.tracking.registered_model
+    dataset = dataset_entity(manifest, config.dataset_url)
+    for key in TRANSLATION_SCORE_KEYS:
+        if evaluation.get(key) is not None:
+            client.log_metric(
+                run_id,
+                key,
+                float(evaluation[key]),
+                step=meta["step"],
+                model_id=logged.model_id,
+                dataset_name=dataset.name,
+                dataset_digest=dataset.digest,
+            )
+    describe_registered_model(client, name, meta, config.dataset_url)
+    linear = evaluation["baselines"]["linear"]
+    tags = {
+        TAG_PRIMARY: "psnr",
+        TAG_PSNR: str(new.psnr),
+        TAG_PSNR_PROTOCOL: str(new.protocol),
+        TAG_FAMILY: str(new.family),
+        "atlas.ssim": str(evaluation["ssim"]),
+        "atlas.psnr.linear_baseline": str(linear["psnr"]),
+        "atlas.psnr.over_linear": str(new.over_baseline),
+        "atlas.psnr.n_validation": str(evaluation["n_validation"]),
+        "atlas.translation": f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}",
+        "atlas.dataset.checksum": manifest["checksum"],
+        "atlas.checkpoint": redact(checkpoint),
+        "atlas.step": str(meta["step"]),
+        "atlas.model": meta["model"],
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    champion = _champion(client, name)
+    champion_score = None
+    if champion is not None:
+        psnr = champion.tags.get(TAG_PSNR)
+        champion_score = PairedScore(
+            float(psnr) if psnr not in (None, "", "None") else None,
+            champion.tags.get(TAG_PSNR_PROTOCOL),
+            champion.tags.get(TAG_FAMILY),
+        )
+    decision = decide_paired(new, champion_score)
+    client.set_registered_model_alias(name, decision.alias, version)
+    if decision.alias == CHAMPION and champion is not None:
+        client.set_model_version_tag(name, str(champion.version), "atlas.superseded_by", version)
+    champion_psnr = champion_score.psnr if champion_score is not None else None
+    for key, value in {
+        "atlas.promotion.decision": decision.alias,
+        "atlas.promotion.reason": decision.reason,
+        "atlas.promotion.champion_version": str(champion.version) if champion is not None else "none",
+        "atlas.promotion.champion_psnr": str(champion_psnr),
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name,
+        version,
+        description=(
+            f"{meta['model']} translation {tags['atlas.translation']}, step {meta['step']}. PSNR {new.psnr:.2f} dB on "
+            f"{evaluation['n_validation']} held-out tiles ({new.over_baseline:+.2f} dB over the linear baseline). "
+            f"Decision: {decision.alias} - {decision.reason}."
+        ),
+    )
+    registration = Registration(
+        name, version, decision.alias, decision.reason, None,
+        str(champion.version) if champion is not None else None, None, logged.model_uri, run_id, logged.model_id,
+        new.psnr,
     )  # fmt: skip
     log.info("%s", json.dumps(asdict(registration)))
     return registration
