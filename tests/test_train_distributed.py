@@ -129,3 +129,17 @@ def test_two_ranks_train_stylegan2_with_ada_in_sync(train_data_64, tmp_path):
     state = load_checkpoint(LocalStorage(), str(run_dir / "checkpoints" / "step-00000005.pt"))
     assert [float(own["augment"]["p"]) for own in state["recipe_ranks"]] == [steps[-1]["augment_p"]] * 2
     assert state["recipe_state"]["path_length"]["mean"] > 0
+
+
+def test_two_ranks_train_pix2pix_in_sync_and_score_on_rank_zero(train_data, tmp_path):
+    """pix2pix (red, green -> NIR) on 2 torchrun ranks: batch norm, dropout and both updates stay in sync, and
+    rank 0 alone scores the held-out pairs (no collective in the translation evaluation)."""
+    from tests.test_translation import PIX2PIX
+
+    run_dir = tmp_path / "run"
+    log = train_two_ranks(run_dir, train_data, 4, [*PIX2PIX, "train.evaluate_every=4"])
+    end = next(e for e in log if e.get("event") == "end")
+    assert end["ranks_in_sync"] and len(end["rank_fingerprints"]) == 2
+    scores = [e for e in log if e.get("event") == "evaluate_translation"]
+    assert [e["step"] for e in scores] == [4] and np.isfinite(scores[0]["psnr"])
+    assert json.loads((run_dir / "split.json").read_text())["validation_tiles"] == scores[0]["n_validation"]
