@@ -277,7 +277,23 @@ def _distinct_bands(value: list[str | int]) -> list[str | int]:
 BandList = Annotated[list[str | int], Field(min_length=1, max_length=256), AfterValidator(_distinct_bands)]
 
 
-class Pix2PixOptions(_Strict):
+class _TranslationOptions(_Strict):
+    """Options of the image-to-image families; the adversarial families' null n_critic/r1_gamma are dropped."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_adversarial_options(cls, data: Any) -> Any:
+        """The default config's null n_critic/r1_gamma are dropped; a value set for them is an error."""
+        if isinstance(data, dict):
+            for key in _AdversarialOptions.model_fields:
+                if key in data and data[key] is None:
+                    data = {k: v for k, v in data.items() if k != key}
+                elif key in data:
+                    raise ValueError(f"{key}: {data.get('family')} has one D step per G step and no R1 penalty")
+        return data
+
+
+class Pix2PixOptions(_TranslationOptions):
     """pix2pix (Isola et al. 2017): paired translation of one dataset's input bands into its target bands."""
 
     family: Literal["pix2pix"]
@@ -289,17 +305,33 @@ class Pix2PixOptions(_Strict):
     )
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout in G's three innermost decoder blocks (training only)")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_adversarial_options(cls, data: Any) -> Any:
-        """The default config's null n_critic/r1_gamma are dropped; a value set for them is an error."""
-        if isinstance(data, dict):
-            for key in _AdversarialOptions.model_fields:
-                if key in data and data[key] is None:
-                    data = {k: v for k, v in data.items() if k != key}
-                elif key in data:
-                    raise ValueError(f"{key}: pix2pix has one D step per G step and no R1 penalty")
-        return data
+
+DomainLabels = Annotated[list[str | int], Field(min_length=1, max_length=1000)]
+
+
+class CycleGANOptions(_TranslationOptions):
+    """cyclegan (Zhu et al. 2017): unpaired translation between two domains, label sets of `train.condition`."""
+
+    family: Literal["cyclegan"]
+    domain_a: DomainLabels = Field(description="labels of domain A (e.g. years with condition.by=year)")
+    domain_b: DomainLabels = Field(description="labels of domain B; the generator registered translates A -> B")
+    cycle_weight: float = Field(10.0, ge=0, le=1e4, description="weight of the L1 cycle losses (the paper's 10)")
+    identity_weight: float = Field(0.5, ge=0, le=10, description="identity loss weight, x cycle_weight; 0 = off")
+    pool_size: int = Field(50, ge=0, le=10_000, description="earlier fakes kept per D (history pool); 0 = none")
+    norm: Literal["batch", "instance"] = Field("instance", description="normalization in G and D (the paper's)")
+    residual_blocks: int | None = Field(
+        None, ge=1, le=64, description="G's residual blocks; null: 9 at 256+ px, else 6"
+    )
+    decay_from: float = Field(
+        0.5, ge=0, le=1, description="learning rates decay linearly to 0 from this share of steps"
+    )
+
+    @model_validator(mode="after")
+    def _disjoint_domains(self) -> CycleGANOptions:
+        shared = {str(x) for x in self.domain_a} & {str(x) for x in self.domain_b}
+        if shared:
+            raise ValueError(f"domain_a and domain_b share labels {sorted(shared)}")
+        return self
 
 
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
@@ -309,10 +341,13 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "input_bands": ("pix2pix", "input image"),
     "target_bands": ("pix2pix", "target image"),
     "l1_weight": ("pix2pix", "L1 loss to a target"),
+    "domain_a": ("cyclegan", "unpaired domains"),
+    "domain_b": ("cyclegan", "unpaired domains"),
+    "cycle_weight": ("cyclegan", "cycle loss"),
 }
 
 ModelOptions = Annotated[
-    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions | Pix2PixOptions,
+    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions | Pix2PixOptions | CycleGANOptions,
     Field(discriminator="family"),
 ]
 MODEL_FAMILIES: tuple[str, ...] = tuple(

@@ -27,10 +27,18 @@ def _hinge(real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
 
+def _least_squares(real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
+    """Mao et al. 2017 (LSGAN): D pushes real outputs to 1 and fake ones to 0; G pushes fake outputs to 1."""
+    if real is None:
+        return (fake - 1.0).square().mean()
+    return (real - 1.0).square().mean() + fake.square().mean()
+
+
 LOSSES: dict[str, Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]] = {
     "nonsaturating": _nonsaturating,
     "wasserstein": _wasserstein,
     "hinge": _hinge,
+    "least_squares": _least_squares,
 }
 
 

@@ -39,6 +39,7 @@ class TileSplit:
     validation: frozenset[str]
     buffer: frozenset[str]
     settings: dict[str, Any]
+    scene_of: dict[str, str]  # tile key -> scene id
 
     @property
     def total(self) -> int:
@@ -115,7 +116,7 @@ def blocked_split(
     else:
         groups = list(scenes)
     if fraction <= 0 or not keys:
-        return TileSplit(frozenset(keys), frozenset(), frozenset(), settings)
+        return TileSplit(frozenset(keys), frozenset(), frozenset(), settings, dict(zip(keys, scenes, strict=True)))
     order = sorted(set(groups))
     random.Random(config.seed).shuffle(order)
     members: dict[str, list[int]] = {}
@@ -132,7 +133,7 @@ def blocked_split(
     buffered = ~is_held & _near(positions, positions[is_held], NEIGHBOUR_DISTANCE * tile_width)
     validation = frozenset(k for k, h in zip(keys, is_held, strict=True) if h)
     buffer = frozenset(k for k, b in zip(keys, buffered, strict=True) if b)
-    split = TileSplit(frozenset(keys), validation, buffer, settings)
+    split = TileSplit(frozenset(keys), validation, buffer, settings, dict(zip(keys, scenes, strict=True)))
     if split.train_count == 0:
         raise ValueError(
             f"train.validation ({config.by}, fraction {fraction}) leaves no training tile: every tile is held out "

@@ -32,23 +32,22 @@ def real_vs_generated_png(
 def translation_png(
     inputs: Sequence[np.ndarray],
     outputs: Sequence[np.ndarray],
-    targets: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray] | None,
     input_positions: list[int],
     output_positions: list[int],
     title: str,
 ) -> bytes:
     """Held-out tiles in [0, 1]: the input bands, the translation, and the target bands it should match (the last
-    two with one mapping of values to grey levels)."""
+    two with one mapping of values to grey levels); an unpaired translation (`targets` None) has no target."""
     columns = max(1, int(np.ceil(np.sqrt(len(inputs)))))
-    grids = [
-        tile_grid(list(inputs), input_positions, columns),
-        tile_grid(list(outputs), output_positions, columns),
-        tile_grid(list(targets), output_positions, columns),
-    ]
-    figure = new_figure(1500, int(500 * grids[0].shape[0] / max(grids[0].shape[1], 1)) + 90)
+    grids = [tile_grid(list(inputs), input_positions, columns), tile_grid(list(outputs), output_positions, columns)]
+    names = ["input", "translated (EMA)"]
+    if targets is not None:
+        grids.append(tile_grid(list(targets), output_positions, columns))
+        names.append("target bands")
+    figure = new_figure(500 * len(grids), int(500 * grids[0].shape[0] / max(grids[0].shape[1], 1)) + 90)
     figure.suptitle(title, fontsize="medium")
-    names = ("input bands", "translated (EMA)", "target bands")
-    for axes, grid, name in zip(figure.subplots(1, 3), grids, names, strict=True):
+    for axes, grid, name in zip(figure.subplots(1, len(grids)), grids, names, strict=True):
         axes.imshow(grid, interpolation="nearest")
         axes.set_title(f"{name}: {len(inputs)}", fontsize="small")
         axes.set_axis_off()

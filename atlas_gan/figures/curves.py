@@ -39,8 +39,11 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
     _finish(losses_axes, "losses", "loss", bool(loss_keys))
 
     translations = [r for r in records if r.get("event") == "evaluate_translation"]
+    unpaired = [r for r in records if r.get("event") == "evaluate_unpaired"]
     if translations and not evaluations:
         _paired_panel(fid_axes, translations, steps)
+    elif unpaired and not evaluations:
+        _unpaired_panel(fid_axes, unpaired, steps)
     elif evaluations:
         eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
         fid_axes.plot(eval_kimg, [r["fid"] for r in evaluations], marker="o", color="tab:red", label="FID")
@@ -78,6 +81,16 @@ def _paired_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict
     axes.plot(eval_kimg, [r["linear_psnr"] for r in evaluations], linestyle="--", color="tab:gray", label="linear")
     n = evaluations[-1].get("n_validation")
     _finish(axes, f"PSNR on the held-out tiles (N={n}), higher is better", "PSNR (dB)", True)
+
+
+def _unpaired_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    """An unpaired translation's FID against the other domain, with the FID of not translating at all."""
+    eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
+    axes.plot(eval_kimg, [r["fid"] for r in evaluations], marker="o", color="tab:red", label="A translated vs B")
+    identity = [r["identity_fid"] for r in evaluations]
+    axes.plot(eval_kimg, identity, linestyle="--", color="tab:gray", label="A as it is vs B")
+    n = evaluations[-1].get("n_a")
+    _finish(axes, f"FID of held-out A (N={n}) against held-out B, lower is better", "FID", True)
 
 
 def _kimg_of(evaluation: dict[str, Any], steps: list[dict[str, Any]]) -> float:

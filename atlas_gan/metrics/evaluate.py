@@ -29,6 +29,7 @@ from atlas_gan.metrics.features import PixelSpread, chosen_tiles, embed_batches,
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 from atlas_gan.metrics.translation import TranslationEvaluator
+from atlas_gan.metrics.unpaired import UnpairedEvaluator
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime.checkpoint import checkpoint_step, list_checkpoints
@@ -222,6 +223,8 @@ def evaluate_generator(
     if meta.get("signature") == IMAGE:
         if not ctx.is_main:
             return None
+        if meta["model"] == "cyclegan":
+            return UnpairedEvaluator(config, meta, n, ctx.device).evaluate(generator, meta, ctx.device, write)
         return TranslationEvaluator(config, meta, n).evaluate(generator, meta, ctx.device, write)
     cfg = config.evaluate
     started = time.perf_counter()

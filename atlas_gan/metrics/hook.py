@@ -7,6 +7,7 @@ from typing import Any
 
 from atlas_gan.metrics.evaluate import evaluate_generator
 from atlas_gan.metrics.translation import TranslationEvaluator, evaluation_record
+from atlas_gan.metrics.unpaired import UnpairedEvaluator, unpaired_record
 from atlas_gan.metrics.weights import resolve_weights
 from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.train.hooks import TrainHooks
@@ -19,12 +20,12 @@ class EvaluationHook(TrainHooks):
     def __init__(self, n: int | None = None) -> None:
         self.n = n
         self.results: list[dict[str, Any]] = []
-        self.translation: TranslationEvaluator | None = None  # rank 0, image-to-image generators
+        self.translation: TranslationEvaluator | UnpairedEvaluator | None = None  # rank 0, image-to-image
 
     def on_start(self, trainer: Trainer) -> None:
         if trainer.recipe.signature == IMAGE:
-            if trainer.ctx.is_main:  # held-out pairs and baselines, loaded once (and bad settings fail now)
-                self.translation = TranslationEvaluator(trainer.config, trainer.generator_meta(), self.n)
+            if trainer.ctx.is_main:  # held-out tiles and baselines, loaded once (and bad settings fail now)
+                self.translation = translation_evaluator(trainer.config, trainer.generator_meta(), self.n, trainer.ctx)
             return
         resolve_weights(trainer.config.evaluate.inception_weights)  # no weights: fail now, not mid-run
 
@@ -66,8 +67,20 @@ class EvaluationHook(TrainHooks):
             return
         result = self.translation.evaluate(trainer.generator, trainer.generator_meta(), trainer.ctx.device)
         self.results.append(result)
-        record = evaluation_record(result, trainer.images_seen)
+        if result["kind"] == "unpaired":
+            record = unpaired_record(result, trainer.images_seen)
+        else:
+            record = evaluation_record(result, trainer.images_seen)
         trainer.log_event(record)
         for hook in trainer.hooks:
             if hook is not self:
                 hook.on_log(trainer, record)
+
+
+def translation_evaluator(
+    config: Any, meta: dict[str, Any], n: int | None, ctx: Any
+) -> TranslationEvaluator | UnpairedEvaluator:
+    """Paired scores for a generator trained on pairs (pix2pix), FID against the other domain for CycleGAN."""
+    if meta["model"] == "cyclegan":
+        return UnpairedEvaluator(config, meta, n, ctx.device)
+    return TranslationEvaluator(config, meta, n)

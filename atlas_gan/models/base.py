@@ -28,6 +28,7 @@ class ModelSpec:
     attention_resolution: int = 0  # > 0: a self-attention block where feature maps have this size (SAGAN)
     input_bands: int = 0  # > 0: an image-to-image generator reading this many bands (0: latent vectors in)
     norm: str = "batch"  # image-to-image networks: batch or instance normalization
+    residual_blocks: int = 0  # CycleGAN's ResNet generator: blocks (0: 9 at 256+ px, else 6)
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:

@@ -16,6 +16,7 @@ from functools import partial
 from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import AdversarialDefaults, GANFamily
+from atlas_gan.models.cyclegan import ResNetGenerator
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
 from atlas_gan.models.pix2pix import PatchDiscriminator, UNetGenerator
@@ -117,4 +118,18 @@ PIX2PIX = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX)
+CYCLEGAN = GANFamily(
+    name="cyclegan",
+    generator=ResNetGenerator,
+    discriminator=partial(PatchDiscriminator, paired=False),
+    training=AdversarialDefaults(
+        loss="least_squares", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), small_data_augmentation=()
+    ),
+    recipe="cyclegan",
+    description=(
+        "Zhu et al. 2017: two ResNet generators (A -> B, B -> A), two PatchGAN Ds, least-squares GAN loss, cycle "
+        "(10) and identity (5) L1 losses, history pools of 50 fakes, linear LR decay; unpaired domains from labels"
+    ),
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN)

@@ -80,13 +80,15 @@ class UNetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """(input (n, input_bands, s, s), output (n, bands, s, s)) -> patch logits (n, 1, p, p)."""
+    """(input (n, input_bands, s, s), output (n, bands, s, s)) -> patch logits (n, 1, p, p); `paired=False`: one
+    image (n, bands, s, s) in (CycleGAN's D judges a domain, not a pair)."""
 
-    def __init__(self, spec: ModelSpec, layers: int = 3) -> None:
+    def __init__(self, spec: ModelSpec, layers: int = 3, paired: bool = True) -> None:
         super().__init__()
         _check_translation_spec(spec)
         width = spec.d_width
-        blocks: list[nn.Module] = [nn.Conv2d(spec.input_bands + spec.bands, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels = spec.input_bands + spec.bands if paired else spec.bands
+        blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
         channels = width
         for i in range(1, layers + 1):
             out = spec.d_width * min(2**i, 8)
@@ -98,5 +100,6 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*blocks)
         init_dcgan_weights(self)
 
-    def forward(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([inputs, outputs], dim=1))
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        """`(inputs, outputs)` of a pair, or one image when not `paired`."""
+        return self.net(torch.cat(images, dim=1) if len(images) > 1 else images[0])

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import torch
 
-from atlas_gan.config import TrainConfig
+from atlas_gan.config import CycleGANOptions, TrainConfig
+from atlas_gan.labels import LabelVocabulary
 from atlas_gan.models import get_family
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.recipes.adversarial import AdversarialRecipe, attention_resolution
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update
+from atlas_gan.recipes.cyclegan import CycleGANRecipe, domain_classes
 from atlas_gan.recipes.fastgan import FastGANRecipe
-from atlas_gan.recipes.pix2pix import BandRoles, Pix2PixRecipe, band_roles
+from atlas_gan.recipes.pix2pix import Pix2PixRecipe
+from atlas_gan.recipes.roles import BandRoles, band_roles
 from atlas_gan.runtime.distributed import DistributedContext
 
-RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe, Pix2PixRecipe)}
+RECIPES: dict[str, type[Recipe]] = {
+    recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe, Pix2PixRecipe, CycleGANRecipe)
+}
 
 
 def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes: int) -> ModelSpec:
     """The networks' shape for this config and dataset (`roles`: the bands G reads and draws)."""
     family = get_family(cfg.model.family)
-    if roles.inputs is not None:
-        if num_classes:
-            raise ValueError(f"{family.name} translates images and takes no labels: set train.condition.by=none")
+    if roles.inputs is not None:  # translations are not conditioned on labels (CycleGAN's only pick its domains)
         return ModelSpec(
             len(roles.outputs),
             image_size,
@@ -34,6 +37,7 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
             cfg.d_width,
             input_bands=len(roles.inputs),
             norm=getattr(cfg.model, "norm", "batch"),
+            residual_blocks=getattr(cfg.model, "residual_blocks", None) or 0,
         )
     return ModelSpec(
         len(roles.outputs),
@@ -53,12 +57,18 @@ def build_recipe(
     autocast_dtype: torch.dtype | None,
     memory_format: torch.memory_format | None,
     roles: BandRoles,
+    vocabulary: LabelVocabulary | None = None,
 ) -> Recipe:
-    """The configured family's recipe with freshly initialized networks (seed the global RNG first)."""
+    """The configured family's recipe with freshly initialized networks (seed the global RNG first); `vocabulary`:
+    the labels of `train.condition`, which CycleGAN's domains are made of."""
     family = get_family(cfg.model.family)
     recipe = RECIPES[family.recipe]
     if issubclass(recipe, Pix2PixRecipe):
         return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format, roles)
+    if issubclass(recipe, CycleGANRecipe):
+        assert isinstance(cfg.model, CycleGANOptions)
+        domains = domain_classes(cfg.model, vocabulary)
+        return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format, domains)
     return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format)
 
 

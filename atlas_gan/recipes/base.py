@@ -87,6 +87,7 @@ class Recipe:
     generator_name: ClassVar[str] = "G"
     signature: ClassVar[str] = LATENT
     ema_networks: ClassVar[tuple[str, ...]] = ("G",)
+    paired: ClassVar[bool] = True  # image recipes: trained on (input, target) pairs; False: on unpaired domains
 
     def __init__(
         self,
@@ -128,6 +129,10 @@ class Recipe:
     def log_values(self) -> dict[str, float | None]:
         """Extra values for the training log (e.g. the augmentation probability)."""
         return {}
+
+    def takes_example(self, label: int | None) -> bool:
+        """Whether a held-out tile of this label is a sample-grid input (CycleGAN: domain A's only)."""
+        return True
 
     def calibrate(self, generator: nn.Module) -> None:
         """Make an EMA copy of the generator ready to sample (e.g. its batch-norm statistics); nothing by default."""

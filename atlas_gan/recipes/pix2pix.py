@@ -12,50 +12,19 @@ already do). The sample grids translate fixed held-out tiles.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atlas_gan.config import Pix2PixOptions, TrainConfig
-from atlas_gan.geo.scene import SceneError, select_bands
 from atlas_gan.losses import discriminator_loss, generator_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.recipes.adversarial import make_optimizer
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
+from atlas_gan.recipes.roles import BandRoles
 from atlas_gan.runtime.distributed import DistributedContext
 from atlas_gan.runtime.signature import IMAGE
-
-
-@dataclass(frozen=True)
-class BandRoles:
-    """Which of the dataset's bands a generator reads and which it draws (positions and names)."""
-
-    inputs: list[int] | None  # None: a latent generator
-    outputs: list[int]
-    names: list[str]  # the dataset's bands
-
-    @property
-    def input_names(self) -> list[str] | None:
-        return None if self.inputs is None else [self.names[i] for i in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [self.names[i] for i in self.outputs]
-
-
-def band_roles(cfg: TrainConfig, bands: list[str]) -> BandRoles:
-    """A translation config's input and target bands among the dataset's `bands`; every band out otherwise."""
-    options = cfg.model
-    if not isinstance(options, Pix2PixOptions):
-        return BandRoles(None, list(range(len(bands))), bands)
-    try:
-        inputs = select_bands(bands, options.input_bands)
-        outputs = select_bands(bands, options.target_bands)
-    except SceneError as exc:
-        raise ValueError(f"train.model bands: {exc} (the dataset's)") from None
-    return BandRoles(inputs, outputs, bands)
 
 
 class Pix2PixRecipe(Recipe):

@@ -28,7 +28,10 @@ from atlas_gan.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-TRANSLATION_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "linear_psnr", "linear_ssim", "psnr_over_linear")
+TRANSLATION_KEYS = (  # a paired translation's held-out scores, and an unpaired one's FID/KID
+    *("psnr", "ssim", "l1", "sam_degrees", "linear_psnr", "linear_ssim", "psnr_over_linear"),
+    *("fid", "kid", "identity_fid"),
+)
 LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*
 
 
@@ -167,7 +170,7 @@ class MLflowHook(TrainHooks):
         if record.get("event") == "evaluate":
             self._on_evaluation(record)
             return
-        if record.get("event") == "evaluate_translation":
+        if record.get("event") in ("evaluate_translation", "evaluate_unpaired"):
             self._send_metrics(record["step"], {k: record.get(k) for k in TRANSLATION_KEYS})
             return
         if "event" in record:

@@ -39,8 +39,9 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
             picks.append(DataDefault("train.diffaugment", [], "train.ada is set: ADA augments what D sees"))
         elif not get_family(train.model.family).training.small_data_augmentation:
             reason = (
-                f"{train.model.family}: D judges (input, output) pairs, which augmenting D's view would unpair; "
-                "the loader's flips and rotations move both"
+                f"{train.model.family} translates images: no DiffAugment (pix2pix's D judges (input, output) pairs "
+                "that augmenting would unpair; CycleGAN's paper trains D on plain images); the loader's flips and "
+                "rotations still apply"
             )
             picks.append(DataDefault("train.diffaugment", [], reason))
         elif tiles < SMALL_DATASET:

@@ -130,13 +130,18 @@ def _translation_figures(trainer: Trainer, title: str) -> dict[str, bytes]:
     roles = trainer.roles
     inputs, targets = examples[:, roles.inputs], examples[:, roles.outputs]
     translated = (trainer.fixed_samples().numpy() + 1.0) / 2.0
-    input_positions = band_triplets(trainer.input_bands, None)[0][1]
+    unpaired = not trainer.recipe.paired  # CycleGAN: another domain, no target to compare with
     figures = {}
     for label, positions in band_triplets(trainer.bands, trainer.display_bands):
-        arrow = f"{','.join(trainer.input_bands)} -> {','.join(trainer.bands[i] for i in dict.fromkeys(positions))}"
+        shown = ",".join(trainer.bands[i] for i in dict.fromkeys(positions))
+        input_positions = positions if unpaired else band_triplets(trainer.input_bands, None)[0][1]
+        arrow = f"domain A -> B, bands {shown}" if unpaired else f"{','.join(trainer.input_bands)} -> {shown}"
         figures[f"translation-{label}.png"] = translation_png(
-            list(inputs), list(translated), list(targets), input_positions, positions, f"{title}: {arrow}"
-        )
+            list(inputs), list(translated), None if unpaired else list(targets), input_positions, positions,
+            f"{title}: {arrow}",
+        )  # fmt: skip
+    if unpaired:
+        return figures
     by_name = {b["name"]: b for b in trainer.manifest["normalization"]["bands"]}
     norm = Normalization.from_manifest({"bands": [by_name[name] for name in trainer.bands]})
     real_values = norm.invert(targets.transpose(1, 0, 2, 3)).reshape(len(trainer.bands), -1)

@@ -109,7 +109,9 @@ class Trainer:
         self.autocast_dtype = autocast_dtype(cfg.precision, device)
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
         self.split = self._split(data_store, cfg)
-        self.recipe: Recipe = build_recipe(cfg, self.spec, ctx, self.autocast_dtype, memory_format, self.roles)
+        self.recipe: Recipe = build_recipe(
+            cfg, self.spec, ctx, self.autocast_dtype, memory_format, self.roles, self.vocabulary
+        )
         self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
@@ -142,7 +144,14 @@ class Trainer:
         """Up to `count` held-out tiles (any tiles without a split) in [-1, 1], for generators that read images."""
         if self.recipe.signature != IMAGE:
             return None
-        keys = self.split.validation if self.split else None
+        keys = None
+        if self.split is not None:
+            labels = self.scene_labels or {}
+            keys = frozenset(
+                key
+                for key in self.split.validation
+                if self.recipe.takes_example(labels.get(self.split.scene_of[key]) if labels else None)
+            )
         urls = shard_urls(self.manifest, self.config.dataset_url)
         return read_tiles(urls, keys, self.spec.image_size, self.config.storage, count)[1]
 

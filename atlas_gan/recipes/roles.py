@@ -1,0 +1,42 @@
+"""Which of a dataset's bands a generator reads and which it draws: none and all for a latent generator, the
+configured input and target bands for pix2pix, all and all for CycleGAN (its domains differ by label, not band)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atlas_gan.config import CycleGANOptions, Pix2PixOptions, TrainConfig
+from atlas_gan.geo.scene import SceneError, select_bands
+
+
+@dataclass(frozen=True)
+class BandRoles:
+    """Which of the dataset's bands a generator reads and which it draws (positions and names)."""
+
+    inputs: list[int] | None  # None: a latent generator
+    outputs: list[int]
+    names: list[str]  # the dataset's bands
+
+    @property
+    def input_names(self) -> list[str] | None:
+        return None if self.inputs is None else [self.names[i] for i in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self.names[i] for i in self.outputs]
+
+
+def band_roles(cfg: TrainConfig, bands: list[str]) -> BandRoles:
+    """The bands a config's generator reads and draws, among the dataset's `bands`."""
+    options = cfg.model
+    every = list(range(len(bands)))
+    if isinstance(options, CycleGANOptions):
+        return BandRoles(every, every, bands)
+    if not isinstance(options, Pix2PixOptions):
+        return BandRoles(None, every, bands)
+    try:
+        inputs = select_bands(bands, options.input_bands)
+        outputs = select_bands(bands, options.target_bands)
+    except SceneError as exc:
+        raise ValueError(f"train.model bands: {exc} (the dataset's)") from None
+    return BandRoles(inputs, outputs, bands)
