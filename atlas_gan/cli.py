@@ -218,10 +218,12 @@ def evaluate(
         result = evaluate_checkpoint(cfg, checkpoint or latest_checkpoint(cfg), ctx, n=count, progress=not quiet)
     if result is None:
         return
-    if result.get("kind") == "translation":
+    if result.get("kind") in ("translation", "unpaired"):
         from atlas_gan.metrics.translation import summary_lines
+        from atlas_gan.metrics.unpaired import unpaired_summary
 
-        typer.echo("\n".join([*summary_lines(result), f"result: {result['written_to']}"]))
+        lines = summary_lines(result) if result["kind"] == "translation" else unpaired_summary(result)
+        typer.echo("\n".join([*lines, f"result: {result['written_to']}"]))
         if out is not None:
             _write_file(out, (json.dumps(result, indent=2) + "\n").encode(), "--out")
         return

@@ -116,6 +116,14 @@ class PipelineOutcome:
 
     def scored(self, evaluation: dict[str, Any]) -> None:
         """Take the final evaluation's headline scores (FID and friends, or a translation's)."""
+        if evaluation.get("kind") == "unpaired":
+            self.translation = {
+                "fid": evaluation["fid"],
+                "identity_fid": evaluation["identity_fid"],
+                "n": f"{evaluation['n_a']} A / {evaluation['n_b']} B",
+                "bands": f"{','.join(evaluation['domain_a'])} -> {','.join(evaluation['domain_b'])}",
+            }
+            return
         if evaluation.get("kind") == "translation":
             linear = evaluation["baselines"]["linear"]
             self.translation = {
@@ -132,6 +140,13 @@ class PipelineOutcome:
         self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
 
     def _score_rows(self) -> list[str]:
+        if self.translation is not None and "fid" in self.translation:
+            t = self.translation
+            return [
+                f"| translation (domains) | {t['bands']} |",
+                f"| FID of held-out A translated vs B ({t['n']}) | {_number(t['fid'])} |",
+                f"| not translating | {_number(t['identity_fid'])} |",
+            ]
         if self.translation is not None:
             t = self.translation
             return [
@@ -238,6 +253,11 @@ def mlflow_links(config: AtlasConfig, registration: dict[str, Any] | None) -> di
 
 def _score_text(outcome: dict[str, Any]) -> str:
     translation = outcome.get("translation")
+    if translation and "fid" in translation:
+        return (
+            f"FID:           {_number(translation['fid'])} held-out A translated vs B ({translation['n']}; not "
+            f"translating: {_number(translation['identity_fid'])}; {translation['bands']})"
+        )
     if translation:
         return (
             f"PSNR:          {_number(translation['psnr'])} dB on {translation['n_validation']} held-out tiles "

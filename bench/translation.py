@@ -1,15 +1,21 @@
-"""Paired translation quality: pix2pix against the per-band linear-regression baseline, in one invocation.
+"""Translation quality: pix2pix against the per-band linear-regression baseline, and CycleGAN year to year against
+not translating at all, in one invocation each.
 
     python bench/translation.py [--data ../shared/data] [--scenes landsat-pucallpa] [--inputs 3 4] [--targets 2]
                                 [--tile 32] [--steps 3000] [--batch 16] [--width 32] [--out runs/bench-translation]
+    python bench/translation.py --cyclegan [--domain-a 1985 1990] [--domain-b 2015 2020] [--steps 2000] ...
 
 Ingests the scenes (default: the eight Landsat years of Pucallpa; bands 1 SWIR1, 2 NIR, 3 red, 4 green) as tiles,
 holds out a spatially blocked 10 % (train.validation: 4x4-tile blocks of ground with every date, plus a buffer of
 neighbouring tiles), trains pix2pix on the rest from --inputs to --targets (default: red, green -> NIR) and scores
 it on the held-out tiles every quarter of the run, beside the linear regression from input to target bands fitted on
 training pixels. Prints PSNR/SSIM/L1 of both, their differences and ratios, then translates one whole scene
-(`atlas-gan translate`'s code path) and draws it beside the true target bands: `<out>/scene.png`. Not a test: no
-thresholds.
+(`atlas-gan translate`'s code path) and draws it beside the true target bands: `<out>/scene.png`.
+
+With --cyclegan: trains CycleGAN from the --domain-a years to the --domain-b years (labels by acquisition year) on
+the same blocked split and reports the FID of held-out A tiles translated against held-out B tiles beside the FID of
+A as it is (not translating), and their ratio; translates --scene (an A year) whole into `<out>/cyclegan-scene.png`
+beside the scene and a B-year scene of the same ground. Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from atlas_gan.figures.canvas import new_figure, png_bytes
 from atlas_gan.ingest import ingest
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.metrics.translation import summary_lines
+from atlas_gan.metrics.unpaired import unpaired_summary
 from atlas_gan.runtime import distributed
 from atlas_gan.sampling import load_sampler
 from atlas_gan.train.figures_hook import FiguresHook
@@ -72,12 +79,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=32, help="g_width and d_width")
-    parser.add_argument("--scene", default="landsat_2020.tif", help="the scene translated whole at the end")
+    parser.add_argument(
+        "--scene", default=None, help="translated whole at the end (default: 2020, or 1985 for CycleGAN)"
+    )
+    parser.add_argument("--cyclegan", action="store_true", help="unpaired: CycleGAN between two sets of years")
+    parser.add_argument("--domain-a", nargs="+", default=["1985", "1990"])
+    parser.add_argument("--domain-b", nargs="+", default=["2015", "2020"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-translation"))
     args = parser.parse_args()
     command = "python bench/translation.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.cyclegan:
+        run_cyclegan(args, source, command)
+        return
     with tempfile.TemporaryDirectory(prefix="atlas-bench-translation-") as work:
         dataset = Path(work) / "tiles"
         config = load_config(
@@ -126,7 +141,8 @@ def main() -> None:
             f"SSIM x{final['ssim'] / linear['ssim']:.2f}, L1 x{final['l1'] / linear['l1']:.2f} (lower is better)"
         )
         translator = SceneTranslator(load_sampler(summary["checkpoint"]), batch_size=64)
-        scene, translated = source / args.scene, args.out / f"translated-{args.scene}"
+        name = args.scene or "landsat_2020.tif"
+        scene, translated = source / name, args.out / f"translated-{name}"
         done = translate_scene(translator, str(scene), str(translated), progress=False)
         print(f"translated {scene.name} whole: {done.width}x{done.height} px in {done.seconds:.1f} s -> {translated}")
         title = (
@@ -135,6 +151,79 @@ def main() -> None:
         )
         (args.out / "scene.png").write_bytes(scene_figure(scene, translated, args.inputs, args.targets[0], title))
         print(f"figures: {args.out / 'scene.png'}, {args.out / 'run' / 'figures'}")
+
+
+def run_cyclegan(args: argparse.Namespace, source: Path, command: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-cyclegan-") as work:
+        config = load_config(
+            None,
+            [
+                f"ingest.source={source}",
+                f"ingest.output={Path(work) / 'tiles'}",
+                f"ingest.tile_size={args.tile}",
+                "train.model.family=cyclegan",
+                f"train.model.domain_a={json.dumps(args.domain_a)}",
+                f"train.model.domain_b={json.dumps(args.domain_b)}",
+                "train.condition.by=year",
+                "train.condition.unlabeled=drop",
+                f"train.steps={args.steps}",
+                f"train.batch_size={args.batch}",
+                f"train.g_width={args.width}",
+                f"train.d_width={args.width}",
+                "train.num_workers=0",
+                "train.shuffle_buffer=4000",
+                f"train.run_dir={args.out / 'cyclegan'}",
+                f"train.evaluate_every={max(1, args.steps // 4)}",
+                f"train.checkpoint_every={args.steps}",
+                f"train.sample_every={args.steps}",
+                "train.sample_count=16",
+                "train.log_every=100",
+                "evaluate.batch_size=100",
+                "tracking.enabled=false",
+            ],
+        )
+        report = ingest(config, progress=False)
+        print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
+        ctx = distributed.setup()
+        evaluation = EvaluationHook()
+        started = time.perf_counter()
+        summary = Trainer(config, ctx, hooks=[evaluation, FiguresHook()], progress=True).run()
+        seconds = time.perf_counter() - started
+        distributed.teardown(ctx)
+    print(f"\n$ {command}\ntrained {summary['step']} steps in {seconds / 60:.1f} min on {ctx.device}")
+    for result in evaluation.results:
+        print(f"  step {result['step']:>6}: FID {result['fid']:.2f} (not translating: {result['identity_fid']:.2f})")
+    print("\n".join(unpaired_summary(evaluation.results[-1])))
+    name = args.scene or "landsat_1985.tif"
+    scene, translated = source / name, args.out / f"cyclegan-{name}"
+    translator = SceneTranslator(load_sampler(summary["checkpoint"]), batch_size=64)
+    done = translate_scene(translator, str(scene), str(translated), progress=False)
+    print(f"translated {scene.name} whole: {done.width}x{done.height} px in {done.seconds:.1f} s -> {translated}")
+    title = f"CycleGAN step {summary['step']}: {scene.name} translated toward {','.join(args.domain_b)}"
+    figure = domains_figure(scene, translated, source / "landsat_2020.tif", title)
+    (args.out / "cyclegan-scene.png").write_bytes(figure)
+    print(f"figures: {args.out / 'cyclegan-scene.png'}, {args.out / 'cyclegan' / 'figures'}")
+
+
+def domains_figure(scene: Path, translated: Path, reference: Path, title: str) -> bytes:
+    """The scene, its translation and a scene of the other domain, as false colour (bands 1, 2, 3), one stretch
+    per panel from the 2nd to the 98th percentile."""
+    import rasterio
+
+    panels = []
+    for path, name in ((scene, scene.name), (translated, "translated"), (reference, reference.name)):
+        with rasterio.open(path) as source:
+            image = source.read([1, 2, 3]).astype(float)
+        low, high = np.nanpercentile(image, [2, 98], axis=(1, 2), keepdims=True)
+        panels.append((np.clip((image - low) / np.maximum(high - low, 1e-9), 0, 1).transpose(1, 2, 0), name))
+    height, width = panels[0][0].shape[:2]
+    figure = new_figure(1500, int(500 * height / width) + 90)
+    figure.suptitle(title, fontsize="medium")
+    for axes, (image, name) in zip(figure.subplots(1, 3), panels, strict=True):
+        axes.imshow(np.nan_to_num(image), interpolation="nearest")
+        axes.set_title(name, fontsize="small")
+        axes.set_axis_off()
+    return png_bytes(figure)
 
 
 if __name__ == "__main__":

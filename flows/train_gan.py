@@ -22,6 +22,7 @@ from pydantic import Field
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint, stored_checkpoint_evaluation
 from atlas_gan.metrics.translation import summary_lines
+from atlas_gan.metrics.unpaired import unpaired_summary
 from atlas_gan.pipeline import (
     PipelineOutcome,
     champion_version,
@@ -120,8 +121,9 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
     if result is None:
         result = evaluate_checkpoint(config, checkpoint, distributed.setup(), progress=False)
     assert result is not None  # single process: rank 0
-    if result.get("kind") == "translation":
-        get_run_logger().info("%s", "\n".join(summary_lines(result)))
+    if result.get("kind") in ("translation", "unpaired"):
+        lines = summary_lines(result) if result["kind"] == "translation" else unpaired_summary(result)
+        get_run_logger().info("%s", "\n".join(lines))
         return result
     get_run_logger().info(
         "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles' (%s%s)",

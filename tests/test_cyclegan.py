@@ -150,3 +150,38 @@ def test_cyclegan_trains_year_to_year_on_landsat_and_resumes_its_pools(train_dat
     assert resumed.resumed_from == 4
     assert torch.equal(torch.stack(resumed.recipe.pools["D_A"].images).cpu(), pools["D_A"]["images"])
     assert resumed.run()["step"] == 6
+
+
+def test_cyclegan_registers_by_fid_and_serves_translations(train_data, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from atlas_gan.runtime.generator import load_generator
+    from atlas_gan.tracking.hook import MLflowHook
+    from atlas_gan.tracking.registry import register_generator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = [
+        "train.steps=2",
+        "train.evaluate_every=2",
+        "evaluate.n=24",
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+    ]
+    config = cyclegan_config(train_data, tmp_path / "run", *settings, "tracking.registered_model=years")
+    summary = Trainer(config, distributed.setup(), hooks=[EvaluationHook(), MLflowHook()], progress=False).run()
+    registration = register_generator(config, progress=False)
+    tags = MlflowClient(uri, uri).get_model_version("years", registration.version).tags
+    assert tags["atlas.primary_metric"] == "fid" and tags["atlas.translation"] == "1985,1990 -> 2015,2020"
+    better = float(tags["atlas.translation.score"]) < float(tags["atlas.translation.baseline"])
+    assert registration.alias == ("champion" if better else "challenger") and registration.fid is not None
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/years/{registration.version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    generator, _ = load_generator(LocalStorage(), summary["checkpoint"])
+    images = torch.rand(2, 4, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        expected = generator(images).numpy()
+    np.testing.assert_array_equal(model.predict(images.numpy())["images"], expected)

@@ -10,9 +10,10 @@ no champion rather than a bad one): its samples must vary (pixel spread at least
 tiles': a collapsed generator draws one tile) and its FID must stay under the configured ceilings (absolute, and
 relative to the real-vs-real floor at the same N). A refused version is registered as `challenger` with the reason.
 
-Image-to-image generators (pix2pix) are scored by PSNR on their held-out split instead (`PairedScore`, higher is
-better), compared under the same split and bands only, and crowned only when they beat the per-band linear
-regression baseline: a translation that does not is not worth a GAN.
+Image-to-image generators are scored on their held-out split instead (`TranslationScore`): pix2pix by PSNR (higher
+is better), CycleGAN by FID against the other domain (lower is better), compared under the same split and bands or
+domains only, and crowned only when they beat their baseline (the per-band linear regression; not translating at
+all): a translation that does not is not worth a GAN.
 """
 
 from __future__ import annotations
@@ -133,57 +134,70 @@ def decide(new: Score, champion: Score | None, gate: QualityGate | None = None) 
     return Decision(CHALLENGER, f"FID {new.fid:.4f} does not beat the champion's {champion.fid:.4f}")
 
 
-def paired_protocol_key(result: dict[str, Any]) -> str:
-    """What must be equal for two translations' PSNRs to be compared (from a translation result)."""
+def translation_protocol_key(result: dict[str, Any]) -> str:
+    """What must be equal for two translations' scores to be compared (from a translation result): dataset, split,
+    bands or domains, held-out counts (and for FID the Inception weights, resize and band triplet)."""
     split = result["split"]
-    return _digest(
-        {
-            "dataset": result["dataset_checksum"],
-            "split": {key: split.get(key) for key in ("by", "fraction", "seed", "block_tiles", "tiles")},
-            "inputs": result["input_bands"],
-            "targets": result["target_bands"],
-            "n": result["n_validation"],
-        }
-    )
+    fields = {
+        "kind": result["kind"],
+        "dataset": result["dataset_checksum"],
+        "split": {key: split.get(key) for key in ("by", "fraction", "seed", "block_tiles", "tiles")},
+    }
+    if result["kind"] == "unpaired":
+        keys = ("domain_a", "domain_b", "n_a", "n_b", "weights_sha256", "resize", "bands")
+    else:
+        keys = ("input_bands", "target_bands", "n_validation")
+    return _digest({**fields, **{key: result[key] for key in keys}})
+
+
+HIGHER_IS_BETTER = {"psnr": True, "fid": False}
+BASELINES = {"psnr": "the per-band linear regression", "fid": "not translating at all"}
 
 
 @dataclass(frozen=True)
-class PairedScore:
-    """A translation's primary metric: PSNR (dB) on the held-out split; higher is better."""
+class TranslationScore:
+    """A translation's primary metric on its held-out split: PSNR (dB, higher is better) for paired data, FID
+    (lower is better) for unpaired domains; `baseline`: the same metric of what it must beat."""
 
-    psnr: float | None
+    metric: str  # psnr or fid
+    value: float | None
     protocol: str | None
     family: str | None
-    over_baseline: float | None = None  # dB above the linear-regression baseline
+    baseline: float | None = None
 
     @property
     def usable(self) -> bool:
-        return self.psnr is not None and math.isfinite(self.psnr)
+        return self.value is not None and math.isfinite(self.value)
+
+    def better_than(self, other: float) -> bool:
+        assert self.value is not None
+        return self.value > other if HIGHER_IS_BETTER[self.metric] else self.value < other
 
 
-def decide_paired(new: PairedScore, champion: PairedScore | None) -> Decision:
+def decide_translation(new: TranslationScore, champion: TranslationScore | None) -> Decision:
+    name = new.metric.upper()
     if not new.usable:
-        return Decision(CHALLENGER, f"no usable PSNR for the new version ({new.psnr}); the champion stays")
-    if new.over_baseline is None or new.over_baseline <= 0:
-        margin = "unknown" if new.over_baseline is None else f"{new.over_baseline:+.2f} dB"
+        return Decision(CHALLENGER, f"no usable {name} for the new version ({new.value}); the champion stays")
+    if new.baseline is None or not new.better_than(new.baseline):
         return Decision(
             CHALLENGER,
-            f"not crowned: PSNR {new.psnr:.2f} dB does not beat the per-band linear regression ({margin} over it)",
+            f"not crowned: {name} {new.value:.3f} does not beat {BASELINES[new.metric]} ({new.baseline})",
         )
     if champion is None:
         return Decision(
             CHAMPION,
-            f"first translation with a PSNR ({new.psnr:.2f} dB, {new.over_baseline:+.2f} dB over the linear "
-            "baseline): no champion yet",
+            f"first translation scored ({name} {new.value:.3f}; {BASELINES[new.metric]}: {new.baseline:.3f}): no "
+            "champion yet",
         )
     if champion.family != new.family:
         return Decision(CHALLENGER, "trained on another dataset family than the champion: not comparable")
-    if champion.protocol != new.protocol or not champion.usable:
+    if champion.metric != new.metric or champion.protocol != new.protocol or not champion.usable:
         return Decision(
             CHALLENGER,
-            "the champion was not scored by PSNR on the same split and bands (another kind of generator, or "
-            "another split): not comparable; promote by hand or use another tracking.registered_model",
+            f"the champion was not scored by {name} on the same split and bands or domains (another kind of "
+            "generator, or another split): not comparable; promote by hand or use another tracking.registered_model",
         )
-    if new.psnr > champion.psnr:
-        return Decision(CHAMPION, f"PSNR {new.psnr:.3f} dB beats the champion's {champion.psnr:.3f} dB")
-    return Decision(CHALLENGER, f"PSNR {new.psnr:.3f} dB does not beat the champion's {champion.psnr:.3f} dB")
+    assert champion.value is not None
+    if new.better_than(champion.value):
+        return Decision(CHAMPION, f"{name} {new.value:.3f} beats the champion's {champion.value:.3f}")
+    return Decision(CHALLENGER, f"{name} {new.value:.3f} does not beat the champion's {champion.value:.3f}")

@@ -37,14 +37,14 @@ from atlas_gan.tracking.generator_model import META_ARTIFACT, WEIGHTS_ARTIFACT, 
 from atlas_gan.tracking.promotion import (
     CHAMPION,
     Decision,
-    PairedScore,
     QualityGate,
     Score,
+    TranslationScore,
     decide,
-    decide_paired,
+    decide_translation,
     family_key,
-    paired_protocol_key,
     protocol_key,
+    translation_protocol_key,
 )
 from atlas_gan.tracking.store import (
     SCORE_KEYS,
@@ -63,8 +63,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_code.py"
 MODEL_NAME_IN_RUN = "generator"
 TAG_FID, TAG_PROTOCOL, TAG_FAMILY = "atlas.fid", "atlas.fid.protocol", "atlas.dataset.family"
-TAG_PSNR, TAG_PSNR_PROTOCOL, TAG_PRIMARY = "atlas.psnr", "atlas.psnr.protocol", "atlas.primary_metric"
-TRANSLATION_SCORE_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "psnr_over_linear")
+TAG_PRIMARY, TAG_SCORE, TAG_SCORE_PROTOCOL = (
+    "atlas.primary_metric",
+    "atlas.translation.score",
+    "atlas.translation.protocol",
+)
+TRANSLATION_SCORE_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "psnr_over_linear", "fid", "kid", "identity_fid")
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,7 @@ def register_generator(
         evaluation = stored_evaluation(config, meta["step"], manifest["checksum"])
     if evaluation is None:
         evaluation = evaluate_checkpoint(config, checkpoint, ctx, progress=progress)
-    if evaluation.get("kind") == "translation":
+    if evaluation.get("kind") in ("translation", "unpaired"):
         return _register_translation(config, checkpoint, generator, meta, manifest, evaluation)
     new = Score(
         float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
@@ -378,12 +382,17 @@ def _register_translation(
     manifest: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> Registration:
-    """Register an image-to-image generator with its held-out scores; champion by PSNR over the same split."""
-    new = PairedScore(
-        float(evaluation["psnr"]),
-        paired_protocol_key(evaluation),
+    """Register an image-to-image generator with its held-out scores; champion by its primary metric (PSNR for
+    pix2pix, FID for CycleGAN) over the same split, and only above its baseline."""
+    metric = evaluation["primary_metric"]
+    paired = evaluation["kind"] == "translation"
+    baseline = evaluation["baselines"]["linear"]["psnr"] if paired else evaluation["identity_fid"]
+    new = TranslationScore(
+        metric,
+        float(evaluation[metric]),
+        translation_protocol_key(evaluation),
         family_key(config.dataset_url, manifest),
-        float(evaluation["psnr_over_linear"]),
+        float(baseline),
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
@@ -408,17 +417,20 @@ def _register_translation(
                 dataset_digest=dataset.digest,
             )
     describe_registered_model(client, name, meta, config.dataset_url)
-    linear = evaluation["baselines"]["linear"]
+    if paired:
+        what = f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}"
+        held_out = str(evaluation["n_validation"])
+    else:
+        what = f"{','.join(evaluation['domain_a'])} -> {','.join(evaluation['domain_b'])}"
+        held_out = f"{evaluation['n_a']} A, {evaluation['n_b']} B"
     tags = {
-        TAG_PRIMARY: "psnr",
-        TAG_PSNR: str(new.psnr),
-        TAG_PSNR_PROTOCOL: str(new.protocol),
+        TAG_PRIMARY: metric,
+        TAG_SCORE: str(new.value),
+        TAG_SCORE_PROTOCOL: str(new.protocol),
         TAG_FAMILY: str(new.family),
-        "atlas.ssim": str(evaluation["ssim"]),
-        "atlas.psnr.linear_baseline": str(linear["psnr"]),
-        "atlas.psnr.over_linear": str(new.over_baseline),
-        "atlas.psnr.n_validation": str(evaluation["n_validation"]),
-        "atlas.translation": f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}",
+        "atlas.translation.baseline": str(new.baseline),
+        "atlas.translation.held_out": held_out,
+        "atlas.translation": what,
         "atlas.dataset.checksum": manifest["checksum"],
         "atlas.checkpoint": redact(checkpoint),
         "atlas.step": str(meta["step"]),
@@ -429,37 +441,38 @@ def _register_translation(
     champion = _champion(client, name)
     champion_score = None
     if champion is not None:
-        psnr = champion.tags.get(TAG_PSNR)
-        champion_score = PairedScore(
-            float(psnr) if psnr not in (None, "", "None") else None,
-            champion.tags.get(TAG_PSNR_PROTOCOL),
+        value = champion.tags.get(TAG_SCORE)
+        champion_score = TranslationScore(
+            champion.tags.get(TAG_PRIMARY, "fid"),
+            float(value) if value not in (None, "", "None") else None,
+            champion.tags.get(TAG_SCORE_PROTOCOL),
             champion.tags.get(TAG_FAMILY),
         )
-    decision = decide_paired(new, champion_score)
+    decision = decide_translation(new, champion_score)
     client.set_registered_model_alias(name, decision.alias, version)
     if decision.alias == CHAMPION and champion is not None:
         client.set_model_version_tag(name, str(champion.version), "atlas.superseded_by", version)
-    champion_psnr = champion_score.psnr if champion_score is not None else None
+    champion_value = champion_score.value if champion_score is not None else None
     for key, value in {
         "atlas.promotion.decision": decision.alias,
         "atlas.promotion.reason": decision.reason,
         "atlas.promotion.champion_version": str(champion.version) if champion is not None else "none",
-        "atlas.promotion.champion_psnr": str(champion_psnr),
+        "atlas.promotion.champion_score": str(champion_value),
     }.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(
         name,
         version,
         description=(
-            f"{meta['model']} translation {tags['atlas.translation']}, step {meta['step']}. PSNR {new.psnr:.2f} dB on "
-            f"{evaluation['n_validation']} held-out tiles ({new.over_baseline:+.2f} dB over the linear baseline). "
-            f"Decision: {decision.alias} - {decision.reason}."
+            f"{meta['model']} translation {what}, step {meta['step']}. {metric.upper()} {new.value:.3f} on the "
+            f"held-out split ({held_out}; baseline {new.baseline:.3f}). Decision: {decision.alias} - "
+            f"{decision.reason}."
         ),
     )
     registration = Registration(
-        name, version, decision.alias, decision.reason, None,
+        name, version, decision.alias, decision.reason, new.value if metric == "fid" else None,
         str(champion.version) if champion is not None else None, None, logged.model_uri, run_id, logged.model_id,
-        new.psnr,
+        new.value if metric == "psnr" else None,
     )  # fmt: skip
     log.info("%s", json.dumps(asdict(registration)))
     return registration
