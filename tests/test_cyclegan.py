@@ -152,7 +152,7 @@ def test_cyclegan_trains_year_to_year_on_landsat_and_resumes_its_pools(train_dat
     assert resumed.run()["step"] == 6
 
 
-def test_cyclegan_registers_by_fid_and_serves_translations(train_data, tmp_path):
+def test_cyclegan_registers_by_fid_and_serves_translations(train_data, tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
@@ -175,11 +175,8 @@ def test_cyclegan_registers_by_fid_and_serves_translations(train_data, tmp_path)
     assert tags["atlas.primary_metric"] == "fid" and tags["atlas.translation"] == "1985,1990 -> 2015,2020"
     better = float(tags["atlas.translation.score"]) < float(tags["atlas.translation.baseline"])
     assert registration.alias == ("champion" if better else "challenger") and registration.fid is not None
-    mlflow.set_tracking_uri(uri)
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/years/{registration.version}")
-    finally:
-        mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (the session's sandbox store)
+    model = mlflow.pyfunc.load_model(f"models:/years/{registration.version}")
     generator, _ = load_generator(LocalStorage(), summary["checkpoint"])
     images = torch.rand(2, 4, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():

@@ -142,4 +142,4 @@ def test_two_ranks_train_pix2pix_in_sync_and_score_on_rank_zero(train_data, tmp_
     assert end["ranks_in_sync"] and len(end["rank_fingerprints"]) == 2
     scores = [e for e in log if e.get("event") == "evaluate_translation"]
     assert [e["step"] for e in scores] == [4] and np.isfinite(scores[0]["psnr"])
-    assert json.loads((run_dir / "split.json").read_text())["validation_tiles"] == scores[0]["n_validation"]
+    assert json.loads((run_dir / "split.json").read_text())["validation_tiles"] > scores[0]["n_validation"] == 32

@@ -46,6 +46,7 @@ PIX2PIX = [
     "train.shuffle_buffer=64",
     "train.sample_count=9",
     "evaluate.batch_size=64",
+    "evaluate.n=32",  # held-out tiles scored (Inception on CPU is the slow part)
     "tracking.enabled=false",
 ]
 
@@ -214,10 +215,12 @@ def test_pix2pix_trains_scores_and_resumes_on_landsat(train_data, tmp_path):
     assert split["train"] == split["tiles"] - split["validation_tiles"] - split["buffer_tiles"]
     result = json.loads((tmp_path / "straight" / "eval" / "step-00000010.json").read_text())
     assert result["kind"] == "translation" and result["target_bands"] == ["2"]
-    assert result["n_validation"] == split["validation_tiles"]
+    assert result["n_validation"] == 32 < split["validation_tiles"]
     assert math.isfinite(result["psnr"]) and 0 < result["baselines"]["linear"]["psnr"] < 60
     assert result["psnr_over_linear"] == pytest.approx(result["psnr"] - result["baselines"]["linear"]["psnr"])
     assert "identity" not in result["baselines"]  # input and target bands differ
+    assert result["fid_bands"] == ["2"] and np.isfinite(result["fid"])  # the NIR band as grey, vs the true NIR
+    assert np.isfinite(result["baselines"]["linear"]["fid"]) and result["fid_unavailable"] is None
     events = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "evaluate_translation"] == [5, 10]
     assert (tmp_path / "straight" / "figures" / "translation-rgb.png").stat().st_size > 0
@@ -308,7 +311,7 @@ def test_translate_refuses_a_latent_generator_and_missing_bands(train_data, geot
     assert state["input_bands"] == ["3", "4"] and state["generator"]["signature"] == "image"
 
 
-def test_pix2pix_registers_with_its_scores_and_serves_images(train_data, tmp_path):
+def test_pix2pix_registers_with_its_scores_and_serves_images(train_data, tmp_path, monkeypatch):
     """Registered like any generator, scored by PSNR, crowned only above the linear baseline, and the registered
     pyfunc translates images exactly as the checkpoint does."""
     import mlflow
@@ -333,11 +336,8 @@ def test_pix2pix_registers_with_its_scores_and_serves_images(train_data, tmp_pat
     run = client.get_run(registration.run_id)
     assert "psnr" in run.data.metrics and "linear_psnr" in run.data.metrics  # logged while training too
 
-    mlflow.set_tracking_uri(uri)
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/nir/{registration.version}")
-    finally:
-        mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (the session's sandbox store)
+    model = mlflow.pyfunc.load_model(f"models:/nir/{registration.version}")
     generator, meta = load_generator(LocalStorage(), summary["checkpoint"])
     images = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
     with torch.no_grad():
@@ -368,3 +368,26 @@ def test_pix2pix_exports_with_any_batch_and_size(train_data, tmp_path):
         (out,) = session.run(["translated"], {"images": images.numpy()})
         assert out.shape == (shape[0], 1, *shape[2:])
         np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.integration
+def test_translate_reads_and_writes_s3(s3, train_data, geotiff, tmp_path):
+    """A scene on S3 (SeaweedFS) translated to a COG on S3: the same values as translating the local file."""
+    run_dir = tmp_path / "run"
+    Trainer(pix2pix_config(train_data, run_dir, "train.steps=1"), distributed.setup(), progress=False).run()
+    checkpoint = str(run_dir / "checkpoints" / "step-00000001.pt")
+    scene = geotiff / "landsat-pucallpa" / "landsat_1990.tif"
+    client = s3.client()
+    client.upload_file(str(scene), s3.bucket, "scenes/landsat_1990.tif")
+    source, target = f"s3://{s3.bucket}/scenes/landsat_1990.tif", f"s3://{s3.bucket}/out/nir_1990.tif"
+    result = CliRunner().invoke(app, ["translate", source, "--model", checkpoint, "--out", target, "--quiet"])
+    assert result.exit_code == 0, result.output
+    client.download_file(s3.bucket, "out/nir_1990.tif", str(tmp_path / "from-s3.tif"))
+    translate_scene(SceneTranslator(load_sampler(checkpoint)), str(scene), str(tmp_path / "local.tif"), progress=False)
+    with rasterio.open(tmp_path / "from-s3.tif") as remote, rasterio.open(tmp_path / "local.tif") as local:
+        assert remote.crs == local.crs and remote.transform == local.transform
+        np.testing.assert_array_equal(remote.read(), local.read())
+    missing = CliRunner().invoke(
+        app, ["translate", f"s3://{s3.bucket}/scenes/none.tif", "--model", checkpoint, "--out", target, "--quiet"]
+    )
+    assert missing.exit_code != 0 and "none.tif" in missing.output

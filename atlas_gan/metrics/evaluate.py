@@ -225,7 +225,7 @@ def evaluate_generator(
             return None
         if meta["model"] == "cyclegan":
             return UnpairedEvaluator(config, meta, n, ctx.device).evaluate(generator, meta, ctx.device, write)
-        return TranslationEvaluator(config, meta, n).evaluate(generator, meta, ctx.device, write)
+        return TranslationEvaluator(config, meta, n, ctx.device).evaluate(generator, meta, ctx.device, write)
     cfg = config.evaluate
     started = time.perf_counter()
     n_fake = n or cfg.n

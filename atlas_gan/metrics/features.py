@@ -64,6 +64,14 @@ def embed_batches(
     return torch.cat(features), (torch.cat(probabilities) if probabilities else None)
 
 
+def image_features(
+    model: FIDInception, images: torch.Tensor, batch_size: int, device: torch.device, desc: str = "embed"
+) -> torch.Tensor:
+    """Inception features of images already in [0, 1] with three bands, `batch_size` at a time."""
+    batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    return embed_batches(model, batches, len(images), device, False, desc, False)[0]
+
+
 def chosen_tiles(total: int, n: int, seed: int, exclude: set[int] | frozenset[int] = frozenset()) -> set[int]:
     """A seeded random subset of min(n, available) tile indexes out of `total`, none of them in `exclude`."""
     rng = np.random.default_rng(seed)

@@ -83,4 +83,4 @@ def translation_evaluator(
     """Paired scores for a generator trained on pairs (pix2pix), FID against the other domain for CycleGAN."""
     if meta["model"] == "cyclegan":
         return UnpairedEvaluator(config, meta, n, ctx.device)
-    return TranslationEvaluator(config, meta, n)
+    return TranslationEvaluator(config, meta, n, ctx.device)

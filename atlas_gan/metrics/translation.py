@@ -4,7 +4,9 @@ The split is the one training used (`train.validation`, recomputed: it depends o
 Each held-out tile gives a pair: its input bands, and its target bands as the truth. The result holds the paired
 metrics of the generator (`paired.py`) and, in the same result, of the baselines it must beat: the per-band linear
 regression from input to target bands fitted on training tiles, and identity where input and target bands are the
-same. The primary metric is PSNR (dB, mean over target bands; higher is better).
+same. The primary metric is PSNR (dB, mean over target bands; higher is better). With Inception weights at hand
+(`evaluate.inception_weights`, resolved as for every FID), FID/KID of the translated tiles against the true target
+tiles too (the first three target bands, or one band as grey), for the generator and the baselines.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import torch
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.geo.scene import select_bands
+from atlas_gan.metrics.features import image_features
 from atlas_gan.metrics.paired import LinearBaseline, paired_scores
+from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
+from atlas_gan.metrics.weights import WeightsNotFound, load_inception, resolve_weights
+from atlas_gan.preview import band_triplets
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, dataset_split
 from atlas_gan.storage import join_url, storage_for
@@ -32,7 +38,10 @@ METRIC_KEYS = ("psnr", "ssim", "l1", "sam_degrees")
 class TranslationEvaluator:
     """Loads the held-out pairs and fits the baselines once; `evaluate` scores a generator on them."""
 
-    def __init__(self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None) -> None:
+    def __init__(
+        self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None, device: torch.device | None = None
+    ) -> None:
+        self.device = device or torch.device("cpu")
         dataset = config.dataset_url
         store = storage_for(dataset, config.storage)
         manifest = read_manifest(store, dataset)
@@ -61,10 +70,34 @@ class TranslationEvaluator:
         self.scales = np.array([by_name[bands[i]]["scale"] for i in self.targets], dtype=np.float64)
         self.offsets = np.array([by_name[bands[i]]["offset"] for i in self.targets], dtype=np.float64)
         self.target_names = [bands[i] for i in self.targets]
+        self.fid_positions = band_triplets(self.target_names, None)[0][1]
+        self.real_features, self.fid_unavailable = self._real_features()
         self.baselines = self._baselines()
 
+    def _real_features(self) -> tuple[torch.Tensor | None, str | None]:
+        """Inception features of the true target tiles, or why there are none (no weights on this machine)."""
+        try:
+            self.weights = resolve_weights(self.config.evaluate.inception_weights)
+        except WeightsNotFound as exc:
+            return None, str(exc)
+        return self._features(self.pairs[1], "embed targets"), None
+
+    def _features(self, images: torch.Tensor, desc: str) -> torch.Tensor:
+        shown = ((images[:, self.fid_positions].float() + 1) / 2).clamp(0, 1)
+        model = load_inception(self.weights).to(self.device)
+        return image_features(model, shown, self.config.evaluate.batch_size, self.device, desc)
+
     def _scores(self, predicted: torch.Tensor) -> dict[str, Any]:
-        return paired_scores(predicted, self.pairs[1], self.target_names, self.scales, self.offsets)
+        scores = paired_scores(predicted, self.pairs[1], self.target_names, self.scales, self.offsets)
+        if self.real_features is None:
+            return {**scores, "fid": None, "kid": None}
+        evaluate = self.config.evaluate
+        fake = self._features(predicted, "embed translated")
+        scores["fid"] = frechet_distance(FeatureStats.of(self.real_features), FeatureStats.of(fake))
+        scores["kid"] = kernel_inception_distance(
+            self.real_features, fake, evaluate.kid_subsets, evaluate.kid_subset_size, evaluate.seed
+        )[0]
+        return scores
 
     def _baselines(self) -> dict[str, Any]:
         found = {"linear": self._scores(self.linear(self.pairs[0]))}
@@ -105,6 +138,10 @@ class TranslationEvaluator:
             "n_validation": len(self.keys),
             "split": {k: v for k, v in self.split.summary().items() if k != "validation_keys"},
             **{key: scores[key] for key in METRIC_KEYS},
+            "fid": scores["fid"],
+            "kid": scores["kid"],
+            "fid_bands": [self.target_names[i] for i in dict.fromkeys(self.fid_positions)],
+            "fid_unavailable": self.fid_unavailable,
             "per_band": scores["per_band"],
             "baselines": self.baselines,
             "psnr_over_linear": scores["psnr"] - linear["psnr"],
@@ -129,6 +166,8 @@ def evaluation_record(result: dict[str, Any], images_seen: int) -> dict[str, Any
         **{key: result[key] for key in METRIC_KEYS},
         "linear_psnr": linear["psnr"],
         "linear_ssim": linear["ssim"],
+        "fid": result.get("fid"),
+        "linear_fid": linear.get("fid"),
         "psnr_over_linear": result["psnr_over_linear"],
         "n_validation": result["n_validation"],
         "result": result.get("written_to"),
@@ -145,7 +184,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             for band, v in scores["per_band"].items()
         )
         sam_text = "" if sam is None else f"  SAM {sam:.2f} deg"
-        return f"{name:<10} PSNR {scores['psnr']:6.2f} dB  SSIM {scores['ssim']:.4f}{sam_text}  | {bands}"
+        fid = "" if scores.get("fid") is None else f"  FID {scores['fid']:.2f}"
+        return f"{name:<10} PSNR {scores['psnr']:6.2f} dB  SSIM {scores['ssim']:.4f}{sam_text}{fid}  | {bands}"
 
     inputs, targets = ",".join(result["input_bands"]), ",".join(result["target_bands"])
     lines = [

@@ -13,7 +13,7 @@ import torch
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.labels import LabelVocabulary, scene_labels
-from atlas_gan.metrics.features import embed_batches
+from atlas_gan.metrics.features import image_features
 from atlas_gan.metrics.inception import RESIZE_METHOD
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
 from atlas_gan.metrics.weights import load_inception, resolve_weights
@@ -71,13 +71,9 @@ class UnpairedEvaluator:
         self.identity = self._scores(self._features(self.tiles_a, "embed domain A"))
 
     def _features(self, images: torch.Tensor, desc: str) -> torch.Tensor:
-        device = self.device
-        model = load_inception(self.weights).to(device)
-        batch = self.config.evaluate.batch_size
+        model = load_inception(self.weights).to(self.device)
         shown = ((images[:, self.positions] + 1) / 2).clamp(0, 1)
-        batches = (shown[i : i + batch] for i in range(0, len(shown), batch))
-        features, _ = embed_batches(model, batches, len(shown), device, False, desc, False)
-        return features
+        return image_features(model, shown, self.config.evaluate.batch_size, self.device, desc)
 
     def _scores(self, features: torch.Tensor) -> dict[str, float]:
         evaluate = self.config.evaluate
