@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -90,6 +91,7 @@ def main() -> None:
     command = "python bench/translation.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
     args.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.out / ("cyclegan" if args.cyclegan else "run"), ignore_errors=True)  # a fresh run, no resume
     if args.cyclegan:
         run_cyclegan(args, source, command)
         return

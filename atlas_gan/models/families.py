@@ -5,8 +5,9 @@ self-attention and how labels condition the networks. Conditioning is enabled by
 by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
 adds the lazy R1 and path-length regularizers. These train with the adversarial recipe
-(`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it, and pix2pix (`pix2pix.py`)
-translates images with its own recipe. `training` holds each family's settings from its paper.
+(`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it. The translations have their own
+recipes: pix2pix (`pix2pix.py`, paired bands) and CycleGAN (`cyclegan.py`, unpaired label domains). `training`
+holds each family's settings from its paper.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Training recipes: the maths of each kind of GAN (losses, update order, augmentation, regularizers).
 
 `build_recipe` picks the recipe of the configured family (`GANFamily.recipe`); the loop in `atlas_gan/train/`
-runs any of them. A new recipe subclasses `Recipe` (`base.py`) and is added to `RECIPES`.
+runs any of them: `adversarial` (latent generators, dcgan ... stylegan2), `fastgan`, and the image-to-image
+`pix2pix` and `cyclegan`, whose generators read bands chosen by `band_roles` (`roles.py`). A new recipe subclasses
+`Recipe` (`base.py`) and is added to `RECIPES`.
 """
 
 from __future__ import annotations
