@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,6 +336,9 @@ def test_pix2pix_registers_with_its_scores_and_serves_images(train_data, tmp_pat
     assert "PSNR" in registration.summary()
     run = client.get_run(registration.run_id)
     assert "psnr" in run.data.metrics and "linear_psnr" in run.data.metrics  # logged while training too
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    logged = client.download_artifacts(registration.run_id, "dataset/split.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text())["validation_keys"] == split["validation_keys"]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (the session's sandbox store)
     model = mlflow.pyfunc.load_model(f"models:/nir/{registration.version}")

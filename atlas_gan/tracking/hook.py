@@ -133,6 +133,9 @@ class MLflowHook(TrainHooks):
         self._attempt("logging the scene list", lambda: self._log_file("scenes.json", scenes, "dataset"))
         url = config.dataset_url
         self._attempt("logging the dataset", lambda: log_dataset_input(self.client, self.run_id, trainer.manifest, url))
+        if trainer.split is not None:  # which tiles were held out, so validation scores can be reproduced
+            held_out = json.dumps({**trainer.split.summary(), "dataset_checksum": trainer.manifest.get("checksum")})
+            self._attempt("logging the split", lambda: self._log_file("split.json", held_out.encode(), "dataset"))
 
     def _open(self, trainer: Trainer) -> None:
         from mlflow.entities import Param, RunTag
