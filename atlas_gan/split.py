@@ -70,6 +70,14 @@ class TileSplit:
         }
 
 
+def validation_fraction(config: ValidationConfig, reads_images: bool) -> float:
+    """`config.fraction`, or when it is null: IMAGE_TO_IMAGE_FRACTION for generators that read images (scored on
+    held-out tiles), else 0."""
+    if config.fraction is not None:
+        return config.fraction
+    return IMAGE_TO_IMAGE_FRACTION if reads_images else 0.0
+
+
 def metric_positions(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """Tile centres on a local equirectangular grid in metres (longitudes scaled at the dataset's mean latitude)."""
     scale = math.cos(math.radians(float(np.mean(lat)))) if len(lat) else 1.0

@@ -95,86 +95,56 @@ def main() -> None:
     if args.cyclegan:
         run_cyclegan(args, source, command)
         return
-    with tempfile.TemporaryDirectory(prefix="atlas-bench-translation-") as work:
-        dataset = Path(work) / "tiles"
-        config = load_config(
-            None,
-            [
-                f"ingest.source={source}",
-                f"ingest.output={dataset}",
-                f"ingest.tile_size={args.tile}",
-                "train.model.family=pix2pix",
-                f"train.model.input_bands={json.dumps(args.inputs)}",
-                f"train.model.target_bands={json.dumps(args.targets)}",
-                f"train.steps={args.steps}",
-                f"train.batch_size={args.batch}",
-                f"train.g_width={args.width}",
-                f"train.d_width={args.width}",
-                "train.num_workers=0",
-                f"train.run_dir={args.out / 'run'}",
-                f"train.evaluate_every={max(1, args.steps // 4)}",
-                f"train.checkpoint_every={args.steps}",
-                f"train.sample_every={args.steps}",
-                "train.sample_count=16",
-                "train.log_every=100",
-                "tracking.enabled=false",
-            ],
-        )
-        report = ingest(config, progress=False)
-        print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
-        ctx = distributed.setup()
-        evaluation = EvaluationHook()
-        started = time.perf_counter()
-        trainer = Trainer(config, ctx, hooks=[evaluation, FiguresHook()], progress=True)
-        summary = trainer.run()
-        seconds = time.perf_counter() - started
-        distributed.teardown(ctx)
-        print(f"\n$ {command}\ntrained {summary['step']} steps in {seconds / 60:.1f} min on {ctx.device}")
-        for result in evaluation.results:
-            base = result["baselines"]["linear"]
-            print(
-                f"  step {result['step']:>6}: PSNR {result['psnr']:.2f} dB (linear {base['psnr']:.2f})"
-                f"  SSIM {result['ssim']:.4f} (linear {base['ssim']:.4f})"
-            )
-        final, linear = evaluation.results[-1], evaluation.results[-1]["baselines"]["linear"]
-        print("\n".join(summary_lines(final)))
+    family = [
+        "train.model.family=pix2pix",
+        f"train.model.input_bands={json.dumps(args.inputs)}",
+        f"train.model.target_bands={json.dumps(args.targets)}",
+    ]
+    summary, evaluation = train_and_score(args, source, command, "run", family)
+    for result in evaluation.results:
+        base = result["baselines"]["linear"]
         print(
-            f"pix2pix vs linear: PSNR {final['psnr'] - linear['psnr']:+.2f} dB, "
-            f"SSIM x{final['ssim'] / linear['ssim']:.2f}, L1 x{final['l1'] / linear['l1']:.2f} (lower is better)"
+            f"  step {result['step']:>6}: PSNR {result['psnr']:.2f} dB (linear {base['psnr']:.2f})"
+            f"  SSIM {result['ssim']:.4f} (linear {base['ssim']:.4f})"
         )
-        translator = SceneTranslator(load_sampler(summary["checkpoint"]), batch_size=64)
-        name = args.scene or "landsat_2020.tif"
-        scene, translated = source / name, args.out / f"translated-{name}"
-        done = translate_scene(translator, str(scene), str(translated), progress=False)
-        print(f"translated {scene.name} whole: {done.width}x{done.height} px in {done.seconds:.1f} s -> {translated}")
-        title = (
-            f"pix2pix step {summary['step']}: bands {args.inputs} -> {args.targets} of {scene.name} (its held-out "
-            "blocks are in the scores above; the rest was seen in training)"
-        )
-        (args.out / "scene.png").write_bytes(scene_figure(scene, translated, args.inputs, args.targets[0], title))
-        print(f"figures: {args.out / 'scene.png'}, {args.out / 'run' / 'figures'}")
+    final, linear = evaluation.results[-1], evaluation.results[-1]["baselines"]["linear"]
+    print("\n".join(summary_lines(final)))
+    print(
+        f"pix2pix vs linear: PSNR {final['psnr'] - linear['psnr']:+.2f} dB, "
+        f"SSIM x{final['ssim'] / linear['ssim']:.2f}, L1 x{final['l1'] / linear['l1']:.2f} (lower is better)"
+    )
+    translator = SceneTranslator(load_sampler(summary["checkpoint"]), batch_size=64)
+    name = args.scene or "landsat_2020.tif"
+    scene, translated = source / name, args.out / f"translated-{name}"
+    done = translate_scene(translator, str(scene), str(translated), progress=False)
+    print(f"translated {scene.name} whole: {done.width}x{done.height} px in {done.seconds:.1f} s -> {translated}")
+    title = (
+        f"pix2pix step {summary['step']}: bands {args.inputs} -> {args.targets} of {scene.name} (its held-out "
+        "blocks are in the scores above; the rest was seen in training)"
+    )
+    (args.out / "scene.png").write_bytes(scene_figure(scene, translated, args.inputs, args.targets[0], title))
+    print(f"figures: {args.out / 'scene.png'}, {args.out / 'run' / 'figures'}")
 
 
-def run_cyclegan(args: argparse.Namespace, source: Path, command: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="atlas-bench-cyclegan-") as work:
+def train_and_score(
+    args: argparse.Namespace, source: Path, command: str, run: str, family: list[str]
+) -> tuple[dict, EvaluationHook]:
+    """Ingest the scenes into a temp folder, train the family (`family`: its config overrides) into <out>/<run>
+    with evaluations every quarter of the run; prints how long it took."""
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-translation-") as work:
         config = load_config(
             None,
             [
                 f"ingest.source={source}",
                 f"ingest.output={Path(work) / 'tiles'}",
                 f"ingest.tile_size={args.tile}",
-                "train.model.family=cyclegan",
-                f"train.model.domain_a={json.dumps(args.domain_a)}",
-                f"train.model.domain_b={json.dumps(args.domain_b)}",
-                "train.condition.by=year",
-                "train.condition.unlabeled=drop",
+                *family,
                 f"train.steps={args.steps}",
                 f"train.batch_size={args.batch}",
                 f"train.g_width={args.width}",
                 f"train.d_width={args.width}",
                 "train.num_workers=0",
-                "train.shuffle_buffer=4000",
-                f"train.run_dir={args.out / 'cyclegan'}",
+                f"train.run_dir={args.out / run}",
                 f"train.evaluate_every={max(1, args.steps // 4)}",
                 f"train.checkpoint_every={args.steps}",
                 f"train.sample_every={args.steps}",
@@ -193,6 +163,19 @@ def run_cyclegan(args: argparse.Namespace, source: Path, command: str) -> None:
         seconds = time.perf_counter() - started
         distributed.teardown(ctx)
     print(f"\n$ {command}\ntrained {summary['step']} steps in {seconds / 60:.1f} min on {ctx.device}")
+    return summary, evaluation
+
+
+def run_cyclegan(args: argparse.Namespace, source: Path, command: str) -> None:
+    family = [
+        "train.model.family=cyclegan",
+        f"train.model.domain_a={json.dumps(args.domain_a)}",
+        f"train.model.domain_b={json.dumps(args.domain_b)}",
+        "train.condition.by=year",
+        "train.condition.unlabeled=drop",
+        "train.shuffle_buffer=4000",  # every year in every batch's reach
+    ]
+    summary, evaluation = train_and_score(args, source, command, "cyclegan", family)
     for result in evaluation.results:
         print(f"  step {result['step']:>6}: FID {result['fid']:.2f} (not translating: {result['identity_fid']:.2f})")
     print("\n".join(unpaired_summary(evaluation.results[-1])))

@@ -26,13 +26,27 @@ from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_ince
 from atlas_gan.metrics.weights import WeightsNotFound, load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
 from atlas_gan.shards import read_manifest, shard_urls
-from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, dataset_split
+from atlas_gan.split import TileSplit, dataset_split, validation_fraction
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.train.data import read_tiles
 
 PRIMARY_METRIC = "psnr"  # higher is better
 BASELINE_TILES = 256  # training tiles the linear baseline is fitted on
 METRIC_KEYS = ("psnr", "ssim", "l1", "sam_degrees")
+
+
+def held_out_split(config: AtlasConfig) -> tuple[dict[str, Any], TileSplit]:
+    """The dataset's manifest and the validation split training used (recomputed: it depends only on the data and
+    `train.validation`)."""
+    dataset = config.dataset_url
+    store = storage_for(dataset, config.storage)
+    manifest = read_manifest(store, dataset)
+    if manifest is None:
+        raise ValueError(f"{dataset}: no dataset manifest to evaluate against")
+    fraction = validation_fraction(config.train.validation, reads_images=True)
+    if fraction == 0:
+        raise ValueError("train.validation.fraction is 0: a translation is scored on held-out tiles; set it > 0")
+    return manifest, dataset_split(store, dataset, manifest, config.train.validation, fraction)
 
 
 class TranslationEvaluator:
@@ -42,26 +56,17 @@ class TranslationEvaluator:
         self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None, device: torch.device | None = None
     ) -> None:
         self.device = device or torch.device("cpu")
-        dataset = config.dataset_url
-        store = storage_for(dataset, config.storage)
-        manifest = read_manifest(store, dataset)
-        if manifest is None:
-            raise ValueError(f"{dataset}: no dataset manifest to evaluate against")
+        manifest, self.split = held_out_split(config)
         self.config, self.meta, self.manifest = config, meta, manifest
         bands = manifest["tile"]["bands"]
         self.inputs = select_bands(bands, meta["input_bands"])
         self.targets = select_bands(bands, meta["bands"])
-        validation = config.train.validation
-        fraction = validation.fraction if validation.fraction is not None else IMAGE_TO_IMAGE_FRACTION
-        if fraction == 0:
-            raise ValueError("train.validation.fraction is 0: a translation is scored on held-out tiles; set it > 0")
-        self.split = dataset_split(store, dataset, manifest, validation, fraction)
-        urls = shard_urls(manifest, dataset)
+        urls = shard_urls(manifest, config.dataset_url)
         size = meta["spec"]["image_size"]
         limit = n or config.evaluate.n
         self.keys, tiles = read_tiles(urls, self.split.validation, size, config.storage, limit)
         if not self.keys:
-            raise ValueError(f"{dataset}: none of the validation split's tiles were found in the shards")
+            raise ValueError(f"{config.dataset_url}: none of the validation split's tiles were found in the shards")
         self.pairs = tiles[:, self.inputs], tiles[:, self.targets]
         train_keys = self.split.train_keys
         _, training = read_tiles(urls, train_keys, size, config.storage, BASELINE_TILES)

@@ -16,10 +16,11 @@ from atlas_gan.labels import LabelVocabulary, scene_labels
 from atlas_gan.metrics.features import image_features
 from atlas_gan.metrics.inception import RESIZE_METHOD
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance
+from atlas_gan.metrics.translation import held_out_split
 from atlas_gan.metrics.weights import load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
-from atlas_gan.shards import read_manifest, shard_urls
-from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, dataset_split
+from atlas_gan.recipes.cyclegan import domain_classes
+from atlas_gan.shards import shard_urls
 from atlas_gan.storage import join_url, storage_for
 from atlas_gan.train.data import read_tiles
 
@@ -33,25 +34,14 @@ class UnpairedEvaluator:
         self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None, device: torch.device | None = None
     ) -> None:
         self.device = device or torch.device("cpu")
+        manifest, self.split = held_out_split(config)
         dataset = config.dataset_url
-        store = storage_for(dataset, config.storage)
-        manifest = read_manifest(store, dataset)
-        if manifest is None:
-            raise ValueError(f"{dataset}: no dataset manifest to evaluate against")
-        options = config.train.model
         labels = scene_labels(manifest, config.train.condition, config.storage)
-        vocabulary = LabelVocabulary.from_dict(meta.get("labels"))
-        if labels is None or vocabulary is None:
+        if labels is None:
             raise ValueError("an unpaired translation is scored per domain: its labels (train.condition) are needed")
-        domain_a = {vocabulary.index(label) for label in options.domain_a}
-        domain_b = {vocabulary.index(label) for label in options.domain_b}
-        validation = config.train.validation
-        fraction = validation.fraction if validation.fraction is not None else IMAGE_TO_IMAGE_FRACTION
-        if fraction == 0:
-            raise ValueError("train.validation.fraction is 0: a translation is scored on held-out tiles; set it > 0")
-        self.split = dataset_split(store, dataset, manifest, validation, fraction)
+        domain_a, domain_b = domain_classes(config.train.model, LabelVocabulary.from_dict(meta.get("labels")))
 
-        def held_out(domain: set[int]) -> frozenset[str]:
+        def held_out(domain: frozenset[int]) -> frozenset[str]:
             return frozenset(
                 key for key in self.split.validation if labels.by_scene.get(self.split.scene_of[key]) in domain
             )

@@ -261,6 +261,41 @@ def _rescore_champion(
     return Score(fid, protocol, champion.tags.get(TAG_FAMILY))
 
 
+def _log_model_and_scores(
+    config: AtlasConfig,
+    client: Any,
+    run_id: str,
+    checkpoint: str,
+    generator: torch.nn.Module,
+    meta: dict[str, Any],
+    manifest: dict[str, Any],
+    scores: dict[str, Any],
+    keys: tuple[str, ...],
+) -> LoggedGenerator:
+    """Log the generator as a new model version in the run, then its `keys` of `scores` as the run's metrics,
+    linked to that logged model and the dataset."""
+    model_meta = {
+        **meta,
+        "checkpoint": redact(checkpoint),
+        "dataset_checksum": manifest["checksum"],
+        "dataset_url": redact(config.dataset_url),
+    }
+    logged = log_generator_model(config, run_id, generator, model_meta)
+    dataset = dataset_entity(manifest, config.dataset_url)
+    for key in keys:
+        if scores.get(key) is not None:
+            client.log_metric(
+                run_id,
+                key,
+                float(scores[key]),
+                step=meta["step"],
+                model_id=logged.model_id,
+                dataset_name=dataset.name,
+                dataset_digest=dataset.digest,
+            )
+    return logged
+
+
 def register_generator(
     config: AtlasConfig,
     checkpoint: str | None = None,
@@ -292,26 +327,10 @@ def register_generator(
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
     main_scores = next(iter(evaluation["scores"].values()))
-    model_meta = {
-        **meta,
-        "checkpoint": redact(checkpoint),
-        "dataset_checksum": manifest["checksum"],
-        "dataset_url": redact(config.dataset_url),
-    }
-    logged = log_generator_model(config, run_id, generator, model_meta)
+    logged = _log_model_and_scores(
+        config, client, run_id, checkpoint, generator, meta, manifest, main_scores, SCORE_KEYS
+    )
     version, model_uri = logged.version, logged.model_uri
-    dataset = dataset_entity(manifest, config.dataset_url)
-    for key in SCORE_KEYS:
-        if main_scores.get(key) is not None:  # the run's metric, linked to the logged model and its dataset
-            client.log_metric(
-                run_id,
-                key,
-                float(main_scores[key]),
-                step=meta["step"],
-                model_id=logged.model_id,
-                dataset_name=dataset.name,
-                dataset_digest=dataset.digest,
-            )
     name = config.tracking.registered_model
     describe_registered_model(client, name, meta, config.dataset_url)
     tags = {
@@ -396,26 +415,10 @@ def _register_translation(
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
-    model_meta = {
-        **meta,
-        "checkpoint": redact(checkpoint),
-        "dataset_checksum": manifest["checksum"],
-        "dataset_url": redact(config.dataset_url),
-    }
-    logged = log_generator_model(config, run_id, generator, model_meta)
+    logged = _log_model_and_scores(
+        config, client, run_id, checkpoint, generator, meta, manifest, evaluation, TRANSLATION_SCORE_KEYS
+    )
     version, name = logged.version, config.tracking.registered_model
-    dataset = dataset_entity(manifest, config.dataset_url)
-    for key in TRANSLATION_SCORE_KEYS:
-        if evaluation.get(key) is not None:
-            client.log_metric(
-                run_id,
-                key,
-                float(evaluation[key]),
-                step=meta["step"],
-                model_id=logged.model_id,
-                dataset_name=dataset.name,
-                dataset_digest=dataset.digest,
-            )
     describe_registered_model(client, name, meta, config.dataset_url)
     if paired:
         what = f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}"

@@ -44,7 +44,7 @@ from atlas_gan.runtime.generator import generator_meta
 from atlas_gan.runtime.precision import autocast_dtype
 from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest, shard_urls
-from atlas_gan.split import IMAGE_TO_IMAGE_FRACTION, TileSplit, dataset_split
+from atlas_gan.split import TileSplit, dataset_split, validation_fraction
 from atlas_gan.storage import Storage, join_url, storage_for
 from atlas_gan.train.data import TileStream, make_loader, read_tiles
 from atlas_gan.train.data_defaults import DataDefault, apply_data_defaults, pick_data_defaults
@@ -132,10 +132,8 @@ class Trainer:
 
     def _split(self, data_store: Storage, cfg: TrainConfig) -> TileSplit | None:
         """The held-out tiles (`train.validation`; null fraction: 0.1 when the generator reads images, else 0)."""
-        fraction = cfg.validation.fraction
-        if fraction is None:
-            reads_images = RECIPES[get_family(cfg.model.family).recipe].signature == IMAGE
-            fraction = IMAGE_TO_IMAGE_FRACTION if reads_images else 0.0
+        reads_images = RECIPES[get_family(cfg.model.family).recipe].signature == IMAGE
+        fraction = validation_fraction(cfg.validation, reads_images)
         if fraction == 0:
             return None
         return dataset_split(data_store, self.config.dataset_url, self.manifest, cfg.validation, fraction)
