@@ -407,6 +407,46 @@ def translate(
     NaN where the scene has no valid pixel), and tags naming the model URI and version. Input bands are found by
     name (band descriptions), or by the training dataset's band order for a scene without names.
     """
+    _scene_command(source, model, out, batch_size, device, config, overrides, quiet, None)
+
+
+@app.command(epilog=_EXIT_CODES_HELP)
+def upscale(
+    source: str = typer.Argument(..., help="The scene to upscale: a GeoTIFF path or s3:// URL."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="A super-resolution model (esrgan): models:/NAME@champion, ... or a checkpoint."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="The COG to write: a path or s3:// URL."),
+    scale: int = typer.Option(None, "--scale", help="Check the model upscales by this factor (2 or 4)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Tiles per generator forward pass."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when there is one."),
+    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow and S3 are."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Upscale a whole scene with a super-resolution (esrgan) generator into a Cloud-Optimized GeoTIFF.
+
+    Every band the model was trained on is upscaled by its factor: the output covers the same extent in the same
+    CRS with the pixel size divided by the factor. The scene is read a strip at a time, cut into tiles of the
+    model's input size overlapping by half, and the upscaled tiles are blended with windows that sum to one (no
+    seams). Values are in the bands' physical units (float32, NaN where the scene has no valid pixel); band names
+    and tags naming the model URI and version are kept.
+    """
+    _scene_command(source, model, out, batch_size, device, config, overrides, quiet, scale or 0)
+
+
+def _scene_command(
+    source: str,
+    model: str,
+    out: str,
+    batch_size: int,
+    device: str | None,
+    config: Path | None,
+    overrides: list[str],
+    quiet: bool,
+    scale: int | None,
+) -> None:
+    """translate (`scale` None) and upscale (`scale`: 0 any factor, else the factor the model must have)."""
     from atlas_gan.translate import SceneTranslator, translate_scene
 
     if not source.startswith("s3://") and not Path(source).exists():
@@ -417,11 +457,19 @@ def translate(
         cfg = resolve_config(config, overrides)
         sampler = _load_sampler(model, config, overrides)
         translator = SceneTranslator(sampler, batch_size, device)
+        if scale is not None and translator.scale == 1:
+            raise ValueError(f"{model}: a {sampler.meta['model']} model does not upscale; use `atlas-gan translate`")
+        if scale and translator.scale != scale:
+            raise ValueError(f"{model}: upscales by {translator.scale}, not by --scale {scale}")
         report = translate_scene(translator, source, out, cfg.storage, progress=not quiet)
+    what = (
+        f"x{translator.scale} super-resolution of {','.join(report.output_bands)}"
+        if translator.scale > 1
+        else f"{','.join(report.input_bands)} -> {','.join(report.output_bands)}"
+    )
     typer.echo(
-        f"wrote {report.output}: {report.width}x{report.height} px, {','.join(report.input_bands)} -> "
-        f"{','.join(report.output_bands)} ({report.tiles} overlapping tiles blended, {report.seconds:.1f} s); "
-        f"model {model}" + (f" version {sampler.version}" if sampler.version else "")
+        f"wrote {report.output}: {report.width}x{report.height} px, {what} ({report.tiles} overlapping tiles "
+        f"blended, {report.seconds:.1f} s); model {model}" + (f" version {sampler.version}" if sampler.version else "")
     )
 
 

@@ -334,6 +334,41 @@ class CycleGANOptions(_TranslationOptions):
         return self
 
 
+class DegradationConfig(_Strict):
+    """How a high-resolution tile becomes the low-resolution input of super-resolution: optional Gaussian blur
+    (the sensor's point spread), area downsampling by the scale, optional Gaussian noise, and optionally a second,
+    milder blur + noise pass at the low resolution (after Real-ESRGAN). Strengths are drawn per sample from a seed,
+    so the same tile and seed always give the same input."""
+
+    blur: float = Field(0.0, ge=0, le=10, description="largest blur sigma, in high-resolution pixels; 0 = none")
+    noise: float = Field(0.0, ge=0, le=0.5, description="largest noise std, in normalized units (0..1); 0 = none")
+    second_order: bool = Field(False, description="a second blur + noise pass at the low resolution, half as strong")
+
+
+class SuperResOptions(_TranslationOptions):
+    """esrgan (Wang et al. 2018): super-resolution of every band by `scale`, a pixel-loss phase, then a GAN phase."""
+
+    family: Literal["esrgan"]
+    scale: Literal[2, 4] = Field(4, description="upscaling factor: the input is the tile downsampled by it")
+    blocks: int = Field(4, ge=1, le=64, description="residual-in-residual dense blocks in G (the paper's 23)")
+    growth: int = Field(32, ge=4, le=256, description="channels each dense layer adds (the paper's 32)")
+    pixel_steps: int = Field(
+        1000, ge=0, description="steps of pixel-loss pre-training before the GAN phase; >= train.steps: pixel only"
+    )
+    pixel_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the L1 loss in the GAN phase")
+    gan_weight: float = Field(0.1, ge=0, le=1e3, description="weight of the relativistic-average GAN loss")
+    sam_weight: float = Field(0.1, ge=0, le=1e3, description="weight of the spectral-angle loss (radians), both phases")
+    perceptual_weight: float = Field(
+        1.0, ge=0, le=1e3, description="weight of the VGG19 feature loss; set to 0 when no VGG19 weights are found"
+    )
+    vgg_weights: str | None = Field(
+        None,
+        description="VGG19 weights file; null: ATLAS_VGG_WEIGHTS, then torch hub's vgg19-dcbb9e9d.pth; never "
+        "downloaded",
+    )
+    degradation: DegradationConfig = DegradationConfig()
+
+
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "attention_resolution": ("sagan", "self-attention block"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
@@ -344,10 +379,18 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "domain_a": ("cyclegan", "unpaired domains"),
     "domain_b": ("cyclegan", "unpaired domains"),
     "cycle_weight": ("cyclegan", "cycle loss"),
+    "scale": ("esrgan", "upscaling factor"),
+    "degradation": ("esrgan", "degradation of its inputs"),
 }
 
 ModelOptions = Annotated[
-    DCGANLayoutOptions | SAGANOptions | StyleGAN2Options | FastGANOptions | Pix2PixOptions | CycleGANOptions,
+    DCGANLayoutOptions
+    | SAGANOptions
+    | StyleGAN2Options
+    | FastGANOptions
+    | Pix2PixOptions
+    | CycleGANOptions
+    | SuperResOptions,
     Field(discriminator="family"),
 ]
 MODEL_FAMILIES: tuple[str, ...] = tuple(

@@ -262,7 +262,7 @@ def _dynamic_shapes(spec: ModelSpec, input_names: list[str]) -> tuple[dict[int, 
     if not spec.input_bands:
         return tuple({0: batch} for _ in input_names)
     rows, columns = torch.export.Dim("tile_rows", min=1, max=64), torch.export.Dim("tile_columns", min=1, max=64)
-    return ({0: batch, 2: spec.image_size * rows, 3: spec.image_size * columns},)
+    return ({0: batch, 2: spec.input_size * rows, 3: spec.input_size * columns},)
 
 
 def export_generator(

@@ -65,3 +65,30 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     what `real_logits` were computed from). Weighting (gamma / 2, lazy interval) is the caller's."""
     (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
     return grad.float().square().flatten(1).sum(dim=1).mean()
+
+
+def relativistic_average_losses(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jolicoeur-Martineau 2018's relativistic average GAN (as in ESRGAN): D judges whether a real image looks more
+    real than the average fake and a fake less real than the average real. Returns (D's loss, G's loss) from the
+    same logits; G's loss needs `real` too (detach it for G's update: only its dependence on G matters)."""
+    real_vs_fake = real - fake.mean()
+    fake_vs_real = fake - real.mean()
+    ones, zeros = torch.ones_like(real_vs_fake), torch.zeros_like(fake_vs_real)
+    d_loss = F.binary_cross_entropy_with_logits(real_vs_fake, ones) + F.binary_cross_entropy_with_logits(
+        fake_vs_real, zeros
+    )
+    g_loss = F.binary_cross_entropy_with_logits(real_vs_fake, zeros) + F.binary_cross_entropy_with_logits(
+        fake_vs_real, ones
+    )
+    return d_loss / 2, g_loss / 2
+
+
+def spectral_angle_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean angle (radians) between predicted and target spectra per pixel, on values shifted from [-1, 1] to
+    [0, 1] so spectra point into the positive orthant; 0 for a single band (an angle needs two). The cosine is
+    clamped below 1 - 1e-4 (0.8 degrees): acos's slope is infinite at 1, and closer spectra are left to L1."""
+    if pred.shape[1] < 2:
+        return pred.new_zeros(())
+    p, t = (pred.float() + 1) / 2, (target.float() + 1) / 2
+    cosine = (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1) + eps)
+    return torch.acos(cosine.clamp(-1 + 1e-4, 1 - 1e-4)).mean()

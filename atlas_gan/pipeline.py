@@ -56,6 +56,7 @@ def skip_reason(added_scenes: list[str], champion: str | None, force: bool) -> s
     return None
 
 
+BASELINE_NAMES = {"linear": "linear-regression", "bicubic": "bicubic"}  # a translation's baseline, in reports
 REPORT_FIGURES = {  # caption -> file in run_dir/figures (written by atlas_gan.train.figures_hook)
     "Training curves": "curves.png",
     "Real tiles beside generated ones": "real-vs-generated-rgb.png",
@@ -125,14 +126,17 @@ class PipelineOutcome:
             }
             return
         if evaluation.get("kind") == "translation":
-            linear = evaluation["baselines"]["linear"]
+            baseline = evaluation["baselines"][evaluation["baseline"]]
+            scale = evaluation.get("scale")
+            bands = f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}"
             self.translation = {
                 "psnr": evaluation["psnr"],
                 "ssim": evaluation["ssim"],
-                "linear_psnr": linear["psnr"],
-                "linear_ssim": linear["ssim"],
+                "baseline": BASELINE_NAMES.get(evaluation["baseline"], evaluation["baseline"]),
+                "baseline_psnr": baseline["psnr"],
+                "baseline_ssim": baseline["ssim"],
                 "n_validation": evaluation["n_validation"],
-                "bands": f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}",
+                "bands": f"x{scale} super-resolution of {','.join(evaluation['target_bands'])}" if scale else bands,
             }
             return
         self.fid, self.fid_n = evaluation["fid"], evaluation["n_fake"]
@@ -152,8 +156,8 @@ class PipelineOutcome:
             return [
                 f"| translation | {t['bands']} |",
                 f"| PSNR on {t['n_validation']} held-out tiles | {_number(t['psnr'])} dB |",
-                f"| linear-regression baseline | {_number(t['linear_psnr'])} dB |",
-                f"| SSIM (baseline) | {_number(t['ssim'])} ({_number(t['linear_ssim'])}) |",
+                f"| {t['baseline']} baseline | {_number(t['baseline_psnr'])} dB |",
+                f"| SSIM (baseline) | {_number(t['ssim'])} ({_number(t['baseline_ssim'])}) |",
             ]
         return [
             f"| FID (N={self.fid_n}) | {_number(self.fid)} |",
@@ -261,7 +265,7 @@ def _score_text(outcome: dict[str, Any]) -> str:
     if translation:
         return (
             f"PSNR:          {_number(translation['psnr'])} dB on {translation['n_validation']} held-out tiles "
-            f"(linear baseline {_number(translation['linear_psnr'])} dB; {translation['bands']})"
+            f"({translation['baseline']} baseline {_number(translation['baseline_psnr'])} dB; {translation['bands']})"
         )
     return (
         f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "

@@ -1,4 +1,5 @@
-"""Translate a whole georeferenced scene with an image-to-image generator, into a Cloud-Optimized GeoTIFF.
+"""Translate (or upscale) a whole georeferenced scene with an image-to-image generator, into a Cloud-Optimized
+GeoTIFF.
 
 The scene is read a strip at a time (memory bounded by a strip of `tile` rows, whatever the scene's size). It is
 cut into tiles of the generator's size overlapping by half a tile; each translated tile is weighted by a separable
@@ -7,7 +8,9 @@ sin^2 window before it is added in, and with a stride of half a tile these windo
 
 Inputs are normalized with the model's stored statistics (the dataset's per-band offset and scale; nodata -> -1, as
 in training); outputs are mapped back to the target bands' physical units, float32, NaN where the input had no
-valid pixel. The COG keeps the input's CRS and transform, names the target bands and carries tags naming the model
+valid pixel. A super-resolution generator (`spec.scale` k > 1) reads tiles of `spec.input_size` and draws tiles k
+times larger across; the output has k x k pixels per input pixel, over the same extent (the transform's pixel size
+divided by k). The COG keeps the input's CRS (and extent), names the target bands and carries tags naming the model
 (URI, version, family, step) and the translation. Written to a temp file and renamed (or uploaded) when complete.
 """
 
@@ -68,7 +71,7 @@ class SceneTranslator:
         if meta.get("signature") != IMAGE:
             raise ValueError(
                 f"{sampler.source}: a {meta.get('model')} generator draws from latent vectors; translate needs an "
-                "image-to-image model (pix2pix)"
+                "image-to-image model (pix2pix, esrgan)"
             )
         self.sampler, self.meta = sampler, meta
         self.spec = ModelSpec(**meta["spec"])
@@ -82,9 +85,10 @@ class SceneTranslator:
         self.in_scale = np.array([by_name[b]["scale"] for b in self.input_bands], np.float32)
         self.out_offset = np.array([by_name[b]["offset"] for b in self.output_bands], np.float32)
         self.out_scale = np.array([by_name[b]["scale"] for b in self.output_bands], np.float32)
-        self.tile = self.spec.image_size
+        self.scale = self.spec.scale  # > 1: super-resolution, the output has scale x scale pixels per input pixel
+        self.tile = self.spec.input_size  # input pixels per tile
         self.stride = self.tile // 2
-        self.window = blend_window(self.tile).astype(np.float32)
+        self.window = blend_window(self.tile * self.scale).astype(np.float32)
 
     def band_indexes(self, descriptions: list[str | None], count: int, url: str) -> list[int]:
         """1-based indexes of the model's input bands in the scene: by band description, or, for a scene without
@@ -120,16 +124,19 @@ class SceneTranslator:
         return np.concatenate(parts)
 
     def strips(self, dataset: Any, indexes: list[int], progress: bool) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, translated rows in [-1, 1]) of the scene, top to bottom, `stride` rows at a time."""
+        """(first input row, translated rows in [-1, 1]) of the scene, top to bottom, `stride` input rows at a
+        time (`stride` x scale output rows)."""
         from rasterio.windows import Window
 
         tile, stride, height, width = self.tile, self.stride, dataset.height, dataset.width
+        k = self.scale
         padded_width = math.ceil(width / stride) * stride + tile  # `stride` of padding left, the rest right
         rows = math.ceil(height / stride) + 1  # tile rows: their first halves cover the padded scene
         columns = (padded_width - tile) // stride + 1
         outputs = len(self.output_bands)
-        accumulated = np.zeros((outputs, tile, padded_width), np.float32)
-        for row in tqdm(range(rows), desc="translate", unit="row", disable=not progress):
+        accumulated = np.zeros((outputs, tile * k, padded_width * k), np.float32)
+        verb = "upscale" if k > 1 else "translate"
+        for row in tqdm(range(rows), desc=verb, unit="row", disable=not progress):
             top = row * stride - stride  # scene row of the tile row's first line (negative: padding)
             first, last = max(top, 0), min(top + tile, height)
             window = Window(0, first, width, max(last - first, 0))
@@ -144,10 +151,10 @@ class SceneTranslator:
             tiles = np.stack([strip[:, :, c * stride : c * stride + tile] for c in range(columns)])
             translated = self.translate_tiles(tiles) * self.window
             for c in range(columns):
-                accumulated[:, :, c * stride : c * stride + tile] += translated[c]
-            yield top, accumulated[:, :stride, stride : stride + width].copy()
-            accumulated[:, :stride] = accumulated[:, stride:]
-            accumulated[:, stride:] = 0.0
+                accumulated[:, :, c * stride * k : (c * stride + tile) * k] += translated[c]
+            yield top, accumulated[:, : stride * k, stride * k : (stride + width) * k].copy()
+            accumulated[:, : stride * k] = accumulated[:, stride * k :]
+            accumulated[:, stride * k :] = 0.0
 
     def tiles_for(self, height: int, width: int) -> int:
         """How many tiles a scene of this size takes."""
@@ -161,7 +168,8 @@ class SceneTranslator:
             "atlas_model_version": provenance["atlas_model_version"],
             "atlas_model_family": provenance["atlas_model_family"],
             "atlas_training_step": provenance["atlas_training_step"],
-            "atlas_translation": f"{','.join(self.input_bands)} -> {','.join(self.output_bands)}",
+            "atlas_translation": f"{','.join(self.input_bands)} -> {','.join(self.output_bands)}"
+            + (f", x{self.scale} super-resolution" if self.scale > 1 else ""),
             "atlas_values": "target bands in the source's physical units (inverse of the dataset normalization)",
         }
 
@@ -177,6 +185,7 @@ def translate_scene(
     import rasterio
     import rasterio.errors
     import rasterio.shutil
+    from rasterio import Affine
     from rasterio.windows import Window
 
     started = time.perf_counter()
@@ -193,16 +202,16 @@ def translate_scene(
             if dataset.crs is None:
                 raise ValueError(f"{source}: has no CRS; translate writes a georeferenced scene")
             indexes = translator.band_indexes(list(dataset.descriptions), dataset.count, source)
-            height, width = dataset.height, dataset.width
+            height, width, k = dataset.height, dataset.width, translator.scale
             staged = Path(work) / "staged.tif"
             profile = {
                 "driver": "GTiff",
                 "dtype": "float32",
                 "count": len(translator.output_bands),
-                "height": height,
-                "width": width,
+                "height": height * k,
+                "width": width * k,
                 "crs": dataset.crs,
-                "transform": dataset.transform,
+                "transform": dataset.transform * Affine.scale(1 / k),  # the same extent, pixels k times finer
                 "nodata": OUTPUT_NODATA,
                 "tiled": True,
                 "blockxsize": 256,
@@ -217,10 +226,12 @@ def translate_scene(
                     first, last = max(top, 0), min(top + translator.stride, height)
                     if last <= first:
                         continue
-                    block = translator.physical(rows[:, first - top : last - top])
+                    block = translator.physical(rows[:, (first - top) * k : (last - top) * k])
                     window = Window(0, first, width, last - first)
                     valid = (dataset.read_masks(indexes, window=window) > 0).all(axis=0)
-                    out.write(np.where(valid[None], block, OUTPUT_NODATA).astype(np.float32), window=window)
+                    valid = valid.repeat(k, axis=0).repeat(k, axis=1)
+                    written = Window(0, first * k, width * k, (last - first) * k)
+                    out.write(np.where(valid[None], block, OUTPUT_NODATA).astype(np.float32), window=written)
         cog = Path(work) / name
         rasterio.shutil.copy(
             staged,
@@ -228,7 +239,7 @@ def translate_scene(
             driver="COG",
             compress="DEFLATE",
             predictor="3",
-            blocksize=cog_block_size(height, width),
+            blocksize=cog_block_size(height * k, width * k),
             overviews="AUTO",
             overview_resampling="AVERAGE",
         )
@@ -238,8 +249,8 @@ def translate_scene(
             os.replace(cog, Path(output))
     return TranslationReport(
         output,
-        width,
-        height,
+        width * k,
+        height * k,
         translator.input_bands,
         translator.output_bands,
         translator.tiles_for(height, width),

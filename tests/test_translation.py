@@ -218,7 +218,7 @@ def test_pix2pix_trains_scores_and_resumes_on_landsat(train_data, tmp_path):
     assert result["kind"] == "translation" and result["target_bands"] == ["2"]
     assert result["n_validation"] == 32 < split["validation_tiles"]
     assert math.isfinite(result["psnr"]) and 0 < result["baselines"]["linear"]["psnr"] < 60
-    assert result["psnr_over_linear"] == pytest.approx(result["psnr"] - result["baselines"]["linear"]["psnr"])
+    assert result["psnr_over_baseline"] == pytest.approx(result["psnr"] - result["baselines"]["linear"]["psnr"])
     assert "identity" not in result["baselines"]  # input and target bands differ
     assert result["fid_bands"] == ["2"] and np.isfinite(result["fid"])  # the NIR band as grey, vs the true NIR
     assert np.isfinite(result["baselines"]["linear"]["fid"]) and result["fid_unavailable"] is None
@@ -335,7 +335,7 @@ def test_pix2pix_registers_with_its_scores_and_serves_images(train_data, tmp_pat
     assert registration.alias == ("champion" if over > 0 else "challenger")
     assert "PSNR" in registration.summary()
     run = client.get_run(registration.run_id)
-    assert "psnr" in run.data.metrics and "linear_psnr" in run.data.metrics  # logged while training too
+    assert "psnr" in run.data.metrics and "baseline_psnr" in run.data.metrics  # logged while training too
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     logged = client.download_artifacts(registration.run_id, "dataset/split.json", str(tmp_path))
     assert json.loads(Path(logged).read_text())["validation_keys"] == split["validation_keys"]

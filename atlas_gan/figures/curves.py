@@ -75,10 +75,15 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
 
 
 def _paired_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
-    """A translation's PSNR on the held-out tiles, with the linear-regression baseline it must beat."""
+    """A translation's PSNR on the held-out tiles, with the baseline it must beat (linear regression, bicubic) and
+    super-resolution's pixel-loss model."""
     eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
     axes.plot(eval_kimg, [r["psnr"] for r in evaluations], marker="o", color="tab:red", label="generator")
-    axes.plot(eval_kimg, [r["linear_psnr"] for r in evaluations], linestyle="--", color="tab:gray", label="linear")
+    name = evaluations[-1].get("baseline", "linear")
+    axes.plot(eval_kimg, [r["baseline_psnr"] for r in evaluations], linestyle="--", color="tab:gray", label=name)
+    pixel = [(k, r["pixel_psnr"]) for k, r in zip(eval_kimg, evaluations, strict=True) if r.get("pixel_psnr")]
+    if pixel:
+        axes.plot(*zip(*pixel, strict=True), linestyle=":", marker="x", color="tab:blue", label="pixel-loss model")
     n = evaluations[-1].get("n_validation")
     _finish(axes, f"PSNR on the held-out tiles (N={n}), higher is better", "PSNR (dB)", True)
 

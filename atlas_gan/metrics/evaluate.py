@@ -28,13 +28,14 @@ from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.features import PixelSpread, chosen_tiles, embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
+from atlas_gan.metrics.superres import SuperResEvaluator
 from atlas_gan.metrics.translation import TranslationEvaluator
 from atlas_gan.metrics.unpaired import UnpairedEvaluator
 from atlas_gan.metrics.weights import InceptionWeights, load_inception, resolve_weights
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime.checkpoint import checkpoint_step, list_checkpoints
 from atlas_gan.runtime.distributed import DistributedContext, barrier
-from atlas_gan.runtime.generator import load_generator
+from atlas_gan.runtime.generator import load_generator, load_reference_generators
 from atlas_gan.runtime.precision import autocast_dtype
 from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest
@@ -205,8 +206,24 @@ def evaluate_checkpoint(
     write: bool = True,
 ) -> dict[str, Any] | None:
     """Collective: every rank calls it. Returns the result on rank 0 (None elsewhere)."""
-    generator, meta = load_generator(storage_for(checkpoint, config.storage), checkpoint)
-    return evaluate_generator(config, generator, {**meta, "checkpoint": checkpoint}, ctx, n, progress, write)
+    store = storage_for(checkpoint, config.storage)
+    generator, meta = load_generator(store, checkpoint)
+    references = load_reference_generators(store, checkpoint)
+    return evaluate_generator(
+        config, generator, {**meta, "checkpoint": checkpoint}, ctx, n, progress, write, references
+    )
+
+
+def image_evaluator(
+    config: AtlasConfig, meta: dict[str, Any], n: int | None, device: torch.device
+) -> TranslationEvaluator | UnpairedEvaluator:
+    """The evaluator of an image-to-image generator: FID against the other domain for CycleGAN, paired scores
+    beside bicubic for super-resolution, beside the linear regression for pix2pix."""
+    if meta["model"] == "cyclegan":
+        return UnpairedEvaluator(config, meta, n, device)
+    if int(meta["spec"].get("scale", 1)) > 1:
+        return SuperResEvaluator(config, meta, n, device)
+    return TranslationEvaluator(config, meta, n, device)
 
 
 def evaluate_generator(
@@ -217,15 +234,18 @@ def evaluate_generator(
     n: int | None = None,
     progress: bool = True,
     write: bool = True,
+    references: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any] | None:
     """Scores of `generator` (meta: `generator_meta`, plus checkpoint if any). Collective, like the above. An
-    image-to-image generator is scored on the validation split by rank 0 (`translation.py`)."""
+    image-to-image generator is scored on the validation split by rank 0 (`translation.py`), beside `references`
+    (super-resolution's pixel-loss model) when given."""
     if meta.get("signature") == IMAGE:
         if not ctx.is_main:
             return None
-        if meta["model"] == "cyclegan":
-            return UnpairedEvaluator(config, meta, n, ctx.device).evaluate(generator, meta, ctx.device, write)
-        return TranslationEvaluator(config, meta, n, ctx.device).evaluate(generator, meta, ctx.device, write)
+        evaluator = image_evaluator(config, meta, n, ctx.device)
+        if isinstance(evaluator, UnpairedEvaluator):
+            return evaluator.evaluate(generator, meta, ctx.device, write)
+        return evaluator.evaluate(generator, meta, ctx.device, write, references)
     cfg = config.evaluate
     started = time.perf_counter()
     n_fake = n or cfg.n

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlas_gan.metrics.evaluate import evaluate_generator
+from atlas_gan.metrics.evaluate import evaluate_generator, image_evaluator
 from atlas_gan.metrics.translation import TranslationEvaluator, evaluation_record
 from atlas_gan.metrics.unpaired import UnpairedEvaluator, unpaired_record
 from atlas_gan.metrics.weights import resolve_weights
@@ -25,7 +25,7 @@ class EvaluationHook(TrainHooks):
     def on_start(self, trainer: Trainer) -> None:
         if trainer.recipe.signature == IMAGE:
             if trainer.ctx.is_main:  # held-out tiles and baselines, loaded once (and bad settings fail now)
-                self.translation = translation_evaluator(trainer.config, trainer.generator_meta(), self.n, trainer.ctx)
+                self.translation = image_evaluator(trainer.config, trainer.generator_meta(), self.n, trainer.ctx.device)
             return
         resolve_weights(trainer.config.evaluate.inception_weights)  # no weights: fail now, not mid-run
 
@@ -65,7 +65,12 @@ class EvaluationHook(TrainHooks):
         """Rank 0 only: a translation is scored on the held-out pairs in memory, no collective needed."""
         if self.translation is None:
             return
-        result = self.translation.evaluate(trainer.generator, trainer.generator_meta(), trainer.ctx.device)
+        meta, device = trainer.generator_meta(), trainer.ctx.device
+        if isinstance(self.translation, UnpairedEvaluator):
+            result = self.translation.evaluate(trainer.generator, meta, device)
+        else:
+            references = trainer.reference_generators()
+            result = self.translation.evaluate(trainer.generator, meta, device, references=references)
         self.results.append(result)
         if result["kind"] == "unpaired":
             record = unpaired_record(result, trainer.images_seen)
@@ -75,12 +80,3 @@ class EvaluationHook(TrainHooks):
         for hook in trainer.hooks:
             if hook is not self:
                 hook.on_log(trainer, record)
-
-
-def translation_evaluator(
-    config: Any, meta: dict[str, Any], n: int | None, ctx: Any
-) -> TranslationEvaluator | UnpairedEvaluator:
-    """Paired scores for a generator trained on pairs (pix2pix), FID against the other domain for CycleGAN."""
-    if meta["model"] == "cyclegan":
-        return UnpairedEvaluator(config, meta, n, ctx.device)
-    return TranslationEvaluator(config, meta, n, ctx.device)

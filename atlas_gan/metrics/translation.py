@@ -50,7 +50,11 @@ def held_out_split(config: AtlasConfig) -> tuple[dict[str, Any], TileSplit]:
 
 
 class TranslationEvaluator:
-    """Loads the held-out pairs and fits the baselines once; `evaluate` scores a generator on them."""
+    """Loads the held-out pairs and fits the baselines once; `evaluate` scores a generator on them. Subclasses
+    (super-resolution) change how a held-out tile becomes a pair (`make_pairs`) and what the baselines are."""
+
+    kind = "translation"
+    baseline = "linear"  # the baseline a generator must beat (its scores are `baseline_*` in records)
 
     def __init__(
         self, config: AtlasConfig, meta: dict[str, Any], n: int | None = None, device: torch.device | None = None
@@ -61,16 +65,12 @@ class TranslationEvaluator:
         bands = manifest["tile"]["bands"]
         self.inputs = select_bands(bands, meta["input_bands"])
         self.targets = select_bands(bands, meta["bands"])
-        urls = shard_urls(manifest, config.dataset_url)
-        size = meta["spec"]["image_size"]
+        self.urls = shard_urls(manifest, config.dataset_url)
         limit = n or config.evaluate.n
-        self.keys, tiles = read_tiles(urls, self.split.validation, size, config.storage, limit)
+        self.keys, tiles = read_tiles(self.urls, self.split.validation, self.tile_size, config.storage, limit)
         if not self.keys:
             raise ValueError(f"{config.dataset_url}: none of the validation split's tiles were found in the shards")
-        self.pairs = tiles[:, self.inputs], tiles[:, self.targets]
-        train_keys = self.split.train_keys
-        _, training = read_tiles(urls, train_keys, size, config.storage, BASELINE_TILES)
-        self.linear = LinearBaseline(training[:, self.inputs], training[:, self.targets])
+        self.pairs = self.make_pairs(tiles)
         by_name = {b["name"]: b for b in manifest["normalization"]["bands"]}
         self.scales = np.array([by_name[bands[i]]["scale"] for i in self.targets], dtype=np.float64)
         self.offsets = np.array([by_name[bands[i]]["offset"] for i in self.targets], dtype=np.float64)
@@ -104,11 +104,25 @@ class TranslationEvaluator:
         )[0]
         return scores
 
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["spec"]["image_size"])
+
+    def make_pairs(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out tiles -> (the generator's inputs, the truth): their input bands and their target bands."""
+        return tiles[:, self.inputs], tiles[:, self.targets]
+
     def _baselines(self) -> dict[str, Any]:
-        found = {"linear": self._scores(self.linear(self.pairs[0]))}
+        _, training = read_tiles(self.urls, self.split.train_keys, self.tile_size, self.config.storage, BASELINE_TILES)
+        linear = LinearBaseline(training[:, self.inputs], training[:, self.targets])
+        found = {"linear": self._scores(linear(self.pairs[0]))}
         if self.inputs == self.targets:
             found["identity"] = self._scores(self.pairs[0])
         return found
+
+    def extra_fields(self) -> dict[str, Any]:
+        """What a subclass adds to every result."""
+        return {}
 
     @torch.no_grad()
     def translate(self, generator: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -123,16 +137,26 @@ class TranslationEvaluator:
         return torch.cat(parts)
 
     def evaluate(
-        self, generator: torch.nn.Module, meta: dict[str, Any], device: torch.device, write: bool = True
+        self,
+        generator: torch.nn.Module,
+        meta: dict[str, Any],
+        device: torch.device,
+        write: bool = True,
+        references: dict[str, torch.nn.Module] | None = None,
     ) -> dict[str, Any]:
+        """Scores of `generator` beside the baselines, and beside `references` (other generators scored the same
+        way, e.g. super-resolution's pixel-loss model) in `baselines` too."""
         started = time.perf_counter()
         predicted = self.translate(generator, device)
         if not torch.isfinite(predicted).all():
             raise ValueError(f"the generator at step {meta.get('step')} translated to non-finite values (NaN or inf)")
         scores = self._scores(predicted)
-        linear = self.baselines["linear"]
+        baselines = dict(self.baselines)
+        for name, reference in (references or {}).items():
+            baselines[name] = self._scores(self.translate(reference, device))
+        baseline = baselines[self.baseline]
         result: dict[str, Any] = {
-            "kind": "translation",
+            "kind": self.kind,
             "checkpoint": meta.get("checkpoint"),
             "step": meta["step"],
             "model": meta["model"],
@@ -148,10 +172,12 @@ class TranslationEvaluator:
             "fid_bands": [self.target_names[i] for i in dict.fromkeys(self.fid_positions)],
             "fid_unavailable": self.fid_unavailable,
             "per_band": scores["per_band"],
-            "baselines": self.baselines,
-            "psnr_over_linear": scores["psnr"] - linear["psnr"],
-            "ssim_over_linear": scores["ssim"] - linear["ssim"],
+            "baseline": self.baseline,
+            "baselines": baselines,
+            "psnr_over_baseline": scores["psnr"] - baseline["psnr"],
+            "ssim_over_baseline": scores["ssim"] - baseline["ssim"],
             "device": str(device),
+            **self.extra_fields(),
         }
         result["seconds"] = time.perf_counter() - started
         if write:
@@ -162,18 +188,23 @@ class TranslationEvaluator:
 
 
 def evaluation_record(result: dict[str, Any], images_seen: int) -> dict[str, Any]:
-    """The log.jsonl record of a translation evaluation (event `evaluate_translation`)."""
-    linear = result["baselines"]["linear"]
+    """The log.jsonl record of a translation evaluation (event `evaluate_translation`); `baseline_*`: the scores of
+    the baseline it must beat (`result["baseline"]`: linear regression, or bicubic for super-resolution)."""
+    baseline = result["baselines"][result["baseline"]]
+    pixel = result["baselines"].get("pixel") or {}
     return {
         "event": "evaluate_translation",
         "step": result["step"],
         "images_seen": images_seen,
         **{key: result[key] for key in METRIC_KEYS},
-        "linear_psnr": linear["psnr"],
-        "linear_ssim": linear["ssim"],
+        "baseline": result["baseline"],
+        "baseline_psnr": baseline["psnr"],
+        "baseline_ssim": baseline["ssim"],
         "fid": result.get("fid"),
-        "linear_fid": linear.get("fid"),
-        "psnr_over_linear": result["psnr_over_linear"],
+        "baseline_fid": baseline.get("fid"),
+        "psnr_over_baseline": result["psnr_over_baseline"],
+        "pixel_psnr": pixel.get("psnr"),
+        "pixel_fid": pixel.get("fid"),
         "n_validation": result["n_validation"],
         "result": result.get("written_to"),
     }
@@ -193,11 +224,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         return f"{name:<10} PSNR {scores['psnr']:6.2f} dB  SSIM {scores['ssim']:.4f}{sam_text}{fid}  | {bands}"
 
     inputs, targets = ",".join(result["input_bands"]), ",".join(result["target_bands"])
+    what = f"x{result['scale']} super-resolution of {targets}" if result.get("scale") else f"{inputs} -> {targets}"
     lines = [
-        f"{result['model']} step {result['step']}: {inputs} -> {targets} on {result['n_validation']} held-out "
-        f"tiles (L1 in source units)",
+        f"{result['model']} step {result['step']}: {what} on {result['n_validation']} held-out tiles (L1 in source "
+        "units)",
         line("generator", {**result, "per_band": result["per_band"]}),
     ]
     lines += [line(name, scores) for name, scores in result["baselines"].items()]
-    lines.append(f"PSNR over the linear baseline: {result['psnr_over_linear']:+.2f} dB")
+    lines.append(f"PSNR over the {result['baseline']} baseline: {result['psnr_over_baseline']:+.2f} dB")
     return lines

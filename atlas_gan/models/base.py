@@ -28,7 +28,9 @@ class ModelSpec:
     attention_resolution: int = 0  # > 0: a self-attention block where feature maps have this size (SAGAN)
     input_bands: int = 0  # > 0: an image-to-image generator reading this many bands (0: latent vectors in)
     norm: str = "batch"  # image-to-image networks: batch or instance normalization
-    residual_blocks: int = 0  # CycleGAN's ResNet generator: blocks (0: 9 at 256+ px, else 6)
+    residual_blocks: int = 0  # CycleGAN's ResNet generator: blocks (0: 9 at 256+ px, else 6); ESRGAN's RRDBs
+    scale: int = 1  # super-resolution: G reads image_size / scale px and draws image_size px
+    growth: int = 0  # ESRGAN's dense-block growth channels
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:
@@ -37,6 +39,8 @@ class ModelSpec:
             raise ValueError(f"bands must be at least 1; got {self.bands}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or more; got {self.num_classes}")
+        if self.scale not in (1, 2, 4) or (self.scale > 1 and not self.input_bands):
+            raise ValueError(f"scale must be 1, 2 or 4 (2 and 4 only for an image-to-image network); got {self.scale}")
         sizes = [2**i for i in range(3, self.levels + 2)]  # 8 .. image_size / 2: inside both networks
         if self.attention_resolution and self.attention_resolution not in sizes:
             raise ValueError(f"attention_resolution must be one of {sizes} for {self.image_size} px images")
@@ -44,6 +48,11 @@ class ModelSpec:
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def input_size(self) -> int:
+        """The side of what G reads: image_size for a translation, image_size / scale for super-resolution."""
+        return self.image_size // self.scale
 
     @property
     def levels(self) -> int:

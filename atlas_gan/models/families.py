@@ -6,7 +6,8 @@ by the family: `concat` families append one-hot labels, `projection` families (t
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
 adds the lazy R1 and path-length regularizers. These train with the adversarial recipe
 (`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it. The translations have their own
-recipes: pix2pix (`pix2pix.py`, paired bands) and CycleGAN (`cyclegan.py`, unpaired label domains). `training`
+recipes: pix2pix (`pix2pix.py`, paired bands), CycleGAN (`cyclegan.py`, unpaired label domains) and ESRGAN
+(`esrgan.py`, super-resolution). `training`
 holds each family's settings from its paper.
 """
 
@@ -19,6 +20,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from atlas_gan.models.base import AdversarialDefaults, GANFamily
 from atlas_gan.models.cyclegan import ResNetGenerator
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from atlas_gan.models.esrgan import RRDBGenerator, VGGStyleDiscriminator
 from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
 from atlas_gan.models.pix2pix import PatchDiscriminator, UNetGenerator
 from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
@@ -133,4 +135,19 @@ CYCLEGAN = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN)
+ESRGAN = GANFamily(
+    name="esrgan",
+    generator=RRDBGenerator,
+    discriminator=VGGStyleDiscriminator,
+    training=AdversarialDefaults(
+        loss="relativistic_average", lr_g=1e-4, lr_d=1e-4, betas=(0.9, 0.99), small_data_augmentation=()
+    ),
+    recipe="superres",
+    description=(
+        "Wang et al. 2018: residual-in-residual dense block G upscaling x2 or x4 by pixel shuffle, spectrally "
+        "normalized VGG-style D, L1 pre-training then relativistic-average GAN + L1 + spectral angle (+ VGG19 "
+        "perceptual loss where its weights are found); any band count"
+    ),
+)
+
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN, ESRGAN)

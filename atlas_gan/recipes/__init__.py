@@ -2,7 +2,8 @@
 
 `build_recipe` picks the recipe of the configured family (`GANFamily.recipe`); the loop in `atlas_gan/train/`
 runs any of them: `adversarial` (latent generators, dcgan ... stylegan2), `fastgan`, and the image-to-image
-`pix2pix` and `cyclegan`, whose generators read bands chosen by `band_roles` (`roles.py`). A new recipe subclasses
+`pix2pix` and `cyclegan`, whose generators read bands chosen by `band_roles` (`roles.py`), and
+`superres` (ESRGAN), whose generator reads every band at a coarser resolution. A new recipe subclasses
 `Recipe` (`base.py`) and is added to `RECIPES`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from atlas_gan.config import CycleGANOptions, TrainConfig
+from atlas_gan.config import CycleGANOptions, SuperResOptions, TrainConfig
 from atlas_gan.labels import LabelVocabulary
 from atlas_gan.models import get_family
 from atlas_gan.models.base import ModelSpec
@@ -20,16 +21,30 @@ from atlas_gan.recipes.cyclegan import CycleGANRecipe, domain_classes
 from atlas_gan.recipes.fastgan import FastGANRecipe
 from atlas_gan.recipes.pix2pix import Pix2PixRecipe
 from atlas_gan.recipes.roles import BandRoles, band_roles
+from atlas_gan.recipes.superres import SuperResRecipe
 from atlas_gan.runtime.distributed import DistributedContext
 
 RECIPES: dict[str, type[Recipe]] = {
-    recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe, Pix2PixRecipe, CycleGANRecipe)
+    recipe.name: recipe for recipe in (AdversarialRecipe, FastGANRecipe, Pix2PixRecipe, CycleGANRecipe, SuperResRecipe)
 }
 
 
 def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes: int) -> ModelSpec:
     """The networks' shape for this config and dataset (`roles`: the bands G reads and draws)."""
     family = get_family(cfg.model.family)
+    options = cfg.model
+    if isinstance(options, SuperResOptions):
+        return ModelSpec(
+            len(roles.outputs),
+            image_size,
+            cfg.latent_dim,
+            cfg.g_width,
+            cfg.d_width,
+            input_bands=len(roles.outputs),
+            residual_blocks=options.blocks,
+            scale=options.scale,
+            growth=options.growth,
+        )
     if roles.inputs is not None:  # translations are not conditioned on labels (CycleGAN's only pick its domains)
         return ModelSpec(
             len(roles.outputs),
@@ -65,7 +80,7 @@ def build_recipe(
     the labels of `train.condition`, which CycleGAN's domains are made of."""
     family = get_family(cfg.model.family)
     recipe = RECIPES[family.recipe]
-    if issubclass(recipe, Pix2PixRecipe):
+    if issubclass(recipe, Pix2PixRecipe | SuperResRecipe):
         return recipe(family, spec, cfg, ctx, autocast_dtype, memory_format, roles)
     if issubclass(recipe, CycleGANRecipe):
         assert isinstance(cfg.model, CycleGANOptions)

@@ -134,6 +134,11 @@ class Recipe:
         """Whether a held-out tile of this label is a sample-grid input (CycleGAN: domain A's only)."""
         return True
 
+    def reference_generators(self) -> dict[str, nn.Module]:
+        """Generators to score beside this one (eval mode), e.g. super-resolution's pixel-loss model; saved in
+        checkpoints as the recipe state `reference_generators` (name -> weights). None by default."""
+        return {}
+
     def calibrate(self, generator: nn.Module) -> None:
         """Make an EMA copy of the generator ready to sample (e.g. its batch-norm statistics); nothing by default."""
 

@@ -1,11 +1,12 @@
 """Which of a dataset's bands a generator reads and which it draws: none and all for a latent generator, the
-configured input and target bands for pix2pix, all and all for CycleGAN (its domains differ by label, not band)."""
+configured input and target bands for pix2pix, all and all for CycleGAN (its domains differ by label, not band) and
+for super-resolution (its input is the same bands, coarser)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from atlas_gan.config import CycleGANOptions, Pix2PixOptions, TrainConfig
+from atlas_gan.config import CycleGANOptions, Pix2PixOptions, SuperResOptions, TrainConfig
 from atlas_gan.geo.scene import SceneError, select_bands
 
 
@@ -30,7 +31,7 @@ def band_roles(cfg: TrainConfig, bands: list[str]) -> BandRoles:
     """The bands a config's generator reads and draws, among the dataset's `bands`."""
     options = cfg.model
     every = list(range(len(bands)))
-    if isinstance(options, CycleGANOptions):
+    if isinstance(options, CycleGANOptions | SuperResOptions):
         return BandRoles(every, every, bands)
     if not isinstance(options, Pix2PixOptions):
         return BandRoles(None, every, bands)

@@ -13,6 +13,7 @@ from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.runtime.signature import signature_of
 from atlas_gan.storage import Storage
 
+REFERENCE_GENERATORS = "reference_generators"  # recipe-state key of generators kept for comparison
 META_KEYS = ("model", "signature", "spec", "bands", "input_bands", "labels", "normalization", "step", "images_seen")
 
 
@@ -54,7 +55,27 @@ def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Modul
     """The (EMA) generator of a checkpoint, in eval mode on CPU, with its `generator_meta`."""
     state = load_checkpoint(store, url)
     name = state["generator"]["network"]
-    meta = generator_meta(
+    meta = _meta_of(state)
+    generator = build_generator(meta)
+    generator.load_state_dict(state["ema"][name] if ema and name in state["ema"] else state["networks"][name])
+    return generator.eval(), meta
+
+
+def load_reference_generators(store: Storage, url: str) -> dict[str, nn.Module]:
+    """Generators a recipe kept beside its own to be scored against (recipe state `reference_generators`:
+    name -> weights; super-resolution's pixel-loss model), in eval mode on CPU; {} when there are none."""
+    state = load_checkpoint(store, url)
+    kept = (state.get("recipe_state") or {}).get(REFERENCE_GENERATORS) or {}
+    references = {}
+    for name, weights in kept.items():
+        generator = build_generator(_meta_of(state))
+        generator.load_state_dict(weights)
+        references[name] = generator.eval()
+    return references
+
+
+def _meta_of(state: dict[str, Any]) -> dict[str, Any]:
+    return generator_meta(
         model=state["model"],
         signature=state["generator"]["signature"],
         spec=state["spec"],
@@ -65,6 +86,3 @@ def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Modul
         step=state["step"],
         images_seen=state["images_seen"],
     )
-    generator = build_generator(meta)
-    generator.load_state_dict(state["ema"][name] if ema and name in state["ema"] else state["networks"][name])
-    return generator.eval(), meta

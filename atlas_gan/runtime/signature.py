@@ -9,7 +9,8 @@ registered models record it (`meta["signature"]`; absent in files written before
   conditional generator, else None.
 
 - `image`: `generator(images)`: images float32 (n, input_bands, h, w) in [-1, 1], the dataset's normalized units
-  (translation; super-resolution will share it). There is nothing to draw from a seed: inputs come from imagery.
+  (translation and super-resolution, whose outputs are `spec.scale` times larger across). There is nothing to draw
+  from a seed: inputs come from imagery.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class ImageSignature(LatentSignature):
     def example_inputs(self, spec: ModelSpec, count: int) -> tuple[torch.Tensor, ...]:
         """Seeded images in [-1, 1] (export tracing)."""
         rng = torch.Generator().manual_seed(0)
-        size = spec.image_size
+        size = spec.input_size
         return (torch.rand(count, spec.input_bands, size, size, generator=rng) * 2 - 1,)
 
     def seeded_inputs(
@@ -160,8 +161,8 @@ class ImageSignature(LatentSignature):
     ) -> Inputs:
         raise ValueError(
             "this generator translates images: pass images (n, "
-            f"{spec.input_bands}, h, w) in [-1, 1], or use `atlas-gan translate` on a scene; it draws nothing "
-            "from a seed"
+            f"{spec.input_bands}, h, w) in [-1, 1], or use `atlas-gan {'upscale' if spec.scale > 1 else 'translate'}`"
+            " on a scene; it draws nothing from a seed"
         )
 
     def request_inputs(

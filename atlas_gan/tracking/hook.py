@@ -29,7 +29,18 @@ from atlas_gan.train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 TRANSLATION_KEYS = (  # a paired translation's held-out scores, and an unpaired one's FID/KID
-    *("psnr", "ssim", "l1", "sam_degrees", "linear_psnr", "linear_ssim", "psnr_over_linear", "linear_fid"),
+    *(
+        "psnr",
+        "ssim",
+        "l1",
+        "sam_degrees",
+        "baseline_psnr",
+        "baseline_ssim",
+        "psnr_over_baseline",
+        "baseline_fid",
+        "pixel_psnr",
+        "pixel_fid",
+    ),
     *("fid", "kid", "identity_fid"),
 )
 LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*

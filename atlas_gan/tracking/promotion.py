@@ -147,6 +147,8 @@ def translation_protocol_key(result: dict[str, Any]) -> str:
         keys = ("domain_a", "domain_b", "n_a", "n_b", "weights_sha256", "resize", "bands")
     else:
         keys = ("input_bands", "target_bands", "n_validation")
+    if result.get("scale"):  # super-resolution: the same degradation of the same tiles
+        keys = (*keys, "scale", "degradation")
     return _digest({**fields, **{key: result[key] for key in keys}})
 
 
@@ -164,10 +166,15 @@ class TranslationScore:
     protocol: str | None
     family: str | None
     baseline: float | None = None
+    baseline_name: str | None = None  # what the baseline is, when not the metric's usual one (BASELINES)
 
     @property
     def usable(self) -> bool:
         return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def beaten(self) -> str:
+        return self.baseline_name or BASELINES[self.metric]
 
     def better_than(self, other: float) -> bool:
         assert self.value is not None
@@ -181,13 +188,12 @@ def decide_translation(new: TranslationScore, champion: TranslationScore | None)
     if new.baseline is None or not new.better_than(new.baseline):
         return Decision(
             CHALLENGER,
-            f"not crowned: {name} {new.value:.3f} does not beat {BASELINES[new.metric]} ({new.baseline})",
+            f"not crowned: {name} {new.value:.3f} does not beat {new.beaten} ({new.baseline})",
         )
     if champion is None:
         return Decision(
             CHAMPION,
-            f"first translation scored ({name} {new.value:.3f}; {BASELINES[new.metric]}: {new.baseline:.3f}): no "
-            "champion yet",
+            f"first translation scored ({name} {new.value:.3f}; {new.beaten}: {new.baseline:.3f}): no champion yet",
         )
     if champion.family != new.family:
         return Decision(CHALLENGER, "trained on another dataset family than the champion: not comparable")

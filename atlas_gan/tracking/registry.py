@@ -68,7 +68,7 @@ TAG_PRIMARY, TAG_SCORE, TAG_SCORE_PROTOCOL = (
     "atlas.translation.score",
     "atlas.translation.protocol",
 )
-TRANSLATION_SCORE_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "psnr_over_linear", "fid", "kid", "identity_fid")
+TRANSLATION_SCORE_KEYS = ("psnr", "ssim", "l1", "sam_degrees", "psnr_over_baseline", "fid", "kid", "identity_fid")
 
 
 @dataclass(frozen=True)
@@ -402,16 +402,18 @@ def _register_translation(
     evaluation: dict[str, Any],
 ) -> Registration:
     """Register an image-to-image generator with its held-out scores; champion by its primary metric (PSNR for
-    pix2pix, FID for CycleGAN) over the same split, and only above its baseline."""
+    pix2pix and super-resolution, FID for CycleGAN) over the same split, and only above its baseline (linear
+    regression, bicubic upscaling, not translating)."""
     metric = evaluation["primary_metric"]
     paired = evaluation["kind"] == "translation"
-    baseline = evaluation["baselines"]["linear"]["psnr"] if paired else evaluation["identity_fid"]
+    baseline = evaluation["baselines"][evaluation["baseline"]]["psnr"] if paired else evaluation["identity_fid"]
     new = TranslationScore(
         metric,
         float(evaluation[metric]),
         translation_protocol_key(evaluation),
         family_key(config.dataset_url, manifest),
         float(baseline),
+        "bicubic upscaling" if paired and evaluation["baseline"] == "bicubic" else None,
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
@@ -422,6 +424,8 @@ def _register_translation(
     describe_registered_model(client, name, meta, config.dataset_url)
     if paired:
         what = f"{','.join(evaluation['input_bands'])} -> {','.join(evaluation['target_bands'])}"
+        if evaluation.get("scale"):
+            what = f"x{evaluation['scale']} super-resolution of {','.join(evaluation['target_bands'])}"
         held_out = str(evaluation["n_validation"])
     else:
         what = f"{','.join(evaluation['domain_a'])} -> {','.join(evaluation['domain_b'])}"

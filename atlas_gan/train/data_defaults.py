@@ -8,6 +8,10 @@ al. 2020, Zhao et al. 2020). What is picked, from the number of tiles in the dat
   (`AdversarialDefaults.small_data_augmentation`: `[color, translation, cutout]`, FastGAN's authors'
   `[color, translation]` for `fastgan`), none above; none when `train.ada` is set (ADA augments instead).
 
+- `train.model.vgg_weights` (esrgan, null): the VGG19 weights of the perceptual loss, from `ATLAS_VGG_WEIGHTS` or torch
+  hub's checkpoint folder; when there are none, `train.model.perceptual_weight` is set to 0 with the reason
+  "perceptual loss: unavailable (...)". Nothing is downloaded.
+
 Each pick comes with its reason; the trainer writes them to `log.jsonl` (event `data_defaults`), into the resolved
 config (so `config.json`, checkpoints and the MLflow params show the value used) and as MLflow tags
 `atlas.auto.<key>`. A resumed run keeps the picks of its checkpoint, even if the dataset has grown since.
@@ -18,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from atlas_gan.config import TrainConfig
+from atlas_gan.config import SuperResOptions, TrainConfig
 from atlas_gan.models import get_family
+from atlas_gan.perceptual import VGGWeightsNotFound, resolve_vgg_weights
 
 SMALL_DATASET = 20_000  # tiles: below this, D sees augmented images by default
 
@@ -40,8 +45,8 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
         elif not get_family(train.model.family).training.small_data_augmentation:
             reason = (
                 f"{train.model.family} translates images: no DiffAugment (pix2pix's D judges (input, output) pairs "
-                "that augmenting would unpair; CycleGAN's paper trains D on plain images); the loader's flips and "
-                "rotations still apply"
+                "that augmenting would unpair; the CycleGAN and ESRGAN papers train D on plain images); the "
+                "loader's flips and rotations still apply"
             )
             picks.append(DataDefault("train.diffaugment", [], reason))
         elif tiles < SMALL_DATASET:
@@ -56,8 +61,25 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
         else:
             reason = f"{tiles} tiles (>= {SMALL_DATASET:,}): enough data for D without augmentation"
             picks.append(DataDefault("train.diffaugment", [], reason))
+    options = train.model
+    if isinstance(options, SuperResOptions) and options.perceptual_weight > 0 and options.vgg_weights is None:
+        picks.append(_perceptual_pick())
     return picks
 
 
+def _perceptual_pick() -> DataDefault:
+    """Where the VGG19 weights of ESRGAN's perceptual loss are, or that the loss is off without them."""
+    try:
+        found = resolve_vgg_weights(None)
+    except VGGWeightsNotFound as exc:
+        return DataDefault("train.model.perceptual_weight", 0.0, f"perceptual loss: unavailable ({exc})")
+    return DataDefault("train.model.vgg_weights", str(found), "perceptual loss: VGG19 weights found")
+
+
 def apply_data_defaults(train: TrainConfig, picks: list[DataDefault]) -> TrainConfig:
-    return train.model_copy(update={pick.key.removeprefix("train."): pick.value for pick in picks})
+    """`train` with every pick applied (`train.key` or `train.model.key`), validated."""
+    model = {p.key.removeprefix("train.model."): p.value for p in picks if p.key.startswith("train.model.")}
+    update: dict[str, Any] = {p.key.removeprefix("train."): p.value for p in picks if p.key.count(".") == 1}
+    if model:
+        update["model"] = train.model.model_validate({**train.model.model_dump(), **model})
+    return train.model_copy(update=update)

@@ -129,13 +129,20 @@ def _translation_figures(trainer: Trainer, title: str) -> dict[str, bytes]:
     examples = (trainer.examples.numpy() + 1.0) / 2.0
     roles = trainer.roles
     inputs, targets = examples[:, roles.inputs], examples[:, roles.outputs]
+    scale = trainer.spec.scale
+    if scale > 1:  # super-resolution: show the low-resolution input, its pixels scale x scale
+        low = trainer.fixed_inputs[0].float().cpu().repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+        inputs = (low.numpy() + 1.0) / 2.0
     translated = (trainer.fixed_samples().numpy() + 1.0) / 2.0
     unpaired = not trainer.recipe.paired  # CycleGAN: another domain, no target to compare with
     figures = {}
     for label, positions in band_triplets(trainer.bands, trainer.display_bands):
         shown = ",".join(trainer.bands[i] for i in dict.fromkeys(positions))
-        input_positions = positions if unpaired else band_triplets(trainer.input_bands, None)[0][1]
+        same_bands = unpaired or scale > 1
+        input_positions = positions if same_bands else band_triplets(trainer.input_bands, None)[0][1]
         arrow = f"domain A -> B, bands {shown}" if unpaired else f"{','.join(trainer.input_bands)} -> {shown}"
+        if scale > 1:
+            arrow = f"x{scale} super-resolution, bands {shown}"
         figures[f"translation-{label}.png"] = translation_png(
             list(inputs), list(translated), None if unpaired else list(targets), input_positions, positions,
             f"{title}: {arrow}",

@@ -159,15 +159,20 @@ class Trainer:
         picks = pick_data_defaults(cfg, manifest["totals"]["samples"])
         if saved is None:
             return picks
-        kept = saved["config"]["train"]
-        return [
-            DataDefault(p.key, kept[p.key.removeprefix("train.")], f"kept from the checkpoint of step {saved['step']}")
-            if kept.get(p.key.removeprefix("train.")) is not None
-            else p
-            for p in picks
-        ]
+        kept = []
+        for pick in picks:
+            value: Any = saved["config"]
+            for part in pick.key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            reason = f"kept from the checkpoint of step {saved['step']}"
+            kept.append(pick if value is None else DataDefault(pick.key, value, reason))
+        return kept
 
     # ---- what hooks read ------------------------------------------------------------------------------------------
+
+    def reference_generators(self) -> dict[str, nn.Module]:
+        """Generators the recipe keeps to be scored beside the EMA generator (super-resolution's pixel-loss model)."""
+        return self.recipe.reference_generators()
 
     @property
     def step(self) -> int:
@@ -468,7 +473,7 @@ class Trainer:
         )
         window_start, window_images, bad_steps = time.perf_counter(), self.images_seen, 0
         sums: dict[str, float] = {}  # each loss summed over the steps since the last log record
-        steps_summed = 0
+        counts: dict[str, int] = {}  # steps that reported it (a recipe's losses may change with its phase)
         while self.step < cfg.steps:
             for hook in self.hooks:
                 hook.on_step_start(self)
@@ -484,11 +489,11 @@ class Trainer:
             bad_steps = 0
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
-            steps_summed += 1
+                counts[key] = counts.get(key, 0) + 1
             bar.update()
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_step(sums, steps_summed, window_start, window_images)
-                sums, steps_summed = {}, 0
+                self._log_step(sums, counts, window_start, window_images)
+                sums, counts = {}, {}
                 window_start, window_images = time.perf_counter(), self.images_seen
             if self.step % cfg.sample_every == 0 and ctx.is_main:
                 urls = self.write_samples()
@@ -504,9 +509,13 @@ class Trainer:
         bar.close()
         return self._finish()
 
-    def _log_step(self, sums: dict[str, float], steps: int, window_start: float, window_images: int) -> None:
-        keys = ["loss_d", "loss_g", *sorted(set(sums) - {"loss_d", "loss_g"})]  # the same order on every rank
-        totals = torch.tensor([*(sums[key] for key in keys), float(steps)], dtype=torch.float64)
+    def _log_step(
+        self, sums: dict[str, float], counts: dict[str, int], window_start: float, window_images: int
+    ) -> None:
+        """One log record: each loss averaged over the steps (and ranks) that reported it since the last one."""
+        first = [key for key in ("loss_d", "loss_g") if key in sums]
+        keys = [*first, *sorted(set(sums) - set(first))]  # the same on every rank: every rank runs the same phase
+        totals = torch.tensor([sums[key] for key in keys] + [float(counts[key]) for key in keys], dtype=torch.float64)
         if self.ctx.enabled:
             torch.distributed.all_reduce(totals)  # losses averaged over ranks
         elapsed = time.perf_counter() - window_start
@@ -514,7 +523,7 @@ class Trainer:
             "step": self.step,
             "images_seen": self.images_seen,
             "epoch": self.epoch,
-            **{key: float(totals[i] / totals[-1]) for i, key in enumerate(keys)},
+            **{key: float(totals[i] / totals[len(keys) + i]) for i, key in enumerate(keys)},
             "images_per_s": (self.images_seen - window_images) / elapsed if elapsed > 0 else None,
             "time": time.time(),
             **self.recipe.log_values(),

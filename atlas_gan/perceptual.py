@@ -1,0 +1,78 @@
+"""ESRGAN's perceptual loss: L1 between VGG19 features (conv5_4, before its activation) of the upscaled and the true
+tile, on three of its bands (the display triplet; one band repeated as grey) scaled like ImageNet photographs.
+
+The VGG19 weights are never downloaded. Resolution order: an explicit path (`train.model.vgg_weights`), the
+`ATLAS_VGG_WEIGHTS` environment variable, torchvision's file in torch hub's checkpoint folder
+(`$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth`). Without them the loss is off and the run says so
+("perceptual loss: unavailable", a data default of `train.model.perceptual_weight`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV_VAR = "ATLAS_VGG_WEIGHTS"
+HUB_FILE = "vgg19-dcbb9e9d.pth"
+CONV5_4 = 35  # torchvision's vgg19().features[:35] ends with conv5_4, before its ReLU
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGWeightsNotFound(FileNotFoundError):
+    pass
+
+
+def resolve_vgg_weights(explicit: str | Path | None = None) -> Path:
+    """The VGG19 weights file the resolution order finds; an error naming every place looked at otherwise."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise VGGWeightsNotFound(f"VGG19 weights {path}: no such file")
+        return path
+    if os.environ.get(ENV_VAR):
+        path = Path(os.environ[ENV_VAR])
+        if not path.is_file():
+            raise VGGWeightsNotFound(f"{ENV_VAR}={path}: no such file")
+        return path
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILE
+    if hub.is_file():
+        return hub
+    raise VGGWeightsNotFound(
+        f"no VGG19 weights: set train.model.vgg_weights or {ENV_VAR}, or place torchvision's {HUB_FILE} in {hub.parent}"
+    )
+
+
+class PerceptualLoss(nn.Module):
+    """L1 distance of VGG19 conv5_4 features; frozen, in eval mode, weights loaded with weights_only=True."""
+
+    def __init__(self, weights: Path, positions: list[int]) -> None:
+        super().__init__()
+        from torchvision.models import vgg19
+
+        network = vgg19()
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except Exception as exc:
+            raise ValueError(f"{weights}: not torchvision VGG19 weights ({exc})") from None
+        self.features = network.features[:CONV5_4].eval().requires_grad_(False)
+        self.positions = (positions * 3)[:3] if len(positions) < 3 else positions[:3]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        return super().train(False)  # always eval: no dropout, fixed features
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = (images[:, self.positions].float() + 1) / 2
+        return self.features((rgb - self.mean) / self.std)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reference = self._embed(target)
+        return F.l1_loss(self._embed(pred), reference)

@@ -1,0 +1,155 @@
+"""The ESRGAN recipe (Wang et al. 2018): super-resolution of every band of a dataset's tiles by `scale`.
+
+Each training tile is the truth; its low-resolution input is made by `atlas_gan/degrade.py`, seeded by (run seed,
+step, rank, sample), so a resumed run degrades exactly as an uninterrupted one. Two phases, decided by the step:
+- pixel phase (`pixel_steps`): G alone minimizes L1 + `sam_weight` x the spectral angle to the truth, at twice
+  `lr_g` (the paper pre-trains at 2e-4, then trains the GAN at 1e-4);
+- GAN phase, starting from that G: D (spectrally normalized, VGG-style) minimizes the relativistic-average loss;
+  G minimizes `pixel_weight` x L1 + `gan_weight` x the relativistic-average loss + `sam_weight` x spectral angle
+  + `perceptual_weight` x the VGG19 feature loss (only with VGG19 weights on the machine, see `perceptual.py`).
+At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
+checkpoint and scored beside the GAN as the model it must improve on. The loop keeps an EMA of G, which is what is
+evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atlas_gan.config import SuperResOptions, TrainConfig
+from atlas_gan.degrade import batch_seeds, degrade, key_seed
+from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
+from atlas_gan.models.base import GANFamily, ModelSpec
+from atlas_gan.perceptual import PerceptualLoss, resolve_vgg_weights
+from atlas_gan.preview import band_triplets
+from atlas_gan.recipes.adversarial import make_optimizer
+from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
+from atlas_gan.recipes.roles import BandRoles
+from atlas_gan.runtime.distributed import DistributedContext
+from atlas_gan.runtime.generator import REFERENCE_GENERATORS
+from atlas_gan.runtime.signature import IMAGE
+
+PIXEL_LR_FACTOR = 2.0  # pixel phase: 2 x lr_g
+
+
+class SuperResRecipe(Recipe):
+    name = "superres"
+    signature = IMAGE
+
+    def __init__(
+        self,
+        family: GANFamily,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        ctx: DistributedContext,
+        autocast_dtype: torch.dtype | None,
+        memory_format: torch.memory_format | None,
+        roles: BandRoles,
+    ) -> None:
+        super().__init__(spec, cfg.batch_size, ctx, autocast_dtype, memory_format)
+        options = cfg.model
+        assert isinstance(options, SuperResOptions)
+        self.options, self.defaults, self.seed = options, family.training, cfg.seed
+        self.G, self.D = self.place(family.generator(spec)), self.place(family.discriminator(spec))
+        self.networks = {"G": self.G, "D": self.D}
+        self.lr_g = cfg.lr_g or self.defaults.lr_g
+        self.optimizers = {
+            "G": make_optimizer(self.defaults, self.G.parameters(), self.lr_g),
+            "D": make_optimizer(self.defaults, self.D.parameters(), cfg.lr_d or self.defaults.lr_d),
+        }
+        self.perceptual: PerceptualLoss | None = None
+        if options.perceptual_weight > 0:
+            positions = band_triplets(roles.output_names, cfg.rgb_bands)[0][1]
+            weights = resolve_vgg_weights(options.vgg_weights)
+            self.perceptual = PerceptualLoss(weights, positions).to(ctx.device)
+        self.pixel_state: dict[str, torch.Tensor] | None = None  # G at the end of the pixel phase
+        self._phase = "pixel" if options.pixel_steps > 0 else "gan"
+
+    # ---- inputs and state -------------------------------------------------------------------------------------------
+
+    def low_resolution(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """High-resolution tiles -> G's inputs, by the configured degradation."""
+        return degrade(images, self.spec.scale, self.options.degradation, seeds)
+
+    def fixed_inputs(self, count: int, seed: int, examples: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The first `count` held-out tiles (`examples`), degraded with seeds of their position."""
+        if examples is None or len(examples) == 0:
+            raise ValueError("esrgan needs example tiles for its sample grids; the dataset gave none")
+        chosen = examples[:count]
+        seeds = [key_seed(f"example:{i}", seed) for i in range(len(chosen))]
+        return (self.low_resolution(chosen, seeds).to(self.ctx.device),)
+
+    def phase(self, step: int) -> str:
+        return "pixel" if step < self.options.pixel_steps else "gan"
+
+    def state_dict(self) -> dict[str, Any]:
+        kept = {"pixel": self.pixel_state} if self.pixel_state is not None else {}
+        return {"phase": self._phase, REFERENCE_GENERATORS: kept}
+
+    def load_state_dict(self, shared: dict[str, Any], own: dict[str, Any] | None) -> None:
+        self._phase = shared.get("phase", self._phase)
+        self.pixel_state = (shared.get(REFERENCE_GENERATORS) or {}).get("pixel")
+
+    def reference_generators(self) -> dict[str, nn.Module]:
+        """{"pixel": the generator as the pixel phase left it (eval mode)} once the GAN phase has started."""
+        if self.pixel_state is None:
+            return {}
+        generator = copy.deepcopy(self.G).eval()
+        generator.load_state_dict(self.pixel_state)
+        return {"pixel": generator.requires_grad_(False)}
+
+    def log_values(self) -> dict[str, float | None]:
+        return {"gan_phase": float(self._phase == "gan")}
+
+    # ---- one step ---------------------------------------------------------------------------------------------------
+
+    def _content_losses(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.l1_loss(fake.float(), real.float()), spectral_angle_loss(fake, real)
+
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+        phase = self.phase(progress.step)
+        if phase == "gan" and self._phase == "pixel":
+            self.pixel_state = {k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()}
+        self._phase = phase
+        lr = self.lr_g * (PIXEL_LR_FACTOR if phase == "pixel" else 1.0)
+        for group in self.optimizers["G"].param_groups:
+            group["lr"] = lr
+        real = self.on_device(next(batches)["image"])
+        low = self.low_resolution(real, batch_seeds(self.seed, progress.step, self.ctx.rank, len(real)))
+        progress.images_seen += real.shape[0] * self.ctx.world_size
+        options = self.options
+        if phase == "pixel":
+            with self.autocast():
+                fake = self.G(low)
+            loss_l1, loss_sam = self._content_losses(fake, real)
+            loss_g = loss_l1 + options.sam_weight * loss_sam
+            if not update(loss_g, self.G, self.optimizers["G"]):
+                return None
+            return {"loss_g": loss_g.item(), "loss_l1": loss_l1.item(), "loss_sam": loss_sam.item()}
+        with self.autocast():
+            fake = self.G(low)
+            real_logits, fake_logits = self.D(real).float(), self.D(fake.detach()).float()
+        loss_d, _ = relativistic_average_losses(real_logits, fake_logits)
+        if not update(loss_d, self.D, self.optimizers["D"]):
+            return None
+        with frozen(self.D), self.autocast():
+            fake_logits = self.D(fake).float()
+            with torch.no_grad():
+                real_logits = self.D(real).float()
+        _, loss_adv = relativistic_average_losses(real_logits, fake_logits)
+        loss_l1, loss_sam = self._content_losses(fake, real)
+        loss_g = options.pixel_weight * loss_l1 + options.gan_weight * loss_adv + options.sam_weight * loss_sam
+        losses = {"loss_l1": loss_l1.item(), "loss_sam": loss_sam.item(), "loss_g_adversarial": loss_adv.item()}
+        if self.perceptual is not None:
+            loss_perceptual = self.perceptual(fake, real)
+            loss_g = loss_g + options.perceptual_weight * loss_perceptual
+            losses["loss_perceptual"] = loss_perceptual.item()
+        if not update(loss_g, self.G, self.optimizers["G"]):
+            return None
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **losses}
