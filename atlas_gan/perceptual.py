@@ -18,7 +18,7 @@ from torch import nn
 
 ENV_VAR = "ATLAS_VGG_WEIGHTS"
 HUB_FILE = "vgg19-dcbb9e9d.pth"
-CONV5_4 = 35  # torchvision's vgg19().features[:35] ends with conv5_4, before its ReLU
+CONV5_4 = 35  # VGG19 features[:35] end with conv5_4, before its ReLU (torchvision's numbering)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,20 +47,42 @@ def resolve_vgg_weights(explicit: str | Path | None = None) -> Path:
     )
 
 
+VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+
+
+def vgg19_features(end: int = CONV5_4) -> nn.Sequential:
+    """VGG19's convolutional layers (Simonyan & Zisserman 2015: 3x3 convolutions, ReLU, 2x2 max pooling) up to
+    layer `end`, numbered as in torchvision's `vgg19().features`, so its state dict loads by name."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in VGG19_LAYOUT:
+        if width == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, int(width), 3, padding=1), nn.ReLU(inplace=True)]
+            channels = int(width)
+    return nn.Sequential(*layers[:end])
+
+
+def load_vgg19_features(weights: Path) -> nn.Sequential:
+    """VGG19's features up to conv5_4 with the weights of a torchvision VGG19 file (weights_only=True)."""
+    features = vgg19_features()
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        wanted = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        wanted = {k: v for k, v in wanted.items() if int(k.split(".")[0]) < CONV5_4}
+        features.load_state_dict(wanted)
+    except Exception as exc:
+        raise ValueError(f"{weights}: not torchvision VGG19 weights ({exc})") from None
+    return features
+
+
 class PerceptualLoss(nn.Module):
     """L1 distance of VGG19 conv5_4 features; frozen, in eval mode, weights loaded with weights_only=True."""
 
     def __init__(self, weights: Path, positions: list[int]) -> None:
         super().__init__()
-        from torchvision.models import vgg19
-
-        network = vgg19()
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        except Exception as exc:
-            raise ValueError(f"{weights}: not torchvision VGG19 weights ({exc})") from None
-        self.features = network.features[:CONV5_4].eval().requires_grad_(False)
+        self.features = load_vgg19_features(weights).eval().requires_grad_(False)
         self.positions = (positions * 3)[:3] if len(positions) < 3 else positions[:3]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [  # bottom to top; a module may import its own layer's
     {"samples", "labels"},
     {"geo", "shards"},
     {"preview", "ingest", "tile_index", "split", "figures"},
-    {"losses", "models"},
+    {"losses", "models", "degrade", "perceptual"},
     {"runtime"},  # shared at run time by everything above: process groups, checkpoints, loading a generator
     {"export", "recipes"},
     {"train"},

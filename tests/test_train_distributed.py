@@ -143,3 +143,22 @@ def test_two_ranks_train_pix2pix_in_sync_and_score_on_rank_zero(train_data, tmp_
     scores = [e for e in log if e.get("event") == "evaluate_translation"]
     assert [e["step"] for e in scores] == [4] and np.isfinite(scores[0]["psnr"])
     assert json.loads((run_dir / "split.json").read_text())["validation_tiles"] > scores[0]["n_validation"] == 32
+
+
+def test_two_ranks_train_esrgan_in_sync_across_the_phase_change(train_data, tmp_path):
+    """x4 super-resolution on 2 torchrun ranks: per-rank degradation seeds, the pixel phase (G alone) and the GAN
+    phase (D then G) keep the ranks in sync, and rank 0 scores the held-out tiles beside bicubic and the kept
+    pixel-loss model."""
+    from tests.test_superres import ESRGAN
+
+    run_dir = tmp_path / "run"
+    log = train_two_ranks(
+        run_dir, train_data, 4, [*ESRGAN, "train.evaluate_every=4", "train.model.perceptual_weight=0"]
+    )
+    end = next(e for e in log if e.get("event") == "end")
+    assert end["ranks_in_sync"] and len(end["rank_fingerprints"]) == 2
+    steps = [e for e in log if "loss_g" in e]
+    assert [e["gan_phase"] for e in steps] == [0, 0, 0, 1] and steps[-1]["loss_d"] > 0
+    scores = [e for e in log if e.get("event") == "evaluate_translation"]
+    assert [e["step"] for e in scores] == [4] and scores[0]["baseline"] == "bicubic"
+    assert np.isfinite(scores[0]["psnr"]) and np.isfinite(scores[0]["pixel_psnr"])

@@ -65,7 +65,7 @@ class AdversarialDefaults:
     """A family's settings for the adversarial recipe, from its paper. `train.model` options override n_critic and
     the R1 weight (and, per family, attention and path length); the rest defines the family."""
 
-    loss: str  # a key of atlas_gan.losses.LOSSES
+    loss: str  # a key of atlas_gan.losses.LOSSES (esrgan: "relativistic_average", computed by its recipe)
     lr_g: float
     lr_d: float
     betas: tuple[float, float]

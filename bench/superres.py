@@ -1,0 +1,175 @@
+"""Super-resolution quality: ESRGAN against the pixel-loss model at equal budget and against bicubic, in one
+invocation.
+
+    python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
+                             [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
+                             [--out runs/bench-superres]
+
+Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
+trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
+(the same pixel phase for half the steps, then the GAN phase from it). Both are scored on the held-out tiles,
+degraded as in training (area downsampling by --scale, plus --blur/--noise), beside bicubic upscaling and the GAN
+run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units, FID/KID on the first three bands.
+Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
+tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`. Not a test: no thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas_gan.config import AtlasConfig, load_config
+from atlas_gan.figures.canvas import new_figure, png_bytes
+from atlas_gan.ingest import ingest
+from atlas_gan.metrics.superres import SuperResEvaluator, bicubic
+from atlas_gan.metrics.translation import summary_lines
+from atlas_gan.preview import band_triplets
+from atlas_gan.runtime import distributed
+from atlas_gan.runtime.generator import load_generator, load_reference_generators
+from atlas_gan.storage import LocalStorage
+from atlas_gan.train.figures_hook import FiguresHook
+from atlas_gan.train.trainer import Trainer
+
+SHOWN_TILES = 6
+
+
+def train(config: AtlasConfig) -> tuple[str, float]:
+    """Train one run; its last checkpoint and the minutes it took."""
+    ctx = distributed.setup()
+    started = time.perf_counter()
+    summary = Trainer(config, ctx, hooks=[FiguresHook()], progress=True).run()
+    distributed.teardown(ctx)
+    return summary["checkpoint"], (time.perf_counter() - started) / 60
+
+
+def comparison_figure(columns: dict[str, torch.Tensor], bands: list[str], title: str) -> bytes:
+    positions = band_triplets(bands, None)[0][1]
+    shared = torch.cat(list(columns.values()))
+    low, high = np.percentile(((shared[:, positions] + 1) / 2).numpy(), [2, 98], axis=(0, 2, 3))
+    figure = new_figure(300 * len(columns), 300 * SHOWN_TILES + 80)
+    figure.suptitle(title, fontsize="medium")
+    grid = figure.subplots(SHOWN_TILES, len(columns), squeeze=False)
+    for column, (name, images) in enumerate(columns.items()):
+        rgb = ((images[:SHOWN_TILES, positions].float() + 1) / 2).permute(0, 2, 3, 1).numpy()
+        rgb = np.clip((rgb - low) / np.maximum(high - low, 1e-6), 0, 1)
+        for row in range(SHOWN_TILES):
+            axes = grid[row][column]
+            axes.imshow(rgb[row], interpolation="nearest")
+            axes.set_axis_off()
+            if row == 0:
+                axes.set_title(name, fontsize="small")
+    return png_bytes(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--scenes", default="landsat8-parana", help="folder under <data>/geotiff")
+    parser.add_argument("--tile", type=int, default=64, help="high-resolution tile size (the truth)")
+    parser.add_argument("--scale", type=int, default=4, choices=(2, 4))
+    parser.add_argument("--steps", type=int, default=2000, help="steps of each run (ESRGAN: half pixel, half GAN)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--width", type=int, default=32, help="g_width and d_width")
+    parser.add_argument("--blocks", type=int, default=3, help="RRDBs in G")
+    parser.add_argument("--blur", type=float, default=0.0)
+    parser.add_argument("--noise", type=float, default=0.0)
+    parser.add_argument("--gan-weight", type=float, default=None, help="default: the config's")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-superres"))
+    args = parser.parse_args()
+    command = "python bench/superres.py " + shlex.join(sys.argv[1:])
+    source = args.data / "geotiff" / args.scenes
+    for run in ("esrgan", "pixel"):
+        shutil.rmtree(args.out / run, ignore_errors=True)  # fresh runs, no resume
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-superres-") as work:
+        common = [
+            f"ingest.source={source}",
+            f"ingest.output={Path(work) / 'tiles'}",
+            f"ingest.tile_size={args.tile}",
+            "train.model.family=esrgan",
+            f"train.model.scale={args.scale}",
+            f"train.model.blocks={args.blocks}",
+            f"train.model.degradation.blur={args.blur}",
+            f"train.model.degradation.noise={args.noise}",
+            *([f"train.model.gan_weight={args.gan_weight}"] if args.gan_weight is not None else []),
+            f"train.steps={args.steps}",
+            f"train.batch_size={args.batch}",
+            f"train.g_width={args.width}",
+            f"train.d_width={args.width}",
+            "train.num_workers=0",
+            f"train.checkpoint_every={args.steps}",
+            f"train.sample_every={args.steps}",
+            "train.sample_count=16",
+            "train.log_every=100",
+            "evaluate.batch_size=100",
+            "tracking.enabled=false",
+        ]
+        gan_config = load_config(
+            None, [*common, f"train.run_dir={args.out / 'esrgan'}", f"train.model.pixel_steps={args.steps // 2}"]
+        )
+        pixel_config = load_config(
+            None, [*common, f"train.run_dir={args.out / 'pixel'}", f"train.model.pixel_steps={args.steps}"]
+        )
+        report = ingest(gan_config, progress=False)
+        print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
+        gan_checkpoint, gan_minutes = train(gan_config)
+        pixel_checkpoint, pixel_minutes = train(pixel_config)
+        store = LocalStorage()
+        generator, meta = load_generator(store, gan_checkpoint)
+        pixel_model, _ = load_generator(store, pixel_checkpoint)
+        references = {
+            "pixel": pixel_model,
+            **{f"{k}-phase": g for k, g in load_reference_generators(store, gan_checkpoint).items()},
+        }
+        evaluator = SuperResEvaluator(gan_config, meta)
+        result = evaluator.evaluate(generator, meta, torch.device("cpu"), write=False, references=references)
+        low, truth = evaluator.pairs
+        columns = {
+            f"input (1/{args.scale})": low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2),
+            "bicubic": bicubic(low, args.scale),
+            "pixel-loss": evaluator.translate(pixel_model, torch.device("cpu")),
+            "ESRGAN": evaluator.translate(generator, torch.device("cpu")),
+            "truth": truth,
+        }
+    print(f"\n$ {command}")
+    print(
+        f"ESRGAN {args.steps} steps in {gan_minutes:.1f} min, "
+        f"pixel-loss model {args.steps} steps in {pixel_minutes:.1f} min"
+    )
+    print("\n".join(summary_lines(result)))
+    gan, pixel, cubic = result, result["baselines"]["pixel"], result["baselines"]["bicubic"]
+
+    def compare(name: str, other: dict) -> str:
+        fid = (
+            ""
+            if gan["fid"] is None
+            else f", FID x{gan['fid'] / other['fid']:.2f} ({gan['fid']:.1f} vs {other['fid']:.1f})"
+        )
+        sam = "" if gan["sam_degrees"] is None else f", SAM x{gan['sam_degrees'] / other['sam_degrees']:.2f}"
+        return (
+            f"ESRGAN vs {name}: PSNR {gan['psnr'] - other['psnr']:+.2f} dB, SSIM {gan['ssim'] - other['ssim']:+.4f}"
+            f"{sam}{fid}"
+        )
+
+    print(compare("pixel-loss model (equal steps)", pixel))
+    print(compare("bicubic", cubic))
+    title = (
+        f"held-out tiles, x{args.scale}: ESRGAN {args.steps} steps ({args.steps // 2} pixel + "
+        f"{args.steps - args.steps // 2} GAN) vs the pixel-loss model {args.steps} steps; "
+        f"bands {','.join(result['fid_bands'])}"
+    )
+    (args.out / "superres.png").write_bytes(comparison_figure(columns, meta["bands"], title))
+    print(f"figures: {args.out / 'superres.png'}, {args.out / 'esrgan' / 'figures'}")
+
+
+if __name__ == "__main__":
+    main()
