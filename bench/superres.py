@@ -11,7 +11,9 @@ trains twice on the rest for the same number of steps: the pixel-loss model (L1 
 degraded as in training (area downsampling by --scale, plus --blur/--noise), beside bicubic upscaling and the GAN
 run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units, FID/KID on the first three bands.
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
-tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`. Not a test: no thresholds.
+tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`; finally upscales the central
+384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png` beside
+bicubic. Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.generator import load_generator, load_reference_generators
+from atlas_gan.sampling import load_sampler
 from atlas_gan.storage import LocalStorage
 from atlas_gan.train.figures_hook import FiguresHook
 from atlas_gan.train.trainer import Trainer
+from atlas_gan.translate import SceneTranslator, translate_scene
 
 SHOWN_TILES = 6
+SCENE_CROP = 384  # px of a scene upscaled whole at the end
 
 
 def train(config: AtlasConfig) -> tuple[str, float]:
@@ -168,7 +173,72 @@ def main() -> None:
         f"bands {','.join(result['fid_bands'])}"
     )
     (args.out / "superres.png").write_bytes(comparison_figure(columns, meta["bands"], title))
-    print(f"figures: {args.out / 'superres.png'}, {args.out / 'esrgan' / 'figures'}")
+    scene = scene_crop(source, meta["bands"], args.out / "scene-crop.tif")
+    upscaled = args.out / "scene-crop-upscaled.tif"
+    done = translate_scene(SceneTranslator(load_sampler(gan_checkpoint)), str(scene), str(upscaled), progress=False)
+    print(f"upscaled a {SCENE_CROP} px crop of a scene at its native resolution x{args.scale} in {done.seconds:.1f} s")
+    figure = scene_figure(
+        scene, upscaled, args.scale, f"{scene.name}: native resolution, bicubic and ESRGAN x{args.scale}"
+    )
+    (args.out / "scene.png").write_bytes(figure)
+    print(f"figures: {args.out / 'superres.png'}, {args.out / 'scene.png'}, {args.out / 'esrgan' / 'figures'}")
+
+
+def scene_crop(source: Path, bands: list[str], out: Path) -> Path:
+    """The central SCENE_CROP px of the first scene, its bands stacked and named as in the dataset (a scene of one
+    file per band, like Landsat's, is stacked here; a multi-band file is cut as it is)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    by_band = {f.stem.rsplit("_", 1)[-1]: f for f in files}
+    stacked = [by_band[b] for b in bands] if all(b in by_band for b in bands) else [files[0]]
+    layers = []
+    for path in stacked:
+        with rasterio.open(path) as scene:
+            window = Window(scene.width // 2, scene.height // 2, SCENE_CROP, SCENE_CROP)
+            layers.append(scene.read(window=window))
+            profile = {
+                **scene.profile,
+                "width": SCENE_CROP,
+                "height": SCENE_CROP,
+                "transform": scene.window_transform(window),
+            }
+    data = np.concatenate(layers)
+    profile.update(count=len(data), driver="GTiff", tiled=False)
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(out, "w", **profile) as crop:
+        crop.write(data)
+        crop.descriptions = tuple(bands)
+    return out
+
+
+def scene_figure(scene: Path, upscaled: Path, scale: int, title: str) -> bytes:
+    """A quarter of the crop: as it is, bicubic and ESRGAN, natural colour when the bands allow (same stretch)."""
+    import rasterio
+    import torch.nn.functional as F
+
+    with rasterio.open(scene) as low, rasterio.open(upscaled) as high:
+        names = list(low.descriptions)
+        order = (
+            [names.index(b) for b in ("B4", "B3", "B2")] if {"B4", "B3", "B2"} <= set(names) else [0, 1, 2][: low.count]
+        )
+        quarter = SCENE_CROP // 4
+        native = low.read().astype(np.float64)[order][:, quarter : 3 * quarter, quarter : 3 * quarter]
+        sharp = high.read().astype(np.float64)[order][
+            :, quarter * scale : 3 * quarter * scale, quarter * scale : 3 * quarter * scale
+        ]
+    cubic = F.interpolate(torch.from_numpy(native)[None], scale_factor=scale, mode="bicubic", align_corners=False)[0]
+    low_p, high_p = np.nanpercentile(native, [2, 98], axis=(1, 2))
+    figure = new_figure(1500, 560)
+    figure.suptitle(title, fontsize="medium")
+    panels = ((native, "native"), (cubic.numpy(), f"bicubic x{scale}"), (sharp, f"ESRGAN x{scale} (atlas-gan upscale)"))
+    for axes, (image, name) in zip(figure.subplots(1, 3), panels, strict=True):
+        rgb = (image.transpose(1, 2, 0) - low_p) / np.maximum(high_p - low_p, 1e-9)
+        axes.imshow(np.clip(np.nan_to_num(rgb), 0, 1), interpolation="nearest")
+        axes.set_title(name, fontsize="small")
+        axes.set_axis_off()
+    return png_bytes(figure)
 
 
 if __name__ == "__main__":
