@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atlas_gan.geo.bands import SceneError, select_bands
 from atlas_gan.geo.cog import cog_block_size
-from atlas_gan.geo.scene import SceneError, select_bands
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.sampling import Sampler

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from atlas_gan.config import AtlasConfig
-from atlas_gan.geo.scene import select_bands
+from atlas_gan.geo.bands import select_bands
 from atlas_gan.metrics.features import image_features
 from atlas_gan.metrics.paired import LinearBaseline, paired_scores
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, kernel_inception_distance

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atlas_gan.config import CycleGANOptions, Pix2PixOptions, SuperResOptions, TrainConfig
-from atlas_gan.geo.scene import SceneError, select_bands
+from atlas_gan.geo.bands import SceneError, select_bands
 
 
 @dataclass(frozen=True)

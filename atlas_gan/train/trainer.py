@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
@@ -107,11 +108,15 @@ class Trainer:
         device = ctx.device
         memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else None
         self.autocast_dtype = autocast_dtype(cfg.precision, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, keeps the fastest
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed (rank 0's are broadcast anyway)
         self.split = self._split(data_store, cfg)
         self.recipe: Recipe = build_recipe(
             cfg, self.spec, ctx, self.autocast_dtype, memory_format, self.roles, self.vocabulary
         )
+        if cfg.compile:
+            self._compile_networks()
         self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
@@ -322,6 +327,35 @@ class Trainer:
         self.resumed_from = step
         return True
 
+    def training_loader(self) -> DataLoader:
+        """This rank's batches of training tiles, from the current epoch on, as `run` reads them."""
+        cfg, ctx = self.config.train, self.ctx
+        stream = TileStream(
+            shard_urls(self.manifest, self.config.dataset_url),
+            ctx.rank,
+            ctx.world_size,
+            image_size=self.spec.image_size,
+            seed=cfg.seed,
+            start_epoch=self.epoch,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment_config=cfg.augment,
+            storage=self.config.storage,
+            scene_labels=self.scene_labels,
+            exclude=self.split.excluded if self.split else frozenset(),
+        )
+        return make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
+
+    def _compile_networks(self) -> None:
+        """`train.compile`: each network compiled in place (its parameters and state_dict keys stay as they are)."""
+        terms = self.recipe.second_order_terms()
+        if terms:
+            raise ValueError(
+                f"train.compile: {self.model_name} trains with {' and '.join(terms)}, which differentiate a "
+                "gradient, and torch.compile cannot differentiate twice; set train.compile=false"
+            )
+        for network in self.recipe.networks.values():
+            network.compile()
+
     # ---- one step ------------------------------------------------------------------------------------------------
 
     def train_step(self, batches: Iterator[Batch]) -> dict[str, float] | None:
@@ -448,20 +482,7 @@ class Trainer:
                     log.info("%s = %s: %s", pick.key, pick.value, pick.reason)
             for hook in self.hooks:
                 hook.on_start(self)
-        stream = TileStream(
-            shard_urls(self.manifest, self.config.dataset_url),
-            ctx.rank,
-            ctx.world_size,
-            image_size=self.spec.image_size,
-            seed=cfg.seed,
-            start_epoch=self.epoch,
-            shuffle_buffer=cfg.shuffle_buffer,
-            augment_config=cfg.augment,
-            storage=self.config.storage,
-            scene_labels=self.scene_labels,
-            exclude=self.split.excluded if self.split else frozenset(),
-        )
-        loader = make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
+        loader = self.training_loader()
         batches = self._tracking_epochs(loader)
         bar = tqdm(
             total=cfg.steps,

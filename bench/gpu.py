@@ -1,0 +1,388 @@
+"""The GPU path measured in one prepared run: training throughput per precision, data-loader wait, FID 50k timing.
+
+    python bench/gpu_pack.py                    # here (needs rasterio): real shards + fp16 Inception -> .gpu-pack
+    python bench/gpu.py OUT [--pack .gpu-pack] [--budget-s 330] [--fid-n 50000] [--fid-batch 500]
+    python bench/gpu.py OUT --smoke             # the same code paths on CPU in seconds (the test suite runs it)
+
+For each case (DCGAN 64 px; FastGAN 128 px, the small-data family; StyleGAN2 128 and 256 px with config-f channels,
+ADA, lazy R1 and path length) it builds the real `Trainer` on the packed landsat8-parana shards and times
+`Trainer.train_step` on batches held on the device, in each mode:
+  fp32             train.precision=fp32, train.channels_last=false
+  bf16             bf16 autocast, NCHW
+  bf16+cl          bf16 autocast, channels_last (atlas-gan's GPU default)
+  bf16+cl+compile  the same with train.compile=true (families whose regularizers differentiate twice refuse it)
+printing images/s, s/kimg and peak memory. For the default mode it then feeds the same trainer from the real data
+loader (`Trainer.training_loader`: TileStream + DataLoader, with train.num_workers workers) and reports the share of
+wall time the step loop spent blocked on the loader and the throughput against the in-memory figure.
+FID: 50,000 samples of the DCGAN generator at 64 px through atlas-gan's FID path (`generated_batches`, `embed_batches`,
+`FeatureStats`, `frechet_distance`) against reference features of the packed real tiles embedded beforehand (the
+cache), timed in fp32 and again in bf16 on the same samples; prints both and their relative difference. With the
+packed half-precision Inception weights (upcast to fp32) FID values are not comparable with published ones; the
+timing and the bf16-vs-fp32 difference are what this measures.
+
+Every figure goes to OUT/gpu.json, rewritten after each measurement (a run cut short keeps what it measured).
+Compile modes run last and only while `--budget-s` lasts. Needs torch, numpy, pyyaml, tqdm and pydantic (carried
+as wheels to the GPU machine: see the README's GPU section); no GDAL, webdataset, MLflow or Prefect.
+Not a test: no thresholds; the goals of issue 20 are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atlas_gan.config import load_config
+from atlas_gan.metrics.features import embed_batches, generated_batches
+from atlas_gan.metrics.scores import FeatureStats, frechet_distance
+from atlas_gan.metrics.weights import load_inception, resolve_weights
+from atlas_gan.runtime import distributed
+from atlas_gan.shards import shard_urls
+from atlas_gan.train.data import read_tiles
+from atlas_gan.train.trainer import Trainer
+
+STYLEGAN2 = ["train.model=stylegan2", "train.g_width=64", "train.d_width=64", "train.latent_dim=512"]
+STYLEGAN2 += ["train.ada.groups=[blit,geom,color]"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    size: int
+    batch: int
+    overrides: list[str]
+    steps: int  # timed steps (StyleGAN2: a multiple of 16, so every lazy regularizer runs its share)
+
+
+CASES = [
+    Case("dcgan", 64, 64, ["train.model=dcgan", "train.latent_dim=100"], 48),
+    Case("fastgan", 128, 32, ["train.model=fastgan"], 48),
+    Case("stylegan2", 128, 32, STYLEGAN2, 32),
+    Case("stylegan2", 256, 32, STYLEGAN2, 32),
+]
+SMOKE_OVERRIDES = ["train.g_width=8", "train.d_width=8", "train.latent_dim=16", "train.batch_size=4"]
+MODES = {
+    "fp32": ["train.precision=fp32", "train.channels_last=false"],
+    "bf16": ["train.precision=bf16", "train.channels_last=false"],
+    "bf16+cl": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16+cl+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+}
+LOADER_MODE = "bf16+cl"
+GOAL_S_PER_KIMG = {("stylegan2", 128): 3.4, ("stylegan2", 256): 6.3}
+GOALS = "StyleGAN2 128 px <= 3.4 s/kimg, 256 px <= 6.3; FID 50k <= 60 s; bf16 FID within 0.1 %; loader wait <= 5 %"
+
+
+class Report:
+    """The figures so far, rewritten to OUT/gpu.json (atomically) after every measurement."""
+
+    def __init__(self, out: Path, header: dict[str, Any]) -> None:
+        self.path = out / "gpu.json"
+        self.data: dict[str, Any] = {**header, "goals": GOALS, "training": [], "loader": [], "fid": None}
+        self.save()
+
+    def add(self, section: str, record: dict[str, Any]) -> None:
+        if isinstance(self.data[section], list):
+            self.data[section].append(record)
+        else:
+            self.data[section] = record
+        self.save()
+
+    def save(self) -> None:
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(partial, self.path)
+
+
+class TimedBatches:
+    """Wraps a batch iterator and adds up the time spent waiting for each batch."""
+
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self.batches, self.waited = batches, 0.0
+
+    def __iter__(self) -> TimedBatches:
+        return self
+
+    def __next__(self) -> Any:
+        started = time.perf_counter()
+        batch = next(self.batches)
+        self.waited += time.perf_counter() - started
+        return batch
+
+
+class HeldBatches:
+    """The same few device-resident batches, round and round (the step without any loader)."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.batches, self.i = batches, 0
+
+    def __iter__(self) -> HeldBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        self.i += 1
+        return self.batches[self.i % len(self.batches)]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_trainer(pack: Path, work: Path, case: Case, mode: str, smoke: bool, workers: int) -> Trainer:
+    overrides = [
+        f"ingest.output={pack / f'shards-{case.size}'}",
+        f"train.run_dir={work / f'run-{case.name}-{case.size}-{mode}'}",
+        f"train.batch_size={case.batch}",
+        f"train.num_workers={workers}",
+        "train.sample_count=4",
+        *case.overrides,
+        *MODES[mode],
+        *(SMOKE_OVERRIDES if smoke else []),
+    ]
+    return Trainer(load_config(None, overrides), distributed.setup(), progress=False)
+
+
+def held_batches(trainer: Trainer, count: int) -> list[dict[str, torch.Tensor]]:
+    """`count` real batches from the trainer's own stream, moved to the device once."""
+    loader = iter(trainer.training_loader())
+    device = trainer.ctx.device
+    return [{k: v.to(device) for k, v in next(loader).items() if torch.is_tensor(v)} for _ in range(count)]
+
+
+def timed_steps(trainer: Trainer, batches: Iterator[Any], warmup: int, steps: int) -> tuple[float, float | None]:
+    """(seconds for `steps` steps after `warmup` untimed ones, peak device memory in GiB or None on CPU)."""
+    device = trainer.ctx.device
+    for _ in range(warmup):
+        trainer.train_step(batches)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batches)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return seconds, peak
+
+
+def measure_training(args: argparse.Namespace, work: Path, case: Case, mode: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"family": case.name, "size": case.size, "mode": mode}
+    try:
+        trainer = build_trainer(args.pack, work, case, mode, args.smoke, workers=0)
+    except ValueError as exc:  # a mode the family refuses (compile with double-backward regularizers)
+        return record | {"skipped": str(exc).splitlines()[0]}
+    steps = 1 if args.smoke else case.steps
+    warmup = 1 if args.smoke else 3  # step 0 runs lazy R1 and path length too: their kernels are warm
+    batches = HeldBatches(held_batches(trainer, 2))
+    compile_started = time.perf_counter()
+    seconds, peak = timed_steps(trainer, batches, warmup, steps)
+    images = steps * trainer.config.train.batch_size
+    record |= {
+        "batch": trainer.config.train.batch_size,
+        "precision": str(trainer.autocast_dtype or "fp32"),
+        "images_per_s": images / seconds,
+        "s_per_kimg": 1000 * seconds / images,
+        "peak_gib": peak,
+        "timed_steps": steps,
+        "wall_s": time.perf_counter() - compile_started,
+    }
+    goal = GOAL_S_PER_KIMG.get((case.name, case.size))
+    if goal is not None:
+        record["goal_s_per_kimg"] = goal
+    del trainer
+    return record
+
+
+def measure_loader(args: argparse.Namespace, work: Path, case: Case, held_rate: float, workers: int) -> dict[str, Any]:
+    trainer = build_trainer(args.pack, work, case, LOADER_MODE, args.smoke, workers)
+    device = trainer.ctx.device
+    steps = 2 if args.smoke else case.steps
+    batches = TimedBatches(iter(trainer.training_loader()))
+    for _ in range(2 if args.smoke else 3):  # warm-up: workers started, shuffle buffer filled
+        trainer.train_step(batches)
+    synchronize(device)
+    batches.waited = 0.0
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batches)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    rate = steps * trainer.config.train.batch_size / seconds
+    return {
+        "family": case.name,
+        "size": case.size,
+        "mode": LOADER_MODE,
+        "num_workers": workers,
+        "images_per_s": rate,
+        "held_images_per_s": held_rate,
+        "rate_vs_held": rate / held_rate,
+        "wait_share": batches.waited / seconds,
+    }
+
+
+def measure_fid(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    trainer = build_trainer(args.pack, work, CASES[0], LOADER_MODE, args.smoke, workers=0)
+    device = trainer.ctx.device
+    held = HeldBatches(held_batches(trainer, 2))
+    for _ in range(2):  # a few steps, so the generator is not its initialization
+        trainer.train_step(held)
+    generator = trainer.generator.eval()
+    meta = trainer.generator_meta()
+    weights = resolve_weights(args.inception if args.inception.is_file() else None)
+    inception = load_inception(weights).to(device)
+    positions = list(range(3))
+    n, batch = (16, 8) if args.smoke else (args.fid_n, args.fid_batch)
+    started = time.perf_counter()
+    _, tiles = read_tiles(shard_urls(trainer.manifest, trainer.config.dataset_url), None, CASES[0].size, None, 100_000)
+    real = ((tiles[:, positions].float() + 1) / 2).split(batch)
+    reference = FeatureStats.of(embed_batches(inception, iter(real), len(tiles), device, False, "real", False)[0])
+    reference_s = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "n": n,
+        "batch": batch,
+        "reference_tiles": reference.n,
+        "reference_s": reference_s,
+        "weights": f"{weights.path.name} ({weights.source})",
+    }
+    for precision in ("fp32", "bf16"):
+        synchronize(device)
+        started = time.perf_counter()
+        images = generated_batches(generator, meta, n, batch, positions, device, seed=0)
+        features, _ = embed_batches(inception, images, n, device, precision == "bf16", "fid", False)
+        embedded = time.perf_counter()
+        fid = frechet_distance(FeatureStats.of(features), reference)
+        done = time.perf_counter()
+        result[precision] = {"fid": fid, "wall_s": done - started, "statistics_s": done - embedded}
+    result["bf16_vs_fp32"] = abs(result["bf16"]["fid"] - result["fp32"]["fid"]) / abs(result["fp32"]["fid"])
+    return result
+
+
+def print_training(record: dict[str, Any]) -> None:
+    label = f"{record['family']:<10}{record['size']:>4} px  {record['mode']:<16}"
+    if "skipped" in record:
+        print(f"{label} skipped: {record['skipped']}", flush=True)
+        return
+    if "error" in record:
+        print(f"{label} failed: {record['error']}", flush=True)
+        return
+    goal = f"  (goal <= {record['goal_s_per_kimg']})" if "goal_s_per_kimg" in record else ""
+    peak = "n/a on CPU" if record["peak_gib"] is None else f"{record['peak_gib']:6.2f} GiB"
+    print(
+        f"{label}{record['images_per_s']:9.1f} img/s {record['s_per_kimg']:8.2f} s/kimg{goal}  "
+        f"peak {peak}  ({record['wall_s']:.0f} s incl. warm-up)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="folder for gpu.json")
+    parser.add_argument("--pack", type=Path, default=Path(".gpu-pack"), help="what bench/gpu_pack.py wrote")
+    parser.add_argument("--inception", type=Path, default=None, help="default: PACK/inception-fp16.pt if present")
+    parser.add_argument("--budget-s", type=float, default=330, help="no compile mode starts after this many s")
+    parser.add_argument("--fid-n", type=int, default=50_000)
+    parser.add_argument("--fid-batch", type=int, default=500, help="images per Inception pass")
+    parser.add_argument("--smoke", action="store_true", help="tiny networks, one step each, on CPU")
+    args = parser.parse_args()
+    args.inception = args.inception or args.pack / "inception-fp16.pt"
+    for size in {case.size for case in CASES}:
+        if not (args.pack / f"shards-{size}" / "manifest.json").is_file():
+            parser.error(f"{args.pack}/shards-{size}: no manifest.json; run bench/gpu_pack.py first")
+    if args.smoke:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU form, whatever the machine has
+    elif not torch.cuda.is_available():
+        parser.error("no CUDA device; use --smoke for the CPU form")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    device_name = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
+    header = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda, "smoke": args.smoke}
+    report = Report(args.out, header)
+    print(f"{device_name}, torch {torch.__version__}, CUDA {torch.version.cuda}; goals: {GOALS}", flush=True)
+    held_rates: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory(prefix="atlas-gpu-") as tmp:
+        work = Path(tmp)
+        plan = [(case, mode) for case in CASES for mode in MODES if "compile" not in mode]
+        plan += [(case, mode) for case in CASES for mode in MODES if "compile" in mode]
+        for i, (case, mode) in enumerate(plan):
+            skip = compile_skip(args, time.perf_counter() - started) if "compile" in mode else None
+            if skip:
+                record = {"family": case.name, "size": case.size, "mode": mode, "skipped": skip}
+            else:
+                record = guarded(case, mode, measure_training, args, work, case, mode)
+            report.add("training", record)
+            print_training(record)
+            if mode == LOADER_MODE and "images_per_s" in record:
+                held_rates[(case.name, case.size)] = record["images_per_s"]
+            if i == len(CASES) * (len(MODES) - 1) - 1:  # every eager mode measured: loader and FID before compile
+                run_loader_and_fid(args, work, report, held_rates)
+    print(f"done in {time.perf_counter() - started:.0f} s; figures in {report.path}", flush=True)
+
+
+def compile_skip(args: argparse.Namespace, elapsed: float) -> str | None:
+    """Why a compile mode does not run now: a CPU compile takes minutes (the smoke covers the other modes)."""
+    if args.smoke:
+        return "--smoke: compiling on CPU takes minutes; tests/test_gpu_bench.py covers train.compile"
+    return "time budget spent" if elapsed > args.budget_s else None
+
+
+def guarded(case: Case, mode: str, measure: Callable[..., dict[str, Any]], *arguments: Any) -> dict[str, Any]:
+    """`measure(*arguments)`; an exception becomes the record's error (the other figures still get measured)."""
+    try:
+        return measure(*arguments)
+    except Exception as exc:  # a bench reports every failure and goes on
+        traceback.print_exc()
+        return {"family": case.name, "size": case.size, "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+
+
+def run_loader_and_fid(
+    args: argparse.Namespace, work: Path, report: Report, held_rates: dict[tuple[str, int], float]
+) -> None:
+    for case in CASES:
+        held = held_rates.get((case.name, case.size))
+        if held is None:
+            continue
+        for workers in (2,) if args.smoke else (2, 8):
+            record = guarded(case, LOADER_MODE, measure_loader, args, work, case, held, workers)
+            report.add("loader", record)
+            if "error" in record:
+                continue
+            print(
+                f"loader {case.name:<10}{case.size:>4} px  {workers} workers: {record['images_per_s']:9.1f} img/s = "
+                f"{record['rate_vs_held']:.2f} x held batches; blocked on the loader {100 * record['wait_share']:.1f} "
+                "% of the time",
+                flush=True,
+            )
+    try:
+        fid = measure_fid(args, work)
+    except Exception as exc:
+        traceback.print_exc()
+        report.add("fid", {"error": f"{type(exc).__name__}: {exc}"})
+        return
+    report.add("fid", fid)
+    print(
+        f"FID of {fid['n']} generated 64 px tiles (batch {fid['batch']}) vs cached features of "
+        f"{fid['reference_tiles']} real tiles: fp32 {fid['fp32']['fid']:.3f} in {fid['fp32']['wall_s']:.1f} s "
+        f"(statistics {fid['fp32']['statistics_s']:.1f} s), bf16 {fid['bf16']['fid']:.3f} in "
+        f"{fid['bf16']['wall_s']:.1f} s; bf16 vs fp32: {100 * fid['bf16_vs_fp32']:.3f} %; weights {fid['weights']}",
+        flush=True,
+    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
