@@ -442,11 +442,6 @@ class TrainConfig(_Strict):
     ema_rampup: float | None = Field(0.05, ge=0, le=1, description="half-life at most this x images seen; null off")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     channels_last: bool = Field(True, description="NHWC memory format on GPU")
-    compile: bool = Field(
-        False,
-        description="torch.compile every network: a one-off compile, then faster steps on GPU; not for families "
-        "whose regularizers differentiate twice (R1, path length, WGAN-GP)",
-    )
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="samples held for shuffling, per worker")
     augment: AugmentConfig = AugmentConfig()

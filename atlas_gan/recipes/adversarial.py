@@ -105,11 +105,6 @@ class AdversarialRecipe(Recipe):
             "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy_d),
         }
 
-    def second_order_terms(self) -> list[str]:
-        terms = [("R1", self.r1_gamma), ("gradient penalty", self.defaults.gp_weight)]
-        terms.append(("path length", self.path_length.weight))
-        return [name for name, weight in terms if weight]
-
     # ---- state ------------------------------------------------------------------------------------------------------
 
     def fixed_inputs(

@@ -104,10 +104,6 @@ class Recipe:
 
     # ---- what subclasses implement -----------------------------------------------------------------------------
 
-    def second_order_terms(self) -> list[str]:
-        """The loss terms that differentiate a gradient (torch.compile cannot): none unless a recipe says so."""
-        return []
-
     def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
         """One training step; returns the losses to log, or None when a non-finite loss made every rank skip it."""
         raise NotImplementedError

@@ -115,8 +115,6 @@ class Trainer:
         self.recipe: Recipe = build_recipe(
             cfg, self.spec, ctx, self.autocast_dtype, memory_format, self.roles, self.vocabulary
         )
-        if cfg.compile:
-            self._compile_networks()
         self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
@@ -344,17 +342,6 @@ class Trainer:
             exclude=self.split.excluded if self.split else frozenset(),
         )
         return make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
-
-    def _compile_networks(self) -> None:
-        """`train.compile`: each network compiled in place (its parameters and state_dict keys stay as they are)."""
-        terms = self.recipe.second_order_terms()
-        if terms:
-            raise ValueError(
-                f"train.compile: {self.model_name} trains with {' and '.join(terms)}, which differentiate a "
-                "gradient, and torch.compile cannot differentiate twice; set train.compile=false"
-            )
-        for network in self.recipe.networks.values():
-            network.compile()
 
     # ---- one step ------------------------------------------------------------------------------------------------
 
