@@ -163,21 +163,28 @@ def held_batches(trainer: Trainer, count: int) -> list[dict[str, torch.Tensor]]:
     return [{k: v.to(device) for k, v in next(loader).items() if torch.is_tensor(v)} for _ in range(count)]
 
 
-def timed_steps(trainer: Trainer, batches: Iterator[Any], warmup: int, steps: int) -> tuple[float, float | None]:
-    """(seconds for `steps` steps after `warmup` untimed ones, peak device memory in GiB or None on CPU)."""
+def timed_steps(
+    trainer: Trainer, batches: Iterator[Any], warmup: int, steps: int, min_seconds: float
+) -> tuple[int, float, float | None]:
+    """After `warmup` untimed steps, rounds of `steps` steps until at least `min_seconds` have passed (a GPU ramps
+    its clocks up, and one short window is noise): (steps run, seconds, peak device memory in GiB or None on CPU)."""
     device = trainer.ctx.device
     for _ in range(warmup):
         trainer.train_step(batches)
     synchronize(device)
+    if isinstance(batches, TimedBatches):
+        batches.waited = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(batches)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    started, done, seconds = time.perf_counter(), 0, 0.0
+    while done == 0 or seconds < min_seconds:
+        for _ in range(steps):
+            trainer.train_step(batches)
+        done += steps
+        synchronize(device)
+        seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return seconds, peak
+    return done, seconds, peak
 
 
 def measure_training(args: argparse.Namespace, work: Path, case: Case, mode: str) -> dict[str, Any]:
@@ -190,7 +197,7 @@ def measure_training(args: argparse.Namespace, work: Path, case: Case, mode: str
     warmup = 1 if args.smoke else 3  # step 0 runs lazy R1 and path length too: their kernels are warm
     batches = HeldBatches(held_batches(trainer, 2))
     started = time.perf_counter()
-    seconds, peak = timed_steps(trainer, batches, warmup, steps)
+    steps, seconds, peak = timed_steps(trainer, batches, warmup, steps, 0 if args.smoke else args.min_seconds)
     images = steps * trainer.config.train.batch_size
     record |= {
         "batch": trainer.config.train.batch_size,
@@ -210,18 +217,10 @@ def measure_training(args: argparse.Namespace, work: Path, case: Case, mode: str
 
 def measure_loader(args: argparse.Namespace, work: Path, case: Case, held_rate: float, workers: int) -> dict[str, Any]:
     trainer = build_trainer(args.pack, work, case, LOADER_MODE, args.smoke, workers)
-    device = trainer.ctx.device
     steps = 2 if args.smoke else case.steps
     batches = TimedBatches(iter(trainer.training_loader()))
-    for _ in range(2 if args.smoke else 3):  # warm-up: workers started, shuffle buffer filled
-        trainer.train_step(batches)
-    synchronize(device)
-    batches.waited = 0.0
-    started = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(batches)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    warmup = 2 if args.smoke else 3  # workers started, shuffle buffer filled
+    steps, seconds, _ = timed_steps(trainer, batches, warmup, steps, 0 if args.smoke else args.min_seconds)
     rate = steps * trainer.config.train.batch_size / seconds
     return {
         "family": case.name,
@@ -296,6 +295,7 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, default=Path(".gpu-pack"), help="what bench/gpu_pack.py wrote")
     parser.add_argument("--inception", type=Path, default=None, help="default: PACK/inception-fp16.pt if present")
     parser.add_argument("--budget-s", type=float, default=330, help="no compile mode starts after this many s")
+    parser.add_argument("--min-seconds", type=float, default=4.0, help="shortest timed window per figure")
     parser.add_argument("--fid-n", type=int, default=50_000)
     parser.add_argument("--fid-batch", type=int, default=500, help="images per Inception pass")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, one step each, on CPU")
