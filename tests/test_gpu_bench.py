@@ -32,10 +32,8 @@ def run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def pack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gpu") / "pack"
-    done = run(
-        [sys.executable, "bench/gpu_pack.py", "--out", str(out), "--data", str(shared_data), "--crop", "512"]
-        + ["--no-inception"]
-    )
+    arguments = ["--out", str(out), "--data", str(shared_data), "--crop", "512", "--no-inception"]
+    done = run([sys.executable, "bench/gpu_pack.py", *arguments])
     assert done.returncode == 0, done.stderr[-3000:]
     for size in (64, 128, 256):
         manifest = json.loads((out / f"shards-{size}" / "manifest.json").read_text())

@@ -12,7 +12,7 @@ from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import list_checkpoints, load_checkpoint
 from atlas_gan.runtime.generator import load_generator
-from atlas_gan.samples import TarFormatError
+from atlas_gan.samples import TarFormatError, read_members
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage, StorageError
 from atlas_gan.train.data import TileStream, augment, to_training_range
@@ -56,6 +56,17 @@ def test_stream_splits_an_epoch_exactly_over_consumers(train_data):
             seen.append(tiles)
         assert sum(len(t) for t in seen) == total
         assert len(set().union(*map(set, seen))) == total  # disjoint, and everything once
+
+
+def test_a_consumer_without_tiles_fails_instead_of_waiting_forever(train_data):
+    manifest = read_manifest(LocalStorage(), str(train_data))
+    urls = shard_urls(manifest, str(train_data))
+    with open(urls[0], "rb") as shard:
+        keys = [name.partition(".")[0] for name, _ in read_members(shard)]
+    held_out = frozenset(keys[1:])  # one training tile left: the second of two consumers gets none
+    stream = iter(TileStream(urls[:1], 1, 2, image_size=32, seed=0, shuffle_buffer=4, exclude=held_out))
+    with pytest.raises(ValueError, match=r"no training tiles reach data consumer 2 of 2 .*lower train.num_workers"):
+        next(stream)
 
 
 def test_training_range_and_augmentations():

@@ -123,7 +123,16 @@ class TileStream(IterableDataset):
                 samples = self._samples(order[me::consumers])
             else:
                 samples = itertools.islice(self._samples(order), me, None, consumers)
-            yield from self._shuffled(samples, rng, epoch)
+            empty = True
+            for sample in self._shuffled(samples, rng, epoch):
+                empty = False
+                yield sample
+            if empty:  # every later epoch would be empty too: fail instead of looping forever
+                raise ValueError(
+                    f"no training tiles reach data consumer {me + 1} of {consumers} ({self.world_size} rank(s) x "
+                    f"{consumers // self.world_size} loader worker(s)): its share of the {len(order)} shard(s) "
+                    "holds none (too few tiles, or all of them held out); lower train.num_workers or add tiles"
+                )
 
     def _label(self, sample: dict[str, Any]) -> int | None:
         if self.scene_labels is None:
