@@ -70,3 +70,12 @@ def test_a_missing_pack_is_named(tmp_path: Path) -> None:
     done = run([sys.executable, "bench/gpu.py", str(tmp_path / "out"), "--pack", str(tmp_path / "nope"), "--smoke"])
     assert done.returncode == 2
     assert "shards-" in done.stderr and "run bench/gpu_pack.py first" in done.stderr
+
+
+def test_profile_smoke_writes_each_modes_table(pack: Path, tmp_path: Path) -> None:
+    arguments = ["--pack", str(pack), "--case", "dcgan-64", "--modes", "fp32,bf16+cl", "--steps", "1", "--smoke"]
+    done = run([sys.executable, "bench/gpu_profile.py", str(tmp_path), *arguments])
+    assert done.returncode == 0, done.stderr[-3000:]
+    for mode in ("fp32", "bf16_cl"):
+        text = (tmp_path / f"profile-dcgan-64-{mode}.txt").read_text()
+        assert "ms per step" in text and "aten::" in text
