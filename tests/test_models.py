@@ -4,7 +4,7 @@ import torch
 from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
 from atlas_gan.models import ModelSpec, build, family_names, get_family
 from atlas_gan.models.layers import ConditionalBatchNorm2d, SelfAttention
-from atlas_gan.recipes.adversarial import make_optimizer
+from atlas_gan.recipes.base import make_optimizer
 
 FAMILIES = ["dcgan", "wgan", "wgan-gp", "sngan", "sagan"]
 

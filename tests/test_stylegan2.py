@@ -20,7 +20,7 @@ from atlas_gan.losses import r1_penalty
 from atlas_gan.models import build, get_family
 from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents, truncation
 from atlas_gan.models.stylegan2 import MinibatchStd, ModulatedConv2d
-from atlas_gan.recipes.adversarial import make_optimizer
+from atlas_gan.recipes.base import make_optimizer
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.storage import LocalStorage

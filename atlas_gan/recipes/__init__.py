@@ -31,15 +31,11 @@ RECIPES: dict[str, type[Recipe]] = {
 
 def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes: int) -> ModelSpec:
     """The networks' shape for this config and dataset (`roles`: the bands G reads and draws)."""
-    family = get_family(cfg.model.family)
     options = cfg.model
+    shape = (len(roles.outputs), image_size, cfg.latent_dim, cfg.g_width, cfg.d_width)
     if isinstance(options, SuperResOptions):
         return ModelSpec(
-            len(roles.outputs),
-            image_size,
-            cfg.latent_dim,
-            cfg.g_width,
-            cfg.d_width,
+            *shape,
             input_bands=len(roles.outputs),
             residual_blocks=options.blocks,
             scale=options.scale,
@@ -47,23 +43,14 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
         )
     if roles.inputs is not None:  # translations are not conditioned on labels (CycleGAN's only pick its domains)
         return ModelSpec(
-            len(roles.outputs),
-            image_size,
-            cfg.latent_dim,
-            cfg.g_width,
-            cfg.d_width,
+            *shape,
             input_bands=len(roles.inputs),
-            norm=getattr(cfg.model, "norm", "batch"),
-            residual_blocks=getattr(cfg.model, "residual_blocks", None) or 0,
+            norm=getattr(options, "norm", "batch"),
+            residual_blocks=getattr(options, "residual_blocks", None) or 0,
         )
+    family = get_family(options.family)
     return ModelSpec(
-        len(roles.outputs),
-        image_size,
-        cfg.latent_dim,
-        cfg.g_width,
-        cfg.d_width,
-        num_classes=num_classes,
-        attention_resolution=attention_resolution(family, cfg.model, image_size),
+        *shape, num_classes=num_classes, attention_resolution=attention_resolution(family, options, image_size)
     )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from atlas_gan.config import ModelOptions, TrainConfig
 from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
-from atlas_gan.models.base import AdversarialDefaults, GANFamily, ModelSpec
+from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.recipes.ada import AdaptiveAugment
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.diffaugment import DiffAugment
@@ -32,21 +32,6 @@ from atlas_gan.recipes.path_length import PathLengthRegularizer
 from atlas_gan.runtime.distributed import DistributedContext
 
 CALIBRATION_SEED, CALIBRATION_BATCHES, CALIBRATION_BATCH = 12345, 8, 64
-
-
-def make_optimizer(
-    defaults: AdversarialDefaults, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
-) -> torch.optim.Optimizer:
-    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
-    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
-    if lazy_interval:
-        ratio = lazy_interval / (lazy_interval + 1)
-        lr, betas = lr * ratio, (defaults.betas[0] ** ratio, defaults.betas[1] ** ratio)
-    else:
-        betas = defaults.betas
-    if defaults.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=betas)
 
 
 def make_augment(cfg: TrainConfig) -> DiffAugment | AdaptiveAugment:
@@ -96,14 +81,9 @@ class AdversarialRecipe(Recipe):
         pl_weight = getattr(options, "path_length_weight", None)
         pl_weight = defaults.pl_weight if pl_weight is None else pl_weight
         self.path_length = PathLengthRegularizer(pl_weight, defaults.pl_interval)
-        self.G, self.D = self.place(generator), self.place(discriminator)
         lazy_g = defaults.pl_interval if pl_weight else 0
         lazy_d = defaults.r1_interval if self.r1_gamma else 0
-        self.networks = {"G": self.G, "D": self.D}
-        self.optimizers = {
-            "G": make_optimizer(defaults, self.G.parameters(), cfg.lr_g or defaults.lr_g, lazy_g),
-            "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy_d),
-        }
+        self.adopt_pair(generator, discriminator, defaults, cfg, lazy=(lazy_g, lazy_d))
 
     # ---- state ------------------------------------------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from atlas_gan.models.base import ModelSpec
+from atlas_gan.config import TrainConfig
+from atlas_gan.models.base import AdversarialDefaults, ModelSpec
 from atlas_gan.runtime import distributed as dist_utils
 from atlas_gan.runtime.distributed import DistributedContext
 from atlas_gan.runtime.signature import LATENT
@@ -80,6 +81,21 @@ def frozen(network: nn.Module) -> Iterator[None]:
         network.requires_grad_(True)
 
 
+def make_optimizer(
+    defaults: AdversarialDefaults, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
+) -> torch.optim.Optimizer:
+    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
+    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
+    if lazy_interval:
+        ratio = lazy_interval / (lazy_interval + 1)
+        lr, betas = lr * ratio, (defaults.betas[0] ** ratio, defaults.betas[1] ** ratio)
+    else:
+        betas = defaults.betas
+    if defaults.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    return torch.optim.Adam(parameters, lr=lr, betas=betas)
+
+
 class Recipe:
     """Base class of training recipes; see the module docstring."""
 
@@ -101,6 +117,23 @@ class Recipe:
         self.autocast_dtype, self.memory_format = autocast_dtype, memory_format
         self.networks: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def adopt_pair(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        defaults: AdversarialDefaults,
+        cfg: TrainConfig,
+        lazy: tuple[int, int] = (0, 0),
+    ) -> None:
+        """`self.G` and `self.D` on the device, each with the family's optimizer at the configured (else the
+        family's) learning rate; `lazy`: G's and D's lazy-regularization intervals (see `make_optimizer`)."""
+        self.G, self.D = self.place(generator), self.place(discriminator)
+        self.networks = {"G": self.G, "D": self.D}
+        self.optimizers = {
+            "G": make_optimizer(defaults, self.G.parameters(), cfg.lr_g or defaults.lr_g, lazy[0]),
+            "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy[1]),
+        }
 
     # ---- what subclasses implement -----------------------------------------------------------------------------
 

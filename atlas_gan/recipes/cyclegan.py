@@ -26,8 +26,7 @@ from atlas_gan.config import CycleGANOptions, TrainConfig
 from atlas_gan.labels import LabelVocabulary
 from atlas_gan.losses import discriminator_loss, generator_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
-from atlas_gan.recipes.adversarial import make_optimizer
-from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
+from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen, make_optimizer
 from atlas_gan.runtime.distributed import DistributedContext
 from atlas_gan.runtime.signature import IMAGE
 

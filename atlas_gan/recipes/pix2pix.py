@@ -20,7 +20,6 @@ from torch import nn
 from atlas_gan.config import Pix2PixOptions, TrainConfig
 from atlas_gan.losses import discriminator_loss, generator_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
-from atlas_gan.recipes.adversarial import make_optimizer
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.roles import BandRoles
 from atlas_gan.runtime.distributed import DistributedContext
@@ -49,14 +48,9 @@ class Pix2PixRecipe(Recipe):
         for layer in generator.modules():
             if isinstance(layer, nn.Dropout):
                 layer.p = options.dropout
-        self.G, self.D = self.place(generator), self.place(discriminator)
+        self.adopt_pair(generator, discriminator, self.defaults, cfg)
         self.inputs = torch.tensor(roles.inputs, device=ctx.device)
         self.targets = torch.tensor(roles.outputs, device=ctx.device)
-        self.networks = {"G": self.G, "D": self.D}
-        self.optimizers = {
-            "G": make_optimizer(self.defaults, self.G.parameters(), cfg.lr_g or self.defaults.lr_g),
-            "D": make_optimizer(self.defaults, self.D.parameters(), cfg.lr_d or self.defaults.lr_d),
-        }
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of dataset tiles -> (G's input bands, the target bands)."""

@@ -28,7 +28,6 @@ from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.perceptual import PerceptualLoss, resolve_vgg_weights
 from atlas_gan.preview import band_triplets
-from atlas_gan.recipes.adversarial import make_optimizer
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.roles import BandRoles
 from atlas_gan.runtime.distributed import DistributedContext
@@ -56,13 +55,8 @@ class SuperResRecipe(Recipe):
         options = cfg.model
         assert isinstance(options, SuperResOptions)
         self.options, self.defaults, self.seed = options, family.training, cfg.seed
-        self.G, self.D = self.place(family.generator(spec)), self.place(family.discriminator(spec))
-        self.networks = {"G": self.G, "D": self.D}
+        self.adopt_pair(family.generator(spec), family.discriminator(spec), self.defaults, cfg)
         self.lr_g = cfg.lr_g or self.defaults.lr_g
-        self.optimizers = {
-            "G": make_optimizer(self.defaults, self.G.parameters(), self.lr_g),
-            "D": make_optimizer(self.defaults, self.D.parameters(), cfg.lr_d or self.defaults.lr_d),
-        }
         self.perceptual: PerceptualLoss | None = None
         if options.perceptual_weight > 0:
             positions = band_triplets(roles.output_names, cfg.rgb_bands)[0][1]
