@@ -29,6 +29,12 @@ EXIT_CODES = {
 }
 _EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + "."
 _CONFIG_HELP = "YAML config (default: $ATLAS_CONFIG, else the packaged default; see `atlas-gan config show`)."
+# Options several commands declare alike (Typer reads each declaration afresh, so one object serves them all).
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when there is one.")
+_MODEL_CONFIG = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow and S3 are.")
+_TRACKING_OVERRIDES = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=...")
+_SCENE_BATCH = typer.Option(32, "--batch-size", min=1, max=4096, help="Tiles per generator forward pass.")
 
 app = typer.Typer(
     help="atlas-gan: train GANs on satellite imagery (ingest -> train -> evaluate -> register).\n\n"
@@ -165,7 +171,7 @@ def train(
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", min=1, help="Processes (GPUs) on this machine; >1 launches torchrun --standalone."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = _QUIET,
 ) -> None:
     """Train the configured GAN on the ingested shards; resumes from run_dir's newest checkpoint.
 
@@ -331,7 +337,7 @@ def sample(
     crs: str = typer.Option(None, "--crs", help="Claim this CRS for the GeoTIFFs (e.g. EPSG:32618); default none."),
     pixel_size: float = typer.Option(10.0, "--pixel-size", min=0.0, help="Pixel size in CRS units (with --crs)."),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+    overrides: list[str] = _TRACKING_OVERRIDES,
 ) -> None:
     """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or Cloud-Optimized GeoTIFFs
     with band names and provenance tags, or an animated latent walk (--walk)."""
@@ -393,11 +399,11 @@ def translate(
         ..., "--model", "-m", help="An image-to-image model (pix2pix): models:/NAME@champion, ... or a checkpoint."
     ),
     out: str = typer.Option(..., "--out", "-o", help="The COG to write: a path or s3:// URL."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Tiles per generator forward pass."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when there is one."),
-    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow and S3 are."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    batch_size: int = _SCENE_BATCH,
+    device: str = _DEVICE,
+    config: Path = _MODEL_CONFIG,
+    overrides: list[str] = _TRACKING_OVERRIDES,
+    quiet: bool = _QUIET,
 ) -> None:
     """Translate a whole scene with a pix2pix generator into a Cloud-Optimized GeoTIFF.
 
@@ -418,11 +424,11 @@ def upscale(
     ),
     out: str = typer.Option(..., "--out", "-o", help="The COG to write: a path or s3:// URL."),
     scale: int = typer.Option(None, "--scale", help="Check the model upscales by this factor (2 or 4)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Tiles per generator forward pass."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when there is one."),
-    config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow and S3 are."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    batch_size: int = _SCENE_BATCH,
+    device: str = _DEVICE,
+    config: Path = _MODEL_CONFIG,
+    overrides: list[str] = _TRACKING_OVERRIDES,
+    quiet: bool = _QUIET,
 ) -> None:
     """Upscale a whole scene with a super-resolution (esrgan) generator into a Cloud-Optimized GeoTIFF.
 
@@ -486,7 +492,7 @@ def export(
         1.0, "--truncation", "-t", min=0.0, max=2.0, help="StyleGAN2: truncation psi baked into the export; 1: off."
     ),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set tracking.uri=..."),
+    overrides: list[str] = _TRACKING_OVERRIDES,
 ) -> None:
     """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 (and `labels`
     (n,) int64 for a conditional model), output `images` (n, bands, size, size) in [-1, 1], any batch size. A
