@@ -95,6 +95,18 @@ class NormalizationConfig(_Strict):
         return self
 
 
+class PairedSourceConfig(_Strict):
+    """A second source over the same ground (another date, another sensor), read onto the first source's grid."""
+
+    source: Url = Field(description="local folder, glob, or s3://bucket/prefix holding the partner scenes")
+    bands: list[str | int] | None = Field(None, description="the partner's bands to keep, in order; null: all")
+    suffix: str = Field(
+        "pair",
+        pattern=r"^[A-Za-z0-9]{1,16}$",
+        description="partner band names get it after an underscore (B4 -> B4_pair), so both sides' bands differ",
+    )
+
+
 class IngestConfig(_Strict):
     """GeoTIFF scenes -> normalized tiles -> WebDataset shards."""
 
@@ -114,6 +126,11 @@ class IngestConfig(_Strict):
     nodata: float | None = Field(None, description="nodata value for files that declare none")
     max_nodata_fraction: float = Field(0.05, ge=0.0, le=1.0, description="tiles with more nodata are dropped")
     normalization: NormalizationConfig = NormalizationConfig()
+    paired: PairedSourceConfig | None = Field(
+        None,
+        description="tiles carry a second source's bands too, reprojected onto each scene's grid, only where both "
+        "are valid; one partner scene pairs with every scene, else partners pair by scene id",
+    )
     tile_dtype: Literal["float16", "float32"] = "float16"
     shard_max_samples: int = Field(1000, ge=1, le=1_000_000)
     shard_max_bytes: int = Field(256 * 2**20, ge=2**16, le=2**36)

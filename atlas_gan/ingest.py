@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, IngestConfig, config_to_dict
-from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source
+from atlas_gan.geo.discovery import SceneSpec, discover_scenes, list_source, pair_scenes
 from atlas_gan.geo.footprints import tile_transform
 from atlas_gan.geo.normalize import Normalization, describe
 from atlas_gan.geo.stats import merge_band_statistics
@@ -180,7 +180,8 @@ def _scene_entry(scan: SceneScan, config: IngestConfig) -> dict[str, Any]:
     }
     return {
         "id": scan.spec.scene_id,
-        "sources": [{"url": f.url, "band": f.band, "fingerprint": f.fingerprint} for f in scan.spec.files],
+        "sources": [{"url": f.url, "band": f.band, "fingerprint": f.fingerprint} for f in scan.spec.all_files],
+        "paired_with": scan.spec.partner.scene_id if scan.spec.partner else None,
         "fingerprint": scan.spec.fingerprint,
         "acquired": scan.spec.acquired,
         **scan.meta,
@@ -252,7 +253,8 @@ def _ingest_holding_lock(
     _check_compatible(manifest, cfg)
     report = IngestReport(manifest_url=manifest_url(cfg.output))
 
-    new_specs, unchanged, rejected = _plan(cfg, src_store, manifest)
+    partner_store = storage_for(cfg.paired.source, config.storage) if cfg.paired else None
+    new_specs, unchanged, rejected = _plan(cfg, src_store, manifest, partner_store)
     report.unchanged_scenes = unchanged
 
     # Few scenes on many workers: split each into parts (bands of tile rows) so every worker has work.
@@ -375,15 +377,24 @@ def pending_scenes(config: AtlasConfig) -> PendingScenes:
 
 
 def _plan(
-    cfg: IngestConfig, src_store: Storage, manifest: dict[str, Any] | None
+    cfg: IngestConfig, src_store: Storage, manifest: dict[str, Any] | None, partner_store: Storage | None = None
 ) -> tuple[list[SceneSpec], list[str], list[dict[str, str]]]:
-    """Scenes at the source against the manifest: (new ones, unchanged ids, rejections of changed ones)."""
+    """Scenes at the source (with their partners under `ingest.paired`) against the manifest: (new ones, unchanged
+    ids, rejections of changed and unpaired ones)."""
     files = list_source(cfg.source, src_store)
     if not files:
         raise SourceEmpty(f"{cfg.source}: no files found (check the folder, glob or s3:// prefix)")
-    known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
+    scenes = discover_scenes(files, cfg.band_file_pattern).scenes
     new, unchanged, rejected = [], [], []
-    for spec in discover_scenes(files, cfg.band_file_pattern).scenes:
+    if cfg.paired is not None and partner_store is not None:
+        partner_files = list_source(cfg.paired.source, partner_store)
+        if not partner_files:
+            raise SourceEmpty(f"ingest.paired.source {cfg.paired.source}: no files found")
+        partners = discover_scenes(partner_files, cfg.band_file_pattern).scenes
+        scenes, unpaired = pair_scenes(scenes, partners, cfg.paired.source)
+        rejected += [_rejection(spec, reason) for spec, reason in unpaired]
+    known = {scene["id"]: scene for scene in (manifest or {}).get("scenes", [])}
+    for spec in scenes:
         previous = known.get(spec.scene_id)
         if previous is None:
             new.append(spec)

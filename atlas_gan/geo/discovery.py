@@ -36,10 +36,17 @@ class SceneSpec:
     files: tuple[BandFile, ...]
     grouped: bool  # True: one band per file, named by the pattern; False: one file holding every band
     acquired: str | None
+    partner: SceneSpec | None = None  # `ingest.paired`: the second source's scene over the same ground
 
     @property
     def fingerprint(self) -> str:
-        return ";".join(f"{f.url}={f.fingerprint}" for f in self.files)
+        own = ";".join(f"{f.url}={f.fingerprint}" for f in self.files)
+        return own if self.partner is None else f"{own}|{self.partner.fingerprint}"
+
+    @property
+    def all_files(self) -> tuple[BandFile, ...]:
+        """This scene's files, then its partner's."""
+        return self.files + (self.partner.files if self.partner else ())
 
 
 @dataclass
@@ -143,6 +150,23 @@ def discover_scenes(files: list[ObjectInfo], band_file_pattern: str) -> Discover
             key=lambda s: s.scene_id,
         )
     return found
+
+
+def pair_scenes(
+    scenes: list[SceneSpec], partners: list[SceneSpec], partner_source: str
+) -> tuple[list[SceneSpec], list[tuple[SceneSpec, str]]]:
+    """Each scene with its partner from `ingest.paired.source`: the only partner scene when there is one, else the
+    partner of the same scene id. Returns (paired scenes, [(unpaired scene, reason)])."""
+    by_id = {p.scene_id: p for p in partners}
+    paired, unpaired = [], []
+    for scene in scenes:
+        partner = partners[0] if len(partners) == 1 else by_id.get(scene.scene_id)
+        if partner is None:
+            known = ", ".join(sorted(by_id)[:5]) + (", ..." if len(by_id) > 5 else "")
+            unpaired.append((scene, f"no partner: {partner_source} has no scene {scene.scene_id!r} (it has {known})"))
+            continue
+        paired.append(SceneSpec(scene.scene_id, scene.files, scene.grouped, scene.acquired, partner))
+    return paired, unpaired
 
 
 def _band_order(item: tuple[str, ObjectInfo]) -> tuple[int, str]:

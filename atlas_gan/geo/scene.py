@@ -16,7 +16,9 @@ import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from atlas_gan.geo.bands import SceneError, select_bands
@@ -30,6 +32,7 @@ class _BandHandle:
     index: int  # 1-based band index within `dataset`
     nodata: float | None
     per_dataset_mask: bool  # GDAL mask/alpha must be read; otherwise the nodata value decides
+    coverage_band: int | None = None  # warped onto the grid: this band of the VRT is 0 where the source is absent
 
 
 class SceneReader:
@@ -42,6 +45,8 @@ class SceneReader:
         resampling: str,
         nodata_override: float | None,
         gdal_options: dict[str, Any] | None = None,
+        partner_bands: Sequence[str | int] | None = None,
+        partner_suffix: str = "pair",
     ) -> None:
         self.spec = spec
         self._stack = contextlib.ExitStack()
@@ -50,6 +55,8 @@ class SceneReader:
         try:
             self._stack.enter_context(self._env)
             self._open(wanted, Resampling[resampling])
+            if spec.partner is not None:
+                self._open_partner(spec.partner, partner_bands, partner_suffix, Resampling[resampling])
         except BaseException:
             self._stack.close()
             raise
@@ -66,10 +73,13 @@ class SceneReader:
         except RasterioError as exc:
             raise SceneError(f"{url}: not a raster GDAL can read ({exc})") from exc
 
-    def _open(self, wanted: Sequence[str | int] | None, resampling: Resampling) -> None:
-        files = self.spec.files
+    def _open_group(
+        self, spec: SceneSpec, wanted: Sequence[str | int] | None
+    ) -> tuple[list[str], list[Any], list[int], Any]:
+        """One scene's chosen bands: (names, datasets, 1-based band indexes, its finest dataset)."""
+        files = spec.files
         datasets = [self._open_file(f.url) for f in files]
-        if self.spec.grouped:
+        if spec.grouped:
             for f, ds in zip(files, datasets, strict=True):
                 if ds.count != 1:
                     raise SceneError(f"{f.url}: band file {f.band} holds {ds.count} bands; expected 1")
@@ -78,8 +88,7 @@ class SceneReader:
             ds = datasets[0]
             names = [d if d else str(i + 1) for i, d in enumerate(ds.descriptions)]
         positions = select_bands(names, wanted)
-        self.band_names = [names[p] for p in positions]
-        if self.spec.grouped:
+        if spec.grouped:
             chosen = [datasets[p] for p in positions]
             self._check_grid(chosen, [files[p].url for p in positions])
             reference = min(chosen, key=lambda d: abs(d.res[0] * d.res[1]))
@@ -88,29 +97,58 @@ class SceneReader:
             reference = datasets[0]
         if reference.crs is None:
             raise SceneError(f"{reference.name}: has no CRS; georeferenced imagery is required")
+        indexes = [1 if spec.grouped else p + 1 for p in positions]
+        return [names[p] for p in positions], chosen, indexes, reference
+
+    def _open(self, wanted: Sequence[str | int] | None, resampling: Resampling) -> None:
+        names, chosen, indexes, reference = self._open_group(self.spec, wanted)
         self.crs = reference.crs
         self.transform = reference.transform
         self.width, self.height = reference.width, reference.height
+        self.band_names: list[str] = []
         self.resampled: list[str] = []
         self._bands: list[_BandHandle] = []
-        for name, ds, pos in zip(self.band_names, chosen, positions, strict=True):
-            index = 1 if self.spec.grouped else pos + 1
-            if ds is not reference and (ds.transform != reference.transform or ds.shape != reference.shape):
-                ds = self._stack.enter_context(
-                    WarpedVRT(
-                        ds,
-                        crs=reference.crs,
-                        transform=reference.transform,
-                        width=reference.width,
-                        height=reference.height,
-                        resampling=resampling,
-                    )
-                )
-                self.resampled.append(name)
-            flags = ds.mask_flag_enums[index - 1]
-            nodata = ds.nodata if ds.nodata is not None else self._nodata_override
-            per_dataset = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
-            self._bands.append(_BandHandle(ds, index, nodata, per_dataset))
+        for name, ds, index in zip(names, chosen, indexes, strict=True):
+            self._add_band(name, ds, index, resampling)
+        self._set_dtype()
+
+    def _open_partner(
+        self, partner: SceneSpec, wanted: Sequence[str | int] | None, suffix: str, resampling: Resampling
+    ) -> None:
+        """The partner scene's bands, reprojected onto this scene's grid and named `<band>_<suffix>`; a partner whose
+        footprint misses this scene is an error naming both."""
+        names, chosen, indexes, reference = self._open_group(partner, wanted)
+        left, bottom, right, top = transform_bounds(reference.crs, self.crs, *reference.bounds)
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        if right <= west or left >= east or top <= south or bottom >= north:
+            raise SceneError(
+                f"paired with {partner.scene_id} ({partner.files[0].url}): the footprints do not overlap "
+                f"(in {self.crs}: this scene spans x {west:.6g}..{east:.6g}, y {south:.6g}..{north:.6g}; "
+                f"the partner x {left:.6g}..{right:.6g}, y {bottom:.6g}..{top:.6g})"
+            )
+        for name, ds, index in zip(names, chosen, indexes, strict=True):
+            self._add_band(f"{name}_{suffix}", ds, index, resampling)
+        self._set_dtype()
+
+    def _add_band(self, name: str, ds: Any, index: int, resampling: Resampling) -> None:
+        """One band, warped onto the scene's grid when it is on another."""
+        flags = ds.mask_flag_enums[index - 1]
+        nodata = ds.nodata if ds.nodata is not None else self._nodata_override
+        per_dataset = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+        coverage_band = None
+        if ds.crs != self.crs or ds.transform != self.transform or ds.shape != (self.height, self.width):
+            # Raw values through the warp, no nodata there: GDAL's warper would mask a pixel only where every band is
+            # nodata and shift a valid value equal to nodata by one. An added alpha band says where the source
+            # covers (a source alpha already does, through the mask); each band's own nodata is checked after.
+            grid = {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
+            vrt = WarpedVRT(ds, resampling=resampling, src_nodata=None, nodata=None, add_alpha=not per_dataset, **grid)
+            ds = self._stack.enter_context(vrt)
+            coverage_band = None if per_dataset else ds.count
+            self.resampled.append(name)
+        self.band_names.append(name)
+        self._bands.append(_BandHandle(ds, index, nodata, per_dataset, coverage_band))
+
+    def _set_dtype(self) -> None:
         dtypes = {np.dtype(h.dataset.dtypes[h.index - 1]) for h in self._bands}
         self.dtype = np.result_type(*dtypes)
 
@@ -141,6 +179,8 @@ class SceneReader:
                     data[i] = values
                 if band.per_dataset_mask:
                     valid &= band.dataset.read_masks(band.index, window=window) > 0
+                if band.coverage_band is not None:
+                    valid &= band.dataset.read(band.coverage_band, window=window) > 0
             except RasterioError as exc:
                 raise SceneError(f"{band.dataset.name}: read failed at rows {row}-{row + height}: {exc}") from exc
             if band.nodata is not None and not band.per_dataset_mask:

@@ -68,7 +68,9 @@ def scan_scene(
     """Pass 1 over part `part` of `parts` of a scene. Never raises for bad input: the reason is returned instead."""
     scan = SceneScan(spec, part, parts)
     try:
-        with SceneReader(spec, config.bands, config.resampling, config.nodata, gdal_options) as reader:
+        paired = config.paired
+        partner = {"partner_bands": paired.bands, "partner_suffix": paired.suffix} if paired else {}
+        with SceneReader(spec, config.bands, config.resampling, config.nodata, gdal_options, **partner) as reader:
             _scan(reader, config, scan, spool_dir)
     except SceneError as exc:
         scan.reason = str(exc)
@@ -78,7 +80,7 @@ def scan_scene(
         scan.reason = f"unexpected {type(exc).__name__} while reading: {exc}"
     if scan.reason and scan.spool_path and os.path.exists(scan.spool_path):
         os.unlink(scan.spool_path)
-    if scan.reason and is_transient_read_failure(scan.reason, [f.url for f in spec.files]):
+    if scan.reason and is_transient_read_failure(scan.reason, [f.url for f in spec.all_files]):
         # the storage failed, not the file: raise so callers retry (the Prefect task does) instead of rejecting
         raise StorageError(f"{spec.scene_id}: {scan.reason}")
     return scan
@@ -187,7 +189,7 @@ def _scene_json_prefix(scan: SceneScan, tile_dtype: str) -> str:
     """The JSON of the metadata every tile of the scene shares, without its closing brace."""
     shared = {
         "scene_id": scan.spec.scene_id,
-        "sources": [file.url for file in scan.spec.files],
+        "sources": [file.url for file in scan.spec.all_files],
         "bands": scan.bands,
         "crs": scan.meta["crs"],
         "epsg": scan.meta["epsg"],
