@@ -26,25 +26,27 @@ def linked(folder: Path, *files: Path) -> Path:
     return folder
 
 
-def cropped_partner(geotiff: Path, folder: Path) -> Path:
+def cropped_partner(geotiff: Path, folder: Path, nodata: float | None = 0) -> Path:
     """2020 cut to a window that starts at OFFSET: another grid (another transform and size) over the same ground."""
     folder.mkdir(parents=True)
     with rasterio.open(geotiff / PUCALLPA / "landsat_2020.tif") as src:
         window = Window(OFFSET[1], OFFSET[0], 500, 300)
         profile = src.profile | {"width": 500, "height": 300, "transform": src.window_transform(window)}
         profile["photometric"] = "MINISBLACK"  # as the source: four plain bands, no alpha
+        profile["nodata"] = nodata
         with rasterio.open(folder / "landsat_2020_crop.tif", "w", **profile) as dst:
             dst.write(src.read(window=window))
     return folder / "landsat_2020_crop.tif"
 
 
-def test_paired_tiles_carry_both_years_aligned_on_the_first_grid(geotiff, make_config, tmp_path):
+@pytest.mark.parametrize("partner_nodata", [0, None], ids=["partner-nodata", "partner-without-nodata"])
+def test_paired_tiles_carry_both_years_aligned_on_the_first_grid(geotiff, make_config, tmp_path, partner_nodata):
     first = linked(tmp_path / "a", geotiff / PUCALLPA / "landsat_1985.tif")
-    partner = cropped_partner(geotiff, tmp_path / "b")
+    partner = cropped_partner(geotiff, tmp_path / "b", partner_nodata)
     output = tmp_path / "paired"
-    config = make_config(
-        first, output, tile_size=32, workers=1, resampling="nearest", paired={"source": str(partner.parent)}
-    )
+    paired = {"source": str(partner.parent)}
+    # without nodata anywhere (ingest.nodata null too), only the warp's coverage keeps tiles inside the partner
+    config = make_config(first, output, tile_size=32, workers=1, resampling="nearest", paired=paired, nodata=None)
     report = ingest(config, progress=False)
     assert report.rejected == [] and report.new_samples > 0
     manifest = json.loads((output / "manifest.json").read_text())

@@ -32,7 +32,7 @@ class _BandHandle:
     index: int  # 1-based band index within `dataset`
     nodata: float | None
     per_dataset_mask: bool  # GDAL mask/alpha must be read; otherwise the nodata value decides
-    coverage_band: int | None = None  # warped onto the grid: this band of the VRT is 0 where the source is absent
+    coverage_band: int | None = None  # a warped source without nodata: its added alpha, 0 where it is absent
 
 
 class SceneReader:
@@ -137,13 +137,12 @@ class SceneReader:
         per_dataset = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
         coverage_band = None
         if ds.crs != self.crs or ds.transform != self.transform or ds.shape != (self.height, self.width):
-            # Raw values through the warp, no nodata there: GDAL's warper would mask a pixel only where every band is
-            # nodata and shift a valid value equal to nodata by one. An added alpha band says where the source
-            # covers (a source alpha already does, through the mask); each band's own nodata is checked after.
+            # GDAL's warp keeps the source's nodata (outside the source is nodata too); a source with neither nodata
+            # nor a mask gets an alpha band, which says where it covers
+            add_alpha = ds.nodata is None and not per_dataset
             grid = {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
-            vrt = WarpedVRT(ds, resampling=resampling, src_nodata=None, nodata=None, add_alpha=not per_dataset, **grid)
-            ds = self._stack.enter_context(vrt)
-            coverage_band = None if per_dataset else ds.count
+            ds = self._stack.enter_context(WarpedVRT(ds, resampling=resampling, add_alpha=add_alpha, **grid))
+            coverage_band = ds.count if add_alpha else None
             self.resampled.append(name)
         self.band_names.append(name)
         self._bands.append(_BandHandle(ds, index, nodata, per_dataset, coverage_band))
