@@ -253,8 +253,7 @@ def _ingest_holding_lock(
     _check_compatible(manifest, cfg)
     report = IngestReport(manifest_url=manifest_url(cfg.output))
 
-    partner_store = storage_for(cfg.paired.source, config.storage) if cfg.paired else None
-    new_specs, unchanged, rejected = _plan(cfg, src_store, manifest, partner_store)
+    new_specs, unchanged, rejected = _plan(cfg, src_store, manifest, _partner_store(config))
     report.unchanged_scenes = unchanged
 
     # Few scenes on many workers: split each into parts (bands of tile rows) so every worker has work.
@@ -370,10 +369,17 @@ def pending_scenes(config: AtlasConfig) -> PendingScenes:
     """Compare the source with the dataset's manifest without reading any pixels (for watchers and schedulers)."""
     cfg = config.ingest
     manifest = read_manifest(storage_for(cfg.output, config.storage), cfg.output)
-    new, _, rejected = _plan(cfg, storage_for(cfg.source, config.storage), manifest)
-    return PendingScenes(
-        [spec.scene_id for spec in new], [r["scene"] for r in rejected], {s.scene_id: s.fingerprint for s in new}
-    )
+    new, _, rejected = _plan(cfg, storage_for(cfg.source, config.storage), manifest, _partner_store(config))
+    changed = [r["scene"] for r in rejected if r["reason"] == CHANGED_REASON]  # not the unpaired ones
+    return PendingScenes([spec.scene_id for spec in new], changed, {s.scene_id: s.fingerprint for s in new})
+
+
+def _partner_store(config: AtlasConfig) -> Storage | None:
+    paired = config.ingest.paired
+    return storage_for(paired.source, config.storage) if paired else None
+
+
+CHANGED_REASON = "content changed since it was ingested; ingest into a new output to rebuild the dataset with it"
 
 
 def _plan(
@@ -401,8 +407,7 @@ def _plan(
         elif previous["fingerprint"] == spec.fingerprint:
             unchanged.append(spec.scene_id)
         else:
-            reason = "content changed since it was ingested; ingest into a new output to rebuild the dataset with it"
-            rejected.append(_rejection(spec, reason))
+            rejected.append(_rejection(spec, CHANGED_REASON))
     return new, unchanged, rejected
 
 

@@ -11,7 +11,7 @@ import rasterio
 from rasterio.windows import Window
 
 from atlas_gan.geo.normalize import Normalization
-from atlas_gan.ingest import ingest
+from atlas_gan.ingest import ingest, pending_scenes
 
 from .test_ingest import read_samples
 
@@ -98,6 +98,8 @@ def test_scenes_pair_by_id_and_an_unpaired_one_is_named(geotiff, make_config, tm
     [rejection] = report.rejected
     assert rejection["scene"] == "landsat_1990"
     assert "no partner" in rejection["reason"] and "landsat_2020" in rejection["reason"]
+    pending = pending_scenes(config)  # what watchers see: nothing new, nothing changed (the partner is fingerprinted)
+    assert pending.new == [] and pending.changed == []
 
 
 def test_paired_config_is_validated(make_config, tmp_path):
