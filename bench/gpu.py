@@ -52,6 +52,7 @@ from atlas_gan.metrics.scores import FeatureStats, frechet_distance
 from atlas_gan.metrics.weights import load_inception, resolve_weights
 from atlas_gan.runtime import distributed
 from atlas_gan.shards import shard_urls
+from atlas_gan.storage import LocalStorage
 from atlas_gan.train.data import read_tiles
 from atlas_gan.train.trainer import Trainer
 
@@ -102,9 +103,7 @@ class Report:
         self.save()
 
     def save(self) -> None:
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(partial, self.path)
+        LocalStorage().write_bytes(str(self.path), (json.dumps(self.data, indent=2) + "\n").encode())
 
 
 class TimedBatches:

@@ -22,6 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gpu import CASES, Case
+
 from atlas_gan.config import load_config
 from atlas_gan.models import build
 from atlas_gan.recipes import model_spec
@@ -30,19 +32,13 @@ from atlas_gan.recipes.roles import band_roles
 NVLINK_BUS_BYTES_S = 370e9  # assumption: NCCL all-reduce bus bandwidth within an 8 x H200 NVLink node
 LATENCY_S = 10e-6  # assumption: per ring hop and all-reduce, small messages
 GPUS_PER_NODE = 8
-OVERRIDES = {  # bench/gpu.py's cases (the networks only)
-    ("dcgan", 64): ["train.model=dcgan", "train.latent_dim=100"],
-    ("fastgan", 128): ["train.model=fastgan"],
-    ("stylegan2", 128): ["train.model=stylegan2", "train.g_width=64", "train.d_width=64", "train.latent_dim=512"],
-    ("stylegan2", 256): ["train.model=stylegan2", "train.g_width=64", "train.d_width=64", "train.latent_dim=512"],
-}
 
 
-def gradient_bytes(family: str, size: int) -> tuple[int, int]:
-    """(G parameters, D parameters) of the case's networks."""
-    overrides = ["ingest.output=unused", "train.run_dir=unused", f"train.image_size={size}"]
-    cfg = load_config(None, overrides + OVERRIDES[(family, size)]).train
-    spec = model_spec(cfg, band_roles(cfg, ["B4", "B3", "B2"]), size, 0)
+def parameter_counts(case: Case) -> tuple[int, int]:
+    """(G parameters, D parameters) of the case's networks, as bench/gpu.py builds them."""
+    overrides = ["ingest.output=unused", "train.run_dir=unused", f"train.image_size={case.size}"]
+    cfg = load_config(None, overrides + case.overrides).train
+    spec = model_spec(cfg, band_roles(cfg, ["B4", "B3", "B2"]), case.size, 0)
     _, generator, discriminator = build(cfg.model.family, spec)
     return sum(p.numel() for p in generator.parameters()), sum(p.numel() for p in discriminator.parameters())
 
@@ -76,9 +72,10 @@ def main() -> None:
         if record.get("mode") != args.mode or "s_per_kimg" not in record:
             continue
         family, size = record["family"], record["size"]
-        if (family, size) not in OVERRIDES:
+        case = next((c for c in CASES if (c.name, c.size) == (family, size)), None)
+        if case is None:
             continue
-        g_params, d_params = gradient_bytes(family, size)
+        g_params, d_params = parameter_counts(case)
         volume = 4.0 * (g_params + d_params)  # fp32 gradients
         compute = record["s_per_kimg"] * record["batch"] / 1000
         line = f"{f'{family} {size}':<16}{record['batch']:>6}{compute * 1e3:>9.1f}"

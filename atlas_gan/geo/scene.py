@@ -108,6 +108,7 @@ class SceneReader:
         self.band_names: list[str] = []
         self.resampled: list[str] = []
         self._bands: list[_BandHandle] = []
+        self._vrts: dict[int, Any] = {}  # id(source dataset) -> its WarpedVRT onto this grid
         for name, ds, index in zip(names, chosen, indexes, strict=True):
             self._add_band(name, ds, index, resampling)
         self._set_dtype()
@@ -140,12 +141,20 @@ class SceneReader:
             # GDAL's warp keeps the source's nodata (outside the source is nodata too); a source with neither nodata
             # nor a mask gets an alpha band, which says where it covers
             add_alpha = ds.nodata is None and not per_dataset
-            grid = {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
-            ds = self._stack.enter_context(WarpedVRT(ds, resampling=resampling, add_alpha=add_alpha, **grid))
+            ds = self._warped(ds, resampling, add_alpha)
             coverage_band = ds.count if add_alpha else None
             self.resampled.append(name)
         self.band_names.append(name)
         self._bands.append(_BandHandle(ds, index, nodata, per_dataset, coverage_band))
+
+    def _warped(self, ds: Any, resampling: Resampling, add_alpha: bool) -> Any:
+        """`ds` warped onto the scene's grid, once per source dataset (a multi-band partner's bands share it)."""
+        if id(ds) not in self._vrts:
+            grid = {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
+            self._vrts[id(ds)] = self._stack.enter_context(
+                WarpedVRT(ds, resampling=resampling, add_alpha=add_alpha, **grid)
+            )
+        return self._vrts[id(ds)]
 
     def _set_dtype(self) -> None:
         dtypes = {np.dtype(h.dataset.dtypes[h.index - 1]) for h in self._bands}
@@ -169,6 +178,7 @@ class SceneReader:
         window = Window(0, row, self.width, height)
         data = np.empty((len(self._bands), height, self.width), dtype=self.dtype)
         valid = np.ones((height, self.width), dtype=bool)
+        covered: set[int] = set()  # warped datasets whose coverage this strip already applied
         for i, band in enumerate(self._bands):
             try:
                 if band.dataset.dtypes[band.index - 1] == data.dtype:  # decode straight into the stack
@@ -178,8 +188,9 @@ class SceneReader:
                     data[i] = values
                 if band.per_dataset_mask:
                     valid &= band.dataset.read_masks(band.index, window=window) > 0
-                if band.coverage_band is not None:
+                if band.coverage_band is not None and id(band.dataset) not in covered:
                     valid &= band.dataset.read(band.coverage_band, window=window) > 0
+                    covered.add(id(band.dataset))
             except RasterioError as exc:
                 raise SceneError(f"{band.dataset.name}: read failed at rows {row}-{row + height}: {exc}") from exc
             if band.nodata is not None and not band.per_dataset_mask:
