@@ -312,7 +312,9 @@ def sample(
         "-t",
         min=0.0,
         max=2.0,
-        help="StyleGAN2 truncation psi: below 1 trades variety for typical tiles (0: the mean tile); 1: off.",
+        help="Truncation psi (stylegan2, biggan): below 1 trades variety for typical tiles (0: the most typical "
+        "tile, per label); 1: off. stylegan2 pulls w toward its mean; biggan keeps z inside the threshold that "
+        "holds a share psi of its mass (0.68: the paper's threshold 1).",
     ),
     out: Path = typer.Option(None, "--out", help="PNG grid to write (default grid.png unless --geotiff is given)."),
     bands: str = typer.Option(None, "--bands", help="Grid display bands R,G,B (or one), e.g. B4,B3,B2."),
@@ -489,7 +491,12 @@ def export(
         ExportFormat.onnx, "--format", "-f", help="onnx (onnxruntime, any language) or torchscript."
     ),
     truncation_psi: float = typer.Option(
-        1.0, "--truncation", "-t", min=0.0, max=2.0, help="StyleGAN2: truncation psi baked into the export; 1: off."
+        1.0,
+        "--truncation",
+        "-t",
+        min=0.0,
+        max=2.0,
+        help="stylegan2, biggan: truncation psi baked into the export; 1: off.",
     ),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = _TRACKING_OVERRIDES,

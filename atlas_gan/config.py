@@ -241,7 +241,8 @@ class _AdversarialOptions(_Strict):
         if isinstance(data, dict):
             for key, owner in _FAMILY_ONLY_KEYS.items():
                 if key in data and key not in cls.model_fields:
-                    raise ValueError(f"{key}: {data.get('family')} has no {owner[1]} ({owner[0]} has)")
+                    verb = "have" if " and " in owner[0] else "has"
+                    raise ValueError(f"{key}: {data.get('family')} has no {owner[1]} ({owner[0]} {verb})")
         return data
 
 
@@ -251,10 +252,9 @@ class DCGANLayoutOptions(_AdversarialOptions):
     family: Literal["dcgan", "wgan", "wgan-gp", "sngan"]
 
 
-class SAGANOptions(_AdversarialOptions):
-    """sagan: the DCGAN layout with self-attention and spectral norm in G and D."""
+class _AttentionOptions(_AdversarialOptions):
+    """Families with a self-attention block."""
 
-    family: Literal["sagan"]
     attention_resolution: int | None = Field(
         None, description="feature-map size of the self-attention block; null: 32, or 16 for 32 px images"
     )
@@ -265,6 +265,28 @@ class SAGANOptions(_AdversarialOptions):
         if value is not None and value not in (8, 16, 32, 64, 128):
             raise ValueError("must be 8, 16, 32, 64 or 128 (and at most half the image size)")
         return value
+
+
+class SAGANOptions(_AttentionOptions):
+    """sagan: the DCGAN layout with self-attention and spectral norm in G and D."""
+
+    family: Literal["sagan"]
+
+
+class BigGANOptions(_AttentionOptions):
+    """biggan: residual G with a hierarchical latent and shared class embedding, projection D, self-attention."""
+
+    family: Literal["biggan"]
+    orthogonal_weight: float = Field(
+        1e-4, ge=0, le=1, description="beta of the orthogonal regularization of G's weights (the paper's); 0 = off"
+    )
+    accumulate: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="batches whose gradients are summed per update: an effective batch of accumulate x batch_size "
+        "per rank (the paper's large batches on few GPUs)",
+    )
 
 
 class StyleGAN2Options(_AdversarialOptions):
@@ -387,7 +409,9 @@ class SuperResOptions(_TranslationOptions):
 
 
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
-    "attention_resolution": ("sagan", "self-attention block"),
+    "attention_resolution": ("sagan and biggan", "self-attention block"),
+    "orthogonal_weight": ("biggan", "orthogonal regularization"),
+    "accumulate": ("biggan", "gradient accumulation"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
     "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
     "input_bands": ("pix2pix", "input image"),
@@ -403,6 +427,7 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
 ModelOptions = Annotated[
     DCGANLayoutOptions
     | SAGANOptions
+    | BigGANOptions
     | StyleGAN2Options
     | FastGANOptions
     | Pix2PixOptions

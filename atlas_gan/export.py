@@ -214,6 +214,11 @@ def export_onnx(
     except ImportError as error:
         raise ImportError(f"ONNX export needs the onnx and onnxscript packages: {_INSTALL_HINT}") from error
 
+    if truncation_psi != 1.0 and not getattr(generator, "truncation_in_onnx", True):
+        raise ValueError(
+            f"{type(generator).__name__}'s truncation needs erfinv, which ONNX has no operator for: export with "
+            "truncation 1 (off) to ONNX, or with this truncation to TorchScript"
+        )
     signature = signature_of(info or {})
     wrapper, example = _prepare(generator, spec, truncation_psi, signature)
     input_names = signature.input_names(spec)

@@ -62,7 +62,7 @@ class Sampler:
     ) -> np.ndarray:
         """(count, bands, size, size) float32 in [-1, 1]; the same seed (and label) gives the same tiles.
         A conditional generator draws `label` (or, without one, labels in the training data's proportions).
-        `truncation_psi` < 1 (StyleGAN2) trades variety for typical-looking tiles."""
+        `truncation_psi` < 1 (stylegan2, biggan) trades variety for typical-looking tiles."""
         inputs = signature_of(self.meta).seeded_inputs(
             ModelSpec(**self.meta["spec"]), self.vocabulary, count, seed, label
         )

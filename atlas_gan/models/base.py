@@ -146,19 +146,21 @@ MAX_TRUNCATION_PSI = 2.0
 
 
 def check_truncation(generator: nn.Module, psi: float) -> None:
-    """psi must lie in [0, MAX_TRUNCATION_PSI], and differ from 1 only for generators with a style space."""
-    if not math.isfinite(psi) or not 0.0 <= psi <= MAX_TRUNCATION_PSI:
-        raise ValueError(f"truncation psi must lie in [0, {MAX_TRUNCATION_PSI}]; got {psi}")
+    """psi must lie in [0, the generator's maximum (MAX_TRUNCATION_PSI unless it says less)], and differ from 1
+    only for generators that truncate (a `truncation_psi` attribute: stylegan2's style space, biggan's z)."""
+    highest = float(getattr(generator, "max_truncation_psi", MAX_TRUNCATION_PSI))
+    if not math.isfinite(psi) or not 0.0 <= psi <= highest:
+        raise ValueError(f"truncation psi must lie in [0, {highest:g}] for {type(generator).__name__}; got {psi}")
     if psi != 1.0 and not hasattr(generator, "truncation_psi"):
         raise ValueError(
-            f"truncation_psi {psi}: {type(generator).__name__} has no style space to truncate (stylegan2 has)"
+            f"truncation_psi {psi}: {type(generator).__name__} has nothing to truncate (stylegan2 and biggan have)"
         )
 
 
 @contextlib.contextmanager
 def truncation(generator: nn.Module, psi: float) -> Iterator[None]:
-    """Sample with the truncation trick (w pulled toward the mean w by `psi`: 1 = off, 0 = the mean image) for
-    the duration of the block. Only generators with a style space (StyleGAN2) support psi != 1."""
+    """Sample with the truncation trick for the duration of the block (1 = off, 0 = the most typical image):
+    stylegan2 pulls w toward the mean w by `psi`, biggan maps z onto a truncated normal. Others take only 1."""
     check_truncation(generator, psi)
     if psi == 1.0:
         yield

@@ -4,11 +4,11 @@ The first five share the DCGAN layout (`dcgan.py`); what differs is normalizatio
 self-attention and how labels condition the networks. Conditioning is enabled by the data (`train.condition`), not
 by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
-adds the lazy R1 and path-length regularizers. These train with the adversarial recipe
-(`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it. The translations have their own
-recipes: pix2pix (`pix2pix.py`, paired bands), CycleGAN (`cyclegan.py`, unpaired label domains) and ESRGAN
-(`esrgan.py`, super-resolution). `training`
-holds each family's settings from its paper.
+adds the lazy R1 and path-length regularizers; BigGAN (`biggan.py`) its residual networks with a hierarchical
+latent, trained with gradient accumulation and orthogonal regularization (`atlas_gan/recipes/biggan.py`). These
+train with the adversarial recipe (`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it.
+The translations have their own recipes: pix2pix (`pix2pix.py`, paired bands), CycleGAN (`cyclegan.py`, unpaired
+label domains) and ESRGAN (`esrgan.py`, super-resolution). `training` holds each family's settings from its paper.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from functools import partial
 from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import AdversarialDefaults, GANFamily
+from atlas_gan.models.biggan import BigGANDiscriminator, BigGANGenerator
 from atlas_gan.models.cyclegan import ResNetGenerator
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from atlas_gan.models.esrgan import RRDBGenerator, VGGStyleDiscriminator
@@ -68,6 +69,21 @@ SAGAN = GANFamily(
     training=AdversarialDefaults(loss="hinge", lr_g=1e-4, lr_d=4e-4, betas=(0.0, 0.9)),
     attention=True,
     description="Zhang et al. 2018: self-attention in G and D, spectral norm in both, hinge loss, TTUR (1e-4, 4e-4)",
+)
+
+BIGGAN = GANFamily(
+    name="biggan",
+    generator=BigGANGenerator,
+    discriminator=BigGANDiscriminator,
+    training=AdversarialDefaults(loss="hinge", lr_g=1e-4, lr_d=4e-4, betas=(0.0, 0.999), n_critic=2),
+    recipe="biggan",
+    attention=True,
+    description=(
+        "Brock et al. 2019: residual G with a hierarchical latent and a shared class embedding into its batch "
+        "norms, projection D, self-attention, spectral norm and orthogonal init in both, orthogonal "
+        "regularization of G, hinge loss, TTUR (1e-4, 4e-4), 2 D steps per G step, gradient accumulation, "
+        "truncation at sampling"
+    ),
 )
 
 STYLEGAN2 = GANFamily(
@@ -150,4 +166,4 @@ ESRGAN = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN, ESRGAN)
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, BIGGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN, ESRGAN)

@@ -46,10 +46,21 @@ class Progress:
 
 
 class Update:
-    """One network update, the same for every recipe and network."""
+    """One network update, the same for every recipe and network; its gradient may be summed over several
+    batches first (`accumulate`, then the call with the last batch's share)."""
 
     def __init__(self, ctx: DistributedContext) -> None:
         self.ctx = ctx
+        self._accumulated: dict[int, list[torch.Tensor]] = {}  # id(network) -> the detached losses summed so far
+
+    def accumulate(self, loss: torch.Tensor, network: nn.Module) -> None:
+        """Backward of one batch's share of `network`'s next update (the first share zeroes its gradients)."""
+        shares = self._accumulated.get(id(network))
+        if shares is None:
+            network.zero_grad(set_to_none=True)
+            shares = self._accumulated[id(network)] = []
+        loss.backward()
+        shares.append(loss.detach())
 
     def __call__(
         self,
@@ -58,12 +69,16 @@ class Update:
         optimizer: torch.optim.Optimizer,
         after_step: Callable[[], None] | None = None,
     ) -> bool:
-        """zero grad, backward, average gradients over ranks, then step only if the loss is finite on every rank
-        (False: nothing was changed, on any rank), then `after_step` (e.g. weight clipping)."""
-        optimizer.zero_grad(set_to_none=True)
+        """zero grad (unless shares were accumulated), backward, average gradients over ranks, then step only if
+        every share's loss is finite on every rank (False: nothing was changed, on any rank), then `after_step`
+        (e.g. weight clipping)."""
+        earlier = self._accumulated.pop(id(network), [])
+        if not earlier:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist_utils.average_gradients(network, self.ctx)
-        if not dist_utils.all_true(bool(torch.isfinite(loss)), self.ctx):
+        total = torch.stack([*earlier, loss.detach()]).sum() if earlier else loss
+        if not dist_utils.all_true(bool(torch.isfinite(total)), self.ctx):
             return False
         optimizer.step()
         if after_step is not None:
@@ -162,6 +177,11 @@ class Recipe:
     def log_values(self) -> dict[str, float | None]:
         """Extra values for the training log (e.g. the augmentation probability)."""
         return {}
+
+    @property
+    def images_per_step(self) -> int:
+        """Images the generator draws per update, on each rank (the EMA's clock)."""
+        return self.batch_size
 
     def takes_example(self, label: int | None) -> bool:
         """Whether a held-out tile of this label is a sample-grid input (CycleGAN: domain A's only)."""

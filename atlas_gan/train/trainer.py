@@ -350,7 +350,7 @@ class Trainer:
         losses = self.recipe.step(batches, self.update, self.state)
         if losses is None:
             return None
-        images = self.recipe.batch_size * self.ctx.world_size
+        images = self.recipe.images_per_step * self.ctx.world_size
         for name, ema in self.emas.items():
             ema.update(self.recipe.networks[name], images, self.images_seen)
         self.state.step += 1
