@@ -289,6 +289,34 @@ class BigGANOptions(_AttentionOptions):
     )
 
 
+def _check_level_batches(value: dict[int, int] | None) -> dict[int, int] | None:
+    if value is None:
+        return None
+    allowed = [4 * 2**level for level in range(8)]
+    for resolution, size in value.items():
+        if resolution not in allowed:
+            raise ValueError(f"resolution {resolution} is not one of {allowed}")
+        if not 1 <= size <= 65536:
+            raise ValueError(f"batch size {size} at {resolution} px must lie in [1, 65536]")
+    return value
+
+
+class PGGANOptions(_AdversarialOptions):
+    """pggan: networks that grow from 4x4 to the tile size, each level faded in, WGAN-GP with the drift term."""
+
+    family: Literal["pggan"]
+    stable_kimg: float = Field(
+        600.0, gt=0, le=1e6, description="thousands of real images per level at full strength (4x4: before growing)"
+    )
+    fade_kimg: float = Field(600.0, gt=0, le=1e6, description="thousands of real images to fade each next level in")
+    batch_sizes: Annotated[dict[int, int] | None, AfterValidator(_check_level_batches)] = Field(
+        None,
+        description="per-rank batch size by resolution, e.g. {4: 64, 32: 32, 64: 16}; a resolution not given takes "
+        "the next lower one's; null: train.batch_size at every level",
+    )
+    drift_weight: float = Field(0.001, ge=0, le=1, description="epsilon of the drift term E[D(real)^2]")
+
+
 class StyleGAN2Options(_AdversarialOptions):
     """stylegan2: mapping network, modulated convolutions, lazy R1 and path-length regularization."""
 
@@ -411,6 +439,10 @@ class SuperResOptions(_TranslationOptions):
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "attention_resolution": ("sagan and biggan", "self-attention block"),
     "orthogonal_weight": ("biggan", "orthogonal regularization"),
+    "stable_kimg": ("pggan", "growing schedule"),
+    "fade_kimg": ("pggan", "growing schedule"),
+    "batch_sizes": ("pggan", "batch size per level"),
+    "drift_weight": ("pggan", "drift term"),
     "accumulate": ("biggan", "gradient accumulation"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
     "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
@@ -428,6 +460,7 @@ ModelOptions = Annotated[
     DCGANLayoutOptions
     | SAGANOptions
     | BigGANOptions
+    | PGGANOptions
     | StyleGAN2Options
     | FastGANOptions
     | Pix2PixOptions

@@ -58,6 +58,7 @@ RUNS: dict[str, list[str]] = {  # atlas-gan runs: overrides on top of the datase
     "sagan": ["train.model=sagan", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
     "stylegan2": ["train.model=stylegan2", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],
     "wgan-gp": ["train.model=wgan-gp", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
+    "biggan": ["train.model=biggan", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],
 }
 REFERENCE = "reference"
 REFERENCE_LATENT, REFERENCE_WIDTH, REFERENCE_BATCH = 100, 64, 64

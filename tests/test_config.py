@@ -86,7 +86,7 @@ def test_family_options_live_under_train_model():
     for key in ("n_critic", "r1_gamma", "path_length_weight", "attention_resolution"):
         with pytest.raises(ConfigError, match=f"train.{key} moved to train.model.{key}"):
             load_config(None, [*base, f"train.{key}=1"])
-    with pytest.raises(ConfigError, match="attention_resolution: wgan has no self-attention block .sagan and biggan have."):
+    with pytest.raises(ConfigError, match="attention_resolution: wgan has no self-attention block .sagan and biggan"):
         load_config(None, [*base, "train.model.family=wgan", "train.model.attention_resolution=16"])
     with pytest.raises(ConfigError, match="train.model: Input tag 'stylegan9' .* does not match"):
         load_config(None, [*base, "train.model=stylegan9"])

@@ -19,7 +19,8 @@ from atlas_gan.config import ConfigError
 from atlas_gan.losses import r1_penalty
 from atlas_gan.models import build, get_family
 from atlas_gan.models.base import ModelSpec, generate_batched, seeded_latents, truncation
-from atlas_gan.models.stylegan2 import MinibatchStd, ModulatedConv2d
+from atlas_gan.models.layers import MinibatchStd
+from atlas_gan.models.stylegan2 import ModulatedConv2d
 from atlas_gan.recipes.base import make_optimizer
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
@@ -91,11 +92,11 @@ def test_truncation_psi_zero_returns_the_mean_image_for_any_latent():
     assert G.truncation_psi == 1.0  # restored after the block
 
 
-def test_truncation_is_refused_where_there_is_no_style_space():
+def test_truncation_is_refused_where_there_is_nothing_to_truncate():
     _, G, _ = build("dcgan", ModelSpec(bands=4, image_size=32))
-    with pytest.raises(ValueError, match="no style space"), truncation(G, 0.5):
+    with pytest.raises(ValueError, match="nothing to truncate .stylegan2 and biggan have"), truncation(G, 0.5):
         pass
-    with pytest.raises(ValueError, match=r"must lie in \[0, 2.0\]"), truncation(G, -1.0):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\] for DCGANGenerator"), truncation(G, -1.0):
         pass
 
 

@@ -5,7 +5,8 @@ self-attention and how labels condition the networks. Conditioning is enabled by
 by the family: `concat` families append one-hot labels, `projection` families (the spectrally normalized ones) use
 conditional batch norm in G and a projection discriminator. StyleGAN2 (`stylegan2.py`) has its own networks and
 adds the lazy R1 and path-length regularizers; BigGAN (`biggan.py`) its residual networks with a hierarchical
-latent, trained with gradient accumulation and orthogonal regularization (`atlas_gan/recipes/biggan.py`). These
+latent, trained with gradient accumulation and orthogonal regularization (`atlas_gan/recipes/biggan.py`); PGGAN
+(`pggan.py`) networks that grow level by level (`atlas_gan/recipes/pggan.py`). These
 train with the adversarial recipe (`atlas_gan/recipes/adversarial.py`); FastGAN adds D's reconstruction task to it.
 The translations have their own recipes: pix2pix (`pix2pix.py`, paired bands), CycleGAN (`cyclegan.py`, unpaired
 label domains) and ESRGAN (`esrgan.py`, super-resolution). `training` holds each family's settings from its paper.
@@ -23,6 +24,7 @@ from atlas_gan.models.cyclegan import ResNetGenerator
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from atlas_gan.models.esrgan import RRDBGenerator, VGGStyleDiscriminator
 from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
+from atlas_gan.models.pggan import PGGANDiscriminator, PGGANGenerator
 from atlas_gan.models.pix2pix import PatchDiscriminator, UNetGenerator
 from atlas_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
@@ -83,6 +85,21 @@ BIGGAN = GANFamily(
         "norms, projection D, self-attention, spectral norm and orthogonal init in both, orthogonal "
         "regularization of G, hinge loss, TTUR (1e-4, 4e-4), 2 D steps per G step, gradient accumulation, "
         "truncation at sampling"
+    ),
+)
+
+PGGAN = GANFamily(
+    name="pggan",
+    generator=PGGANGenerator,
+    discriminator=PGGANDiscriminator,
+    training=AdversarialDefaults(
+        loss="wasserstein", lr_g=1e-3, lr_d=1e-3, betas=(0.0, 0.99), gp_weight=10.0, small_data_augmentation=()
+    ),
+    recipe="pggan",
+    description=(
+        "Karras et al. 2018: G and D grow from 4x4 to the tile size, each level faded in linearly in images shown "
+        "(reals blended too), pixel norm in G, minibatch stddev in D, equalized learning rate, WGAN-GP + drift, "
+        "Adam(1e-3, 0, 0.99) reset per level; unconditional"
     ),
 )
 
@@ -166,4 +183,4 @@ ESRGAN = GANFamily(
     ),
 )
 
-BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, BIGGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN, ESRGAN)
+BUILT_IN = (DCGAN, WGAN, WGAN_GP, SNGAN, SAGAN, BIGGAN, PGGAN, STYLEGAN2, FASTGAN, PIX2PIX, CYCLEGAN, ESRGAN)

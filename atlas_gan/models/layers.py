@@ -1,5 +1,5 @@
 """Building blocks the families share: label conditioning (one-hot planes, conditional batch norm) and
-self-attention (Zhang et al. 2018).
+self-attention (Zhang et al. 2018), the minibatch standard deviation (Karras et al. 2018).
 
 Layers that need the class labels derive from `LabelAware`; `LabelSequential` hands the labels to those layers and
 only the input to the rest, so a conditional network is still one `nn.Sequential` (and an unconditional one keeps
@@ -79,3 +79,21 @@ class SelfAttention(nn.Module):
         v = self.value(x).flatten(2)  # n, c/2, HW
         attended = torch.bmm(v, attention.transpose(1, 2)).view(n, -1, h, w)
         return x + self.gamma * self.out(attended)
+
+
+MBSTD_GROUP = 4
+
+
+class MinibatchStd(nn.Module):
+    """Appends the standard deviation of each feature over groups of up to 4 images, averaged to one map: lets D
+    see a batch's lack of variety (mode collapse). The group shrinks to a divisor of the batch size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        group = min(MBSTD_GROUP, n)
+        while n % group:
+            group -= 1
+        y = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(group, -1, c, h, w)  # bf16 -> fp32
+        y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (n / group, c, h, w)
+        y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], dim=1)

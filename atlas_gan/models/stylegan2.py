@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlas_gan.models.base import ModelSpec, check_labels
+from atlas_gan.models.layers import MinibatchStd
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = sqrt(2.0)  # keeps the activations' second moment through leaky ReLU
@@ -46,7 +47,6 @@ MAPPING_LAYERS = 8
 MAPPING_LR_MULTIPLIER = 0.01
 W_AVG_BETA = 0.995
 STYLE_MIXING_PROBABILITY = 0.9
-MBSTD_GROUP = 4
 MIN_IMAGE_SIZE = 64
 
 
@@ -262,21 +262,6 @@ class StyleGAN2Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         image = self.synthesis(self.styles(z, labels))
         return image if self.training else image.clamp(-1.0, 1.0)
-
-
-class MinibatchStd(nn.Module):
-    """Appends the standard deviation of each feature over groups of up to 4 images, averaged to one map: lets D
-    see a batch's lack of variety (mode collapse). The group shrinks to a divisor of the batch size."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        group = min(MBSTD_GROUP, n)
-        while n % group:
-            group -= 1
-        y = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(group, -1, c, h, w)  # bf16 -> fp32
-        y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (n / group, c, h, w)
-        y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
-        return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
 class DiscriminatorBlock(nn.Module):

@@ -1,8 +1,8 @@
 """Training recipes: the maths of each kind of GAN (losses, update order, augmentation, regularizers).
 
 `build_recipe` picks the recipe of the configured family (`GANFamily.recipe`); the loop in `atlas_gan/train/`
-runs any of them: `adversarial` (latent generators, dcgan ... stylegan2), `biggan`, `fastgan`, and the image-to-image
-`pix2pix` and `cyclegan`, whose generators read bands chosen by `band_roles` (`roles.py`), and
+runs any of them: `adversarial` (latent generators, dcgan ... stylegan2), `biggan`, `pggan`, `fastgan`, and the
+image-to-image `pix2pix` and `cyclegan`, whose generators read bands chosen by `band_roles` (`roles.py`), and
 `superres` (ESRGAN), whose generator reads every band at a coarser resolution. A new recipe subclasses
 `Recipe` (`base.py`) and is added to `RECIPES`.
 """
@@ -20,6 +20,7 @@ from atlas_gan.recipes.base import Batch, Progress, Recipe, Update
 from atlas_gan.recipes.biggan import BigGANRecipe
 from atlas_gan.recipes.cyclegan import CycleGANRecipe, domain_classes
 from atlas_gan.recipes.fastgan import FastGANRecipe
+from atlas_gan.recipes.pggan import PGGANRecipe
 from atlas_gan.recipes.pix2pix import Pix2PixRecipe
 from atlas_gan.recipes.roles import BandRoles, band_roles
 from atlas_gan.recipes.superres import SuperResRecipe
@@ -27,7 +28,15 @@ from atlas_gan.runtime.distributed import DistributedContext
 
 RECIPES: dict[str, type[Recipe]] = {
     recipe.name: recipe
-    for recipe in (AdversarialRecipe, BigGANRecipe, FastGANRecipe, Pix2PixRecipe, CycleGANRecipe, SuperResRecipe)
+    for recipe in (
+        AdversarialRecipe,
+        BigGANRecipe,
+        PGGANRecipe,
+        FastGANRecipe,
+        Pix2PixRecipe,
+        CycleGANRecipe,
+        SuperResRecipe,
+    )
 }
 
 

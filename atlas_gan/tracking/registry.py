@@ -183,7 +183,8 @@ def log_generator_model(
     ):
         folder = Path(tmp)
         weights, meta_file = folder / "generator.pt", folder / "generator.json"
-        torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, weights)
+        state = generator.state_dict()  # tensors, and plain numbers of a module's extra state (pggan's level)
+        torch.save({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}, weights)
         meta_file.write_text(json.dumps(meta, indent=2))
         example = signature_of(meta).example_inputs(ModelSpec(**spec), 2)[0].numpy()
         with mlflow.start_run(run_id=run_id):

@@ -36,6 +36,10 @@ class EMA:
 
     @torch.no_grad()
     def copy_buffers(self, model: nn.Module) -> None:
-        """Batch-norm statistics are not averaged: they follow the live model."""
+        """Batch-norm statistics and modules' extra state (a growing network's level) are not averaged: they
+        follow the live model."""
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
+        for ema_module, module in zip(self.model.modules(), model.modules(), strict=True):
+            if type(module).get_extra_state is not nn.Module.get_extra_state:
+                ema_module.set_extra_state(module.get_extra_state())

@@ -415,8 +415,11 @@ class Trainer:
         """Digest of every network's parameters: equal on every rank when training is in sync."""
         digest = hashlib.sha256()
         for network in self.recipe.networks.values():
-            for tensor in network.state_dict().values():
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            for value in network.state_dict().values():
+                if isinstance(value, torch.Tensor):
+                    digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+                else:  # a module's extra state (a growing network's level)
+                    digest.update(repr(value).encode())
         return digest.hexdigest()
 
     # ---- the loop ----------------------------------------------------------------------------------------------------
