@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -59,6 +60,7 @@ RUNS: dict[str, list[str]] = {  # atlas-gan runs: overrides on top of the datase
     "stylegan2": ["train.model=stylegan2", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],
     "wgan-gp": ["train.model=wgan-gp", "train.g_width=32", "train.d_width=32", "train.batch_size=32"],
     "biggan": ["train.model=biggan", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],
+    "pggan": ["train.model=pggan", "train.g_width=16", "train.d_width=16", "train.batch_size=32"],  # + fitted_schedule
 }
 REFERENCE = "reference"
 REFERENCE_LATENT, REFERENCE_WIDTH, REFERENCE_BATCH = 100, 64, 64
@@ -235,6 +237,7 @@ def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: lis
         f"train.rgb_bands={json.dumps(rgb)}" if rgb else "train.rgb_bands=null",
         "tracking.enabled=false",
         *RUNS[name],
+        *fitted_schedule(name, args),
         *args.set,
     ]
     config = load_config(None, overrides)
@@ -251,6 +254,16 @@ def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: lis
            trainer.images_seen / 1000)  # fmt: skip
     write_grid(args, name, trainer.generator, trainer.bands, rgb, trainer.fixed_inputs)
     return result
+
+
+def fitted_schedule(name: str, args: argparse.Namespace) -> list[str]:
+    """pggan's growing schedule fitted to `--kimg`: every fade and every stable phase gets an equal share, so the
+    run ends with a stable phase at the full size (the paper's 600 kimg phases would never leave 4x4 here)."""
+    if name != "pggan":
+        return []
+    levels = int(math.log2(args.size)) - 2
+    phase = args.kimg / (2 * levels + 1)
+    return [f"train.model.stable_kimg={phase:g}", f"train.model.fade_kimg={phase:g}"]
 
 
 def finish(result: RunResult, schedule: Schedule, what, n: int, kimg: float) -> None:
