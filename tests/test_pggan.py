@@ -171,6 +171,8 @@ def test_trains_through_the_levels_and_a_resume_mid_fade_continues_exactly(train
 
 @pytest.mark.integration
 def test_a_registered_pggan_samples_at_its_level(train_data, tmp_path):
+    from mlflow import MlflowClient
+
     from atlas_gan.tracking.registry import register_generator
     from tests.test_tracking import tracked_config, train_tracked
 
@@ -182,6 +184,10 @@ def test_a_registered_pggan_samples_at_its_level(train_data, tmp_path):
     registration = register_generator(config, progress=False)
     sampler = load_sampler(f"models:/tiles-test/{registration.version}", tracking=uri)
     assert sampler.generator.growth() == (1, 0.5)
+    client = MlflowClient(uri)
+    run_id = client.get_model_version("tiles-test", registration.version).run_id
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "alpha"))
+    assert history == [(1, 1.0), (2, 1.0), (3, 0.0), (4, 0.5)]  # the fade, in MLflow
     tiles = sampler.generate(4, seed=2)
     assert tiles.shape == (4, 4, 32, 32) and tiles.std(axis=0).mean() > 1e-3
     assert np.array_equal(tiles[:, :, ::4, ::4], tiles[:, :, 3::4, 3::4])  # 8 px drawn, shown at 32 px

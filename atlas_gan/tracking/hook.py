@@ -43,7 +43,16 @@ TRANSLATION_KEYS = (  # a paired translation's held-out scores, and an unpaired 
     ),
     *("fid", "kid", "identity_fid"),
 )
-LOSS_KEYS = ("images_per_s", "epoch", "images_seen", "augment_p", "augment_rt")  # and every loss_*
+LOSS_KEYS = (  # and every loss_*
+    "images_per_s",
+    "epoch",
+    "images_seen",
+    "augment_p",
+    "augment_rt",
+    "level",  # pggan's growing
+    "resolution",
+    "alpha",
+)
 
 
 def git_commit(directory: Path) -> str | None:
