@@ -434,6 +434,25 @@ class SuperResOptions(_TranslationOptions):
         "downloaded",
     )
     degradation: DegradationConfig = DegradationConfig()
+    target_bands: BandList | None = Field(
+        None, description="the bands G draws (names or 1-based indexes); null: every band of the dataset"
+    )
+    input_bands: BandList | None = Field(
+        None,
+        description="real low/high pairs: a coarser co-registered source's bands (ingest.paired, e.g. [B4_pair, "
+        "B3_pair, B2_pair]), one per target band, area-downsampled by scale as G's input (degradation unused); "
+        "null: the target bands degraded",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_match(self) -> SuperResOptions:
+        unmatched = self.target_bands is None or len(self.target_bands) != len(self.input_bands or [])
+        if self.input_bands is not None and unmatched:
+            raise ValueError(
+                "input_bands (a coarser source's bands) needs target_bands, one per input band: "
+                f"got {self.input_bands} -> {self.target_bands}"
+            )
+        return self
 
 
 _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
@@ -446,8 +465,8 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "accumulate": ("biggan", "gradient accumulation"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
     "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
-    "input_bands": ("pix2pix", "input image"),
-    "target_bands": ("pix2pix", "target image"),
+    "input_bands": ("pix2pix and esrgan", "input image"),
+    "target_bands": ("pix2pix and esrgan", "target image"),
     "l1_weight": ("pix2pix", "L1 loss to a target"),
     "domain_a": ("cyclegan", "unpaired domains"),
     "domain_b": ("cyclegan", "unpaired domains"),

@@ -91,18 +91,24 @@ class SceneTranslator:
         self.window = blend_window(self.tile * self.scale).astype(np.float32)
 
     def band_indexes(self, descriptions: list[str | None], count: int, url: str) -> list[int]:
-        """1-based indexes of the model's input bands in the scene: by band description, or, for a scene without
+        """1-based indexes of the model's input bands in the scene: by band description (a model trained on a
+        paired source's bands, `B4_pair`, finds them in that source's own scene as `B4`), or, for a scene without
         descriptions that has all the dataset's bands, by the dataset's band order."""
         names = [d if d else str(i + 1) for i, d in enumerate(descriptions)]
         try:
             return [i + 1 for i in select_bands(names, self.input_bands)]
         except SceneError as exc:
-            if count == len(self.dataset_bands) and not any(descriptions):
-                return [i + 1 for i in select_bands(self.dataset_bands, self.input_bands)]
-            raise ValueError(
-                f"{url}: {exc}; the model reads bands {self.input_bands} of a dataset with bands "
-                f"{self.dataset_bands} (name the scene's bands, or pass a scene with the dataset's bands in order)"
-            ) from None
+            error = exc
+        try:
+            return [i + 1 for i in select_bands(names, [band.rsplit("_", 1)[0] for band in self.input_bands])]
+        except SceneError:
+            pass
+        if count == len(self.dataset_bands) and not any(descriptions):
+            return [i + 1 for i in select_bands(self.dataset_bands, self.input_bands)]
+        raise ValueError(
+            f"{url}: {error}; the model reads bands {self.input_bands} of a dataset with bands "
+            f"{self.dataset_bands} (name the scene's bands, or pass a scene with the dataset's bands in order)"
+        )
 
     def normalize(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Raw input bands -> the training range [-1, 1]; invalid pixels -1 (normalized 0, as ingest writes)."""

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
 from typer.testing import CliRunner
 
 from atlas_gan.cli import app
 from atlas_gan.config import ConfigError, DegradationConfig, load_config
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
+from atlas_gan.ingest import ingest
 from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import ModelSpec
@@ -344,3 +348,70 @@ def test_esrgan_registers_serves_and_exports(train_data, tmp_path, monkeypatch):
         (out,) = session.run(["translated"], {"images": images.numpy()})
         assert out.shape == (shape[0], 4, shape[2] * 4, shape[3] * 4)
         np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def coarse_copy(scene: Path, folder: Path, factor: int = 2) -> Path:
+    """`scene` averaged over factor x factor pixels: the same ground and date seen by a coarser sensor, on its own
+    (coarser) grid."""
+    folder.mkdir(parents=True)
+    with rasterio.open(scene) as src:
+        height, width = src.height // factor, src.width // factor
+        data = src.read(out_shape=(src.count, height, width), resampling=Resampling.average)
+        profile = src.profile | {"height": height, "width": width, "transform": src.transform * Affine.scale(factor)}
+        profile["photometric"] = "MINISBLACK"  # four plain bands, as the source's data (its header says RGB)
+        with rasterio.open(folder / f"coarse_{scene.name}", "w", **profile) as dst:
+            dst.write(data)
+    return folder / f"coarse_{scene.name}"
+
+
+def test_real_pairs_from_a_coarser_source_train_score_and_upscale_its_scenes(geotiff, make_config, tmp_path):
+    """x2 from a 60 m source to the 30 m scene of the same ground (paired ingest): G reads the coarse source's own
+    pixels, the evaluation scores against them, and `upscale` takes a scene of the coarse source by its band names."""
+    scene = geotiff / "landsat-pucallpa" / "landsat_2020.tif"
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    (fine / scene.name).symlink_to(scene)
+    coarse = coarse_copy(scene, tmp_path / "coarse")
+    shards = tmp_path / "shards"
+    config = make_config(
+        fine, shards, tile_size=32, workers=1, resampling="nearest", paired={"source": str(coarse.parent)}
+    )
+    assert ingest(config, progress=False).rejected == []
+    pairs = ["train.model.scale=2", "train.model.input_bands=[1_pair,2_pair,3_pair,4_pair]",
+             "train.model.target_bands=[1,2,3,4]", "train.steps=3", "train.evaluate_every=3"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    trainer = Trainer(esrgan_config(shards, run_dir, *pairs), distributed.setup(), progress=False)
+    assert trainer.input_bands == ["1_pair", "2_pair", "3_pair", "4_pair"] and trainer.bands == ["1", "2", "3", "4"]
+    assert trainer.spec.input_bands == 4 and trainer.fixed_inputs[0].shape == (9, 4, 16, 16)
+    examples = trainer.examples[:9]
+    partner = examples[:, 4:]  # the 60 m pixels, warped (nearest) onto the 30 m grid: constant 2 x 2 blocks
+    same = (partner[..., ::2, ::2] == partner[..., 1::2, 1::2]).float().mean()
+    assert same > 0.99  # (the scene's own nodata pixels mask both sources)
+    blocks = F.avg_pool2d(partner, 2)
+    assert torch.allclose(trainer.fixed_inputs[0].cpu(), blocks, atol=1e-6)  # G reads them, area-downsampled
+    assert (blocks == partner[..., ::2, ::2]).float().mean() > 0.99
+    trainer.hooks.append(EvaluationHook())
+    summary = trainer.run()
+    result = json.loads((run_dir / "eval" / "step-00000003.json").read_text())
+    assert result["degradation"] == "real pairs" and result["input_bands"] == trainer.input_bands
+    assert result["baselines"]["bicubic"]["psnr"] > 20  # bicubic of the coarse source is close to the scene
+
+    out = tmp_path / "x2.tif"
+    upscale = ["upscale", str(coarse), "--model", summary["checkpoint"], "--out", str(out), "--quiet"]
+    finished = CliRunner().invoke(app, upscale)
+    assert finished.exit_code == 0, finished.output
+    with rasterio.open(coarse) as source, rasterio.open(out) as upscaled, rasterio.open(scene) as truth:
+        assert upscaled.crs == source.crs and upscaled.bounds == pytest.approx(source.bounds)
+        assert upscaled.res == pytest.approx(truth.res)  # 60 m -> 30 m: the scene's own pixel size
+        assert upscaled.descriptions == ("1", "2", "3", "4")
+
+
+def test_real_pairs_need_one_target_band_per_input_band():
+    with pytest.raises(ConfigError, match="input_bands .a coarser source's bands. needs target_bands, one per input"):
+        load_config(None, ["train.model.family=esrgan", "train.model.input_bands=[B4_pair, B3_pair]"])
+    with pytest.raises(ConfigError, match="one per input band"):
+        load_config(
+            None, ["train.model.family=esrgan", "train.model.input_bands=[a_pair]", "train.model.target_bands=[a, b]"]
+        )
+    with pytest.raises(ConfigError, match="input_bands: dcgan has no input image .pix2pix and esrgan have."):
+        load_config(None, ["train.model.family=dcgan", "train.model.input_bands=[a]"])

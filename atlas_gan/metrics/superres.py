@@ -1,10 +1,12 @@
 """Score a super-resolution generator on the held-out tiles of its dataset's validation split.
 
-Each held-out tile is the truth; its input is the tile degraded as in training (`train.model.degradation`), seeded
-by the tile's key, so every evaluation of every generator sees the same inputs. Scores are the translation metrics
-(`translation.py`: PSNR/SSIM/SAM per band and in physical units, FID/KID on the band triplet) of the generator and,
-in the same result, of bicubic upscaling (the baseline it must beat) and, when given, of the pixel-loss model (the
-generator as its pixel phase left it, which the GAN phase must improve on in FID without losing much PSNR).
+Each held-out tile's target bands are the truth; its input is made as in training: those bands degraded
+(`train.model.degradation`, seeded by the tile's key, so every evaluation of every generator sees the same
+inputs), or, for real pairs (the generator reads a coarser co-registered source's bands), those area-downsampled.
+Scores are the translation metrics (`translation.py`: PSNR/SSIM/SAM per band and in physical units, FID/KID on the
+band triplet) of the generator and, in the same result, of bicubic upscaling (the baseline it must beat) and, when
+given, of the pixel-loss model (the generator as its pixel phase left it, which the GAN phase must improve on in FID
+without losing much PSNR).
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ class SuperResEvaluator(TranslationEvaluator):
     def make_pairs(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seed = self.config.train.validation.seed
         seeds = [key_seed(key, seed) for key in self.keys]
-        return degrade(tiles, self.scale, self.degradation, seeds), tiles[:, self.targets]
+        if self.inputs != self.targets:  # real pairs: the coarser source's own pixels, area-downsampled
+            return degrade(tiles[:, self.inputs], self.scale, DegradationConfig(), seeds), tiles[:, self.targets]
+        return degrade(tiles[:, self.targets], self.scale, self.degradation, seeds), tiles[:, self.targets]
 
     def _baselines(self) -> dict[str, Any]:
         return {"bicubic": self._scores(bicubic(self.pairs[0], self.scale))}
 
     def extra_fields(self) -> dict[str, Any]:
-        return {"scale": self.scale, "degradation": self.degradation.model_dump()}
+        degradation = "real pairs" if self.inputs != self.targets else self.degradation.model_dump()
+        return {"scale": self.scale, "degradation": degradation}

@@ -47,7 +47,7 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
     if isinstance(options, SuperResOptions):
         return ModelSpec(
             *shape,
-            input_bands=len(roles.outputs),
+            input_bands=len(roles.inputs or roles.outputs),
             residual_blocks=options.blocks,
             scale=options.scale,
             growth=options.growth,

@@ -1,6 +1,7 @@
 """Which of a dataset's bands a generator reads and which it draws: none and all for a latent generator, the
-configured input and target bands for pix2pix, all and all for CycleGAN (its domains differ by label, not band) and
-for super-resolution (its input is the same bands, coarser)."""
+configured input and target bands for pix2pix, all and all for CycleGAN (its domains differ by label, not band), and
+for super-resolution its target bands (all by default) read either as themselves degraded or, for real pairs, as a
+coarser co-registered source's bands."""
 
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ def band_roles(cfg: TrainConfig, bands: list[str]) -> BandRoles:
     """The bands a config's generator reads and draws, among the dataset's `bands`."""
     options = cfg.model
     every = list(range(len(bands)))
-    if isinstance(options, CycleGANOptions | SuperResOptions):
+    if isinstance(options, CycleGANOptions):
         return BandRoles(every, every, bands)
-    if not isinstance(options, Pix2PixOptions):
+    if not isinstance(options, Pix2PixOptions | SuperResOptions):
         return BandRoles(None, every, bands)
     try:
-        inputs = select_bands(bands, options.input_bands)
-        outputs = select_bands(bands, options.target_bands)
+        outputs = every if options.target_bands is None else select_bands(bands, options.target_bands)
+        inputs = outputs if options.input_bands is None else select_bands(bands, options.input_bands)
     except SceneError as exc:
         raise ValueError(f"train.model bands: {exc} (the dataset's)") from None
     return BandRoles(inputs, outputs, bands)

@@ -1,7 +1,10 @@
 """The ESRGAN recipe (Wang et al. 2018): super-resolution of every band of a dataset's tiles by `scale`.
 
-Each training tile is the truth; its low-resolution input is made by `atlas_gan/degrade.py`, seeded by (run seed,
-step, rank, sample), so a resumed run degrades exactly as an uninterrupted one. Two phases, decided by the step:
+Each training tile's target bands (`train.model.target_bands`, all by default) are the truth. G's low-resolution
+input is those bands degraded by `atlas_gan/degrade.py`, seeded by (run seed, step, rank, sample), so a resumed run
+degrades exactly as an uninterrupted one; or, for real pairs (`train.model.input_bands`: a coarser co-registered
+source's bands, `ingest.paired`), those bands area-downsampled by the scale: a real sensor's view of the same ground,
+not a simulated one. Two phases, decided by the step:
 - pixel phase (`pixel_steps`): G alone minimizes L1 + `sam_weight` x the spectral angle to the truth, at twice
   `lr_g` (the paper pre-trains at 2e-4, then trains the GAN at 1e-4);
 - GAN phase, starting from that G: D (spectrally normalized, VGG-style) minimizes the relativistic-average loss;
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas_gan.config import SuperResOptions, TrainConfig
+from atlas_gan.config import DegradationConfig, SuperResOptions, TrainConfig
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
 from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
@@ -63,21 +66,28 @@ class SuperResRecipe(Recipe):
             weights = resolve_vgg_weights(options.vgg_weights)
             self.perceptual = PerceptualLoss(weights, positions).to(ctx.device)
         self.pixel_state: dict[str, torch.Tensor] | None = None  # G at the end of the pixel phase
+        assert roles.inputs is not None
+        self.inputs = torch.tensor(roles.inputs, device=ctx.device)
+        self.targets = torch.tensor(roles.outputs, device=ctx.device)
+        self.real_pairs = options.input_bands is not None
         self._phase = "pixel" if options.pixel_steps > 0 else "gan"
 
     # ---- inputs and state -------------------------------------------------------------------------------------------
 
-    def low_resolution(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """High-resolution tiles -> G's inputs, by the configured degradation."""
-        return degrade(images, self.spec.scale, self.options.degradation, seeds)
+    def low_resolution(self, tiles: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Dataset tiles (every band) -> G's inputs: the input bands of real pairs area-downsampled, else the target
+        bands by the configured degradation."""
+        if self.real_pairs:
+            return degrade(tiles.index_select(1, self.inputs), self.spec.scale, DegradationConfig(), seeds)
+        return degrade(tiles.index_select(1, self.targets), self.spec.scale, self.options.degradation, seeds)
 
     def fixed_inputs(self, count: int, seed: int, examples: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The first `count` held-out tiles (`examples`), degraded with seeds of their position."""
         if examples is None or len(examples) == 0:
             raise ValueError("esrgan needs example tiles for its sample grids; the dataset gave none")
-        chosen = examples[:count]
+        chosen = examples[:count].to(self.ctx.device)
         seeds = [key_seed(f"example:{i}", seed) for i in range(len(chosen))]
-        return (self.low_resolution(chosen, seeds).to(self.ctx.device),)
+        return (self.low_resolution(chosen, seeds),)
 
     def phase(self, step: int) -> str:
         return "pixel" if step < self.options.pixel_steps else "gan"
@@ -114,8 +124,9 @@ class SuperResRecipe(Recipe):
         lr = self.lr_g * (PIXEL_LR_FACTOR if phase == "pixel" else 1.0)
         for group in self.optimizers["G"].param_groups:
             group["lr"] = lr
-        real = self.on_device(next(batches)["image"])
-        low = self.low_resolution(real, batch_seeds(self.seed, progress.step, self.ctx.rank, len(real)))
+        tiles = self.on_device(next(batches)["image"])
+        low = self.low_resolution(tiles, batch_seeds(self.seed, progress.step, self.ctx.rank, len(tiles)))
+        real = tiles.index_select(1, self.targets)
         progress.images_seen += real.shape[0] * self.ctx.world_size
         options = self.options
         if phase == "pixel":
