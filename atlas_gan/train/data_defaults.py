@@ -43,11 +43,18 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
         if train.ada is not None:
             picks.append(DataDefault("train.diffaugment", [], "train.ada is set: ADA augments what D sees"))
         elif not get_family(train.model.family).training.small_data_augmentation:
-            reason = (
-                f"{train.model.family} translates images: no DiffAugment (pix2pix's D judges (input, output) pairs "
-                "that augmenting would unpair; the CycleGAN and ESRGAN papers train D on plain images); the "
-                "loader's flips and rotations still apply"
-            )
+            family = get_family(train.model.family)
+            if family.recipe == "pggan":
+                reason = (
+                    "pggan trains as its paper did, without DiffAugment (its growing schedule is the regularizer; "
+                    "set train.diffaugment to try it); the loader's flips and rotations still apply"
+                )
+            else:
+                reason = (
+                    f"{family.name} translates images: no DiffAugment (pix2pix's D judges (input, output) pairs "
+                    "that augmenting would unpair; the CycleGAN and ESRGAN papers train D on plain images); the "
+                    "loader's flips and rotations still apply"
+                )
             picks.append(DataDefault("train.diffaugment", [], reason))
         elif tiles < SMALL_DATASET:
             family = train.model.family
