@@ -112,8 +112,9 @@ class PGGANRecipe(AdversarialRecipe):
         needed = sum(math.ceil(images / images_per_step[level]) for level, images in self.schedule.phases()[:-1])
         if steps <= needed and self.ctx.is_main:
             log.warning(
-                "pggan reaches its final level (%d px) after about %d steps; train.steps is %d: the generator "
-                "will draw coarser images upsampled (lower train.model.stable_kimg / fade_kimg or raise train.steps)",
+                "pggan's final level (%d px) is fully faded in after about %d steps; train.steps is %d: the "
+                "generator will draw coarser (or half-faded) images (lower train.model.stable_kimg / fade_kimg or "
+                "raise train.steps)",
                 self.spec.image_size,
                 needed,
                 steps,
