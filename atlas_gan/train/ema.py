@@ -16,6 +16,11 @@ class EMA:
         self.half_life_images = half_life_kimg * 1000.0
         self.rampup = rampup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._stateful = [  # modules with extra state (a growing network's level): found once, not every step
+            name
+            for name, module in self.model.named_modules()
+            if type(module).get_extra_state is not nn.Module.get_extra_state
+        ]
 
     def decay(self, images_per_step: int, images_seen: int) -> float:
         """Weight of the old average after one step of `images_per_step` images (0 when the EMA is off)."""
@@ -40,6 +45,5 @@ class EMA:
         follow the live model."""
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
-        for ema_module, module in zip(self.model.modules(), model.modules(), strict=True):
-            if type(module).get_extra_state is not nn.Module.get_extra_state:
-                ema_module.set_extra_state(module.get_extra_state())
+        for name in self._stateful:
+            self.model.get_submodule(name).set_extra_state(model.get_submodule(name).get_extra_state())
