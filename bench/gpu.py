@@ -9,7 +9,9 @@ ADA, lazy R1 and path length) it builds the real `Trainer` on the packed landsat
 `Trainer.train_step` on batches held on the device, in each mode:
   fp32             train.precision=fp32, train.channels_last=false
   bf16             bf16 autocast, NCHW
-  bf16+cl          bf16 autocast, channels_last (atlas-gan's GPU default)
+  bf16+cl          bf16 autocast, channels_last (atlas-gan's GPU default: finite checks stay on the device)
+  bf16+cl+host-checks  the same with the loss read back on the host at every update (the CPU default; what the
+                   GPU did before deferred checks), so the gain of keeping the host off the device's queue shows
   bf16+cl+compile  the same with every network compiled in place (`nn.Module.compile`): an experiment, not a
                    trainer option, since it fails on GPU (torch 2.11: see the README's GPU section)
 printing images/s, s/kimg and peak memory. For the default mode it then feeds the same trainer from the real data
@@ -80,8 +82,10 @@ MODES = {
     "fp32": ["train.precision=fp32", "train.channels_last=false"],
     "bf16": ["train.precision=bf16", "train.channels_last=false"],
     "bf16+cl": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16+cl+host-checks": ["train.precision=bf16", "train.channels_last=true"],  # + a host read per update
     "bf16+cl+compile": ["train.precision=bf16", "train.channels_last=true"],  # + each network compiled in place
 }
+HOST_CHECKED_MODES = {"bf16+cl+host-checks"}
 LOADER_MODE = "bf16+cl"
 GOAL_S_PER_KIMG = {("stylegan2", 128): 3.4, ("stylegan2", 256): 6.3}
 GOALS = "StyleGAN2 128 px <= 3.4 s/kimg, 256 px <= 6.3; FID 50k <= 60 s; bf16 FID within 0.1 %; loader wait <= 5 %"
@@ -152,7 +156,8 @@ def build_trainer(pack: Path, work: Path, case: Case, mode: str, smoke: bool, wo
         *MODES[mode],
         *(SMOKE_OVERRIDES if smoke else []),
     ]
-    return Trainer(load_config(None, overrides), distributed.setup(), progress=False)
+    deferred = False if mode in HOST_CHECKED_MODES else None  # None: the trainer's default for the device
+    return Trainer(load_config(None, overrides), distributed.setup(), progress=False, deferred_checks=deferred)
 
 
 def held_batches(trainer: Trainer, count: int) -> list[dict[str, torch.Tensor]]:
@@ -272,7 +277,7 @@ def measure_fid(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def print_training(record: dict[str, Any]) -> None:
-    label = f"{record['family']:<10}{record['size']:>4} px  {record['mode']:<16}"
+    label = f"{record['family']:<10}{record['size']:>4} px  {record['mode']:<20}"
     if "skipped" in record:
         print(f"{label} skipped: {record['skipped']}", flush=True)
         return
@@ -299,6 +304,9 @@ def main() -> None:
     parser.add_argument("--fid-batch", type=int, default=500, help="images per Inception pass")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, one step each, on CPU")
     parser.add_argument("--no-loader-fid", action="store_true", help="training throughput only")
+    parser.add_argument(
+        "--loader-workers", type=lambda t: [int(w) for w in t.split(",")], default=[2, 8], help="e.g. 2,8"
+    )
     parser.add_argument("--cases", type=lambda t: t.split(","), default=None, help="e.g. dcgan-64,fastgan-128")
     parser.add_argument("--modes", type=lambda t: t.split(","), default=None, help=f"some of {','.join(MODES)}")
     args = parser.parse_args()
@@ -370,7 +378,7 @@ def run_loader_and_fid(
         held = held_rates.get((case.name, case.size))
         if held is None:
             continue
-        for workers in (2,) if args.smoke else (2, 8):
+        for workers in args.loader_workers[:1] if args.smoke else args.loader_workers:
             record = guarded(case, LOADER_MODE, measure_loader, args, work, case, held, workers)
             report.add("loader", record)
             if "error" in record:

@@ -165,8 +165,8 @@ def test_accumulating_k_batches_updates_like_one_batch_k_times_larger(train_data
     small, small_losses, small_progress = run(4, 2)
     large, large_losses, _ = run(8, 1)
     assert small_progress.images_seen == 8 and small.images_per_step == 8
-    assert small_losses["loss_d"] == pytest.approx(large_losses["loss_d"], rel=1e-5)
-    assert small_losses["loss_g"] == pytest.approx(large_losses["loss_g"], rel=1e-5)
+    assert float(small_losses["loss_d"]) == pytest.approx(float(large_losses["loss_d"]), rel=1e-5)
+    assert float(small_losses["loss_g"]) == pytest.approx(float(large_losses["loss_g"]), rel=1e-5)
     for name in ("D", "G"):
         for (key, a), b in zip(
             small.networks[name].state_dict().items(), large.networks[name].state_dict().values(), strict=True

@@ -256,3 +256,21 @@ def test_a_damaged_shard_is_named(train_data, tmp_path):
     with pytest.raises(TarFormatError, match=str(damaged)):
         for _ in stream:
             pass
+
+
+def test_deferred_checks_roll_back_like_host_checks(train_data, tmp_path, caplog):
+    """The CUDA default (finite checks on the device, read when logging), here on the CPU: the poisoned steps are
+    found at the next log step, the checkpoint due then is not written, and training rolls back."""
+    ctx = distributed.setup()
+    config = small_config(train_data, tmp_path / "run", "train.steps=5", "train.nan_patience=2")
+    trainer = Trainer(config, ctx, hooks=[PoisonOnce()], progress=False, deferred_checks=True)
+    assert trainer.update.deferred
+    summary = trainer.run()
+    assert summary["step"] == 5
+    assert "steps up to step 4 skipped an update" in caplog.text
+    assert "rolled back to the checkpoint of step 2" in caplog.text
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "rollback", "step": 2, "rollback": 1} in events
+    assert all(np.isfinite(e["loss_g"]) for e in events if "loss_g" in e)
+    assert sorted(step for step, _ in list_checkpoints(LocalStorage(), str(tmp_path / "run")))[-1] == 5
+    assert all(torch.isfinite(p).all() for p in load_generator(LocalStorage(), summary["checkpoint"])[0].parameters())

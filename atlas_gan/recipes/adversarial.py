@@ -180,11 +180,11 @@ class AdversarialRecipe(Recipe):
             for parameter in self.D.parameters():
                 parameter.clamp_(-self.defaults.weight_clip, self.defaults.weight_clip)
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         batch = self.batch_size
         world = self.ctx.world_size
         clip = self._clip_discriminator if self.defaults.weight_clip else None
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for critic_step in range(self.n_critic):
             real, labels = self._real(batches)
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self.autocast():
@@ -206,9 +206,9 @@ class AdversarialRecipe(Recipe):
                 loss_d = loss_d + self.defaults.gp_weight * gradient_penalty(critic, real, detached)
             if not update(loss_d, self.D, self.optimizers["D"], after_step=clip):
                 return None
-            totals["loss_d"] = totals.get("loss_d", 0.0) + float(loss_d.detach())
+            totals["loss_d"] = totals.get("loss_d", 0.0) + loss_d.detach()
             if extra is not None:
-                totals[self.extra_loss_name] = totals.get(self.extra_loss_name, 0.0) + float(extra.detach())
+                totals[self.extra_loss_name] = totals.get(self.extra_loss_name, 0.0) + extra.detach()
             progress.images_seen += batch * world
 
         with frozen(self.D):
@@ -220,4 +220,4 @@ class AdversarialRecipe(Recipe):
                 return None
         if self.ada:
             self.ada.adjust(batch * world * self.n_critic, self.ctx)
-        return {**{key: value / self.n_critic for key, value in totals.items()}, "loss_g": float(loss_g.detach())}
+        return {**{key: value / self.n_critic for key, value in totals.items()}, "loss_g": loss_g.detach()}

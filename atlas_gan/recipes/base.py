@@ -33,6 +33,7 @@ from atlas_gan.runtime import distributed as dist_utils
 from atlas_gan.runtime.distributed import DistributedContext
 from atlas_gan.runtime.signature import LATENT
 
+FUSED_ADAM_DEVICES = ("cuda", "cpu")
 Batch = dict[str, torch.Tensor]  # "image" (n, bands, h, w) in [-1, 1], "label" (n,), "epoch" (n,)
 
 
@@ -47,11 +48,19 @@ class Progress:
 
 class Update:
     """One network update, the same for every recipe and network; its gradient may be summed over several
-    batches first (`accumulate`, then the call with the last batch's share)."""
+    batches first (`accumulate`, then the call with the last batch's share).
 
-    def __init__(self, ctx: DistributedContext) -> None:
-        self.ctx = ctx
+    The finite check either reads the loss back on the host at every update (`deferred=False`: a non-finite loss
+    skips the update and the caller's step, on every rank) or stays on the device (`deferred=True`, the CUDA
+    default): the fused Adam step is told the loss was non-finite and leaves weights, moments and step counts as
+    they were, and `skipped` counts such updates for the loop to read when it logs. No update then waits for the
+    device, so the host queues the next kernels while the device works. Optimizers without a device-side skip
+    (RMSprop) and updates with an `after_step` (weight clipping) always check on the host."""
+
+    def __init__(self, ctx: DistributedContext, deferred: bool = False) -> None:
+        self.ctx, self.deferred = ctx, deferred
         self._accumulated: dict[int, list[torch.Tensor]] = {}  # id(network) -> the detached losses summed so far
+        self.skipped = torch.zeros((), device=ctx.device)  # deferred: updates skipped since the loop last reset it
 
     def accumulate(self, loss: torch.Tensor, network: nn.Module) -> None:
         """Backward of one batch's share of `network`'s next update (the first share zeroes its gradients)."""
@@ -71,19 +80,38 @@ class Update:
     ) -> bool:
         """zero grad (unless shares were accumulated), backward, average gradients over ranks, then step only if
         every share's loss is finite on every rank (False: nothing was changed, on any rank), then `after_step`
-        (e.g. weight clipping)."""
+        (e.g. weight clipping). Deferred: always True; a skip shows in `skipped`."""
         earlier = self._accumulated.pop(id(network), [])
         if not earlier:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist_utils.average_gradients(network, self.ctx)
-        total = torch.stack([*earlier, loss.detach()]).sum() if earlier else loss
+        total = torch.stack([*earlier, loss.detach()]).sum() if earlier else loss.detach()
+        if self.deferred and after_step is None and skips_on_device(optimizer):
+            self._step_unless_non_finite(total, optimizer)
+            return True
         if not dist_utils.all_true(bool(torch.isfinite(total)), self.ctx):
             return False
         optimizer.step()
         if after_step is not None:
             after_step()
         return True
+
+    def _step_unless_non_finite(self, total: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's step, made a no-op on the device when `total` is not finite on some rank."""
+        non_finite = (~torch.isfinite(total.float())).float()
+        dist_utils.all_reduce_max(non_finite, self.ctx)
+        optimizer.found_inf = non_finite  # type: ignore[attr-defined]  # read by the fused step (as GradScaler does)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        self.skipped += non_finite
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` honours a device-side `found_inf` flag (the fused Adam kernels do)."""
+    return isinstance(optimizer, torch.optim.Adam) and all(group.get("fused") for group in optimizer.param_groups)
 
 
 @contextlib.contextmanager
@@ -108,7 +136,10 @@ def make_optimizer(
         betas = defaults.betas
     if defaults.optimizer == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=betas)
+    parameters = list(parameters)
+    # the fused kernel: fewer launches per step, and it can skip a step on the device (see `Update`)
+    fused = bool(parameters) and parameters[0].device.type in FUSED_ADAM_DEVICES
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=fused)
 
 
 class Recipe:
@@ -152,7 +183,7 @@ class Recipe:
 
     # ---- what subclasses implement -----------------------------------------------------------------------------
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         """One training step; returns the losses to log, or None when a non-finite loss made every rank skip it."""
         raise NotImplementedError
 

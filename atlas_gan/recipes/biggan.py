@@ -75,10 +75,10 @@ class BigGANRecipe(AdversarialRecipe):
 
     def _discriminator_update(
         self, batches: Iterator[Batch], update: Update, progress: Progress, first_of_step: bool
-    ) -> tuple[float, list[torch.Tensor | None]] | None:
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]] | None:
         """One D update over `accumulate` real batches; its loss and the batches' labels (None if skipped)."""
         k, batch, world = self.accumulate, self.batch_size, self.ctx.world_size
-        total, labels_seen = 0.0, []
+        total, labels_seen = torch.zeros((), device=self.ctx.device), []
         for share in range(k):
             real, labels = self._real(batches)
             labels_seen.append(labels)
@@ -94,7 +94,7 @@ class BigGANRecipe(AdversarialRecipe):
             if r1_due:
                 loss = loss + r1_penalty(real_logits, real) * (self.r1_gamma / 2 * self.defaults.r1_interval)
             loss = loss / k
-            total += float(loss.detach())
+            total += loss.detach().float()
             progress.images_seen += batch * world
             if share < k - 1:
                 update.accumulate(loss, self.D)
@@ -102,17 +102,17 @@ class BigGANRecipe(AdversarialRecipe):
                 return None
         return total, labels_seen
 
-    def _generator_update(self, labels_seen: list[torch.Tensor | None], update: Update) -> float | None:
+    def _generator_update(self, labels_seen: list[torch.Tensor | None], update: Update) -> torch.Tensor | None:
         """One G update over `accumulate` batches of fakes (with the given labels); its loss (None if skipped)."""
         k = self.accumulate
-        total = 0.0
+        total = torch.zeros((), device=self.ctx.device)
         with frozen(self.D):
             for share, labels in enumerate(labels_seen):
                 with power_iteration_paused(self.G, share > 0), power_iteration_paused(self.D, share > 0):
                     with self.autocast():
                         fake = self.G(self._latents(self.batch_size), labels)
                         loss = generator_loss(self.defaults.loss, self.discriminate(fake, labels)) / k
-                    total += float(loss.detach())
+                    total += loss.detach().float()
                     if share < k - 1:
                         update.accumulate(loss, self.G)
                         continue
@@ -123,8 +123,8 @@ class BigGANRecipe(AdversarialRecipe):
                         return None
         return total
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
-        loss_d = 0.0
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
+        loss_d = torch.zeros((), device=self.ctx.device)
         labels_seen: list[torch.Tensor | None] = []
         for critic_step in range(self.n_critic):
             result = self._discriminator_update(batches, update, progress, critic_step == 0)

@@ -161,7 +161,7 @@ class CycleGANRecipe(Recipe):
             "labels of train.condition, and raise train.shuffle_buffer so batches mix them"
         )
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         self._factor = self.learning_rate_factor(progress.step)
         for name, optimizer in self.optimizers.items():
             for group in optimizer.param_groups:
@@ -192,9 +192,9 @@ class CycleGANRecipe(Recipe):
         if not update(loss_d, self.discriminators, self.optimizers["discriminators"]):
             return None
         return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "loss_g_adversarial": adversarial.item(),
-            "loss_cycle": loss_cycle.item(),
-            "loss_identity": loss_identity.item(),
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "loss_g_adversarial": adversarial.detach(),
+            "loss_cycle": loss_cycle.detach(),
+            "loss_identity": loss_identity.detach(),
         }

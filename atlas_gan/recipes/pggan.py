@@ -160,10 +160,10 @@ class PGGANRecipe(AdversarialRecipe):
         self._buffer = [rest] if len(rest) else []
         return self.on_device(images[:count])
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         level, alpha = self.grow(progress.images_seen)
         batch, world = self.batch_sizes[level], self.ctx.world_size
-        loss_d_total = 0.0
+        loss_d_total = torch.zeros((), device=self.ctx.device)
         for critic_step in range(self.n_critic):
             real = reals_at(self._take(batches, batch), level, alpha)
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self.autocast():
@@ -177,11 +177,11 @@ class PGGANRecipe(AdversarialRecipe):
             loss_d = loss_d + self.defaults.gp_weight * gradient_penalty(critic, real, detached)
             if not update(loss_d, self.D, self.optimizers["D"]):
                 return None
-            loss_d_total += float(loss_d.detach())
+            loss_d_total += loss_d.detach().float()
             progress.images_seen += batch * world
         with frozen(self.D):
             with self.autocast():
                 loss_g = generator_loss(self.defaults.loss, self.discriminate(fake, None))
             if not update(loss_g, self.G, self.optimizers["G"]):
                 return None
-        return {"loss_d": loss_d_total / self.n_critic, "loss_g": float(loss_g.detach())}
+        return {"loss_d": loss_d_total / self.n_critic, "loss_g": loss_g.detach()}

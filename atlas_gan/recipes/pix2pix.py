@@ -62,7 +62,7 @@ class Pix2PixRecipe(Recipe):
             raise ValueError("pix2pix needs example tiles for its sample grids; the dataset gave none")
         return (self.split(examples[:count].to(self.ctx.device))[0],)
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         loss = self.defaults.loss
         batch = next(batches)
         source, target = self.split(self.on_device(batch["image"]))
@@ -82,8 +82,8 @@ class Pix2PixRecipe(Recipe):
         if not update(loss_g, self.G, self.optimizers["G"]):
             return None
         return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "loss_g_adversarial": loss_adv.item(),
-            "loss_l1": loss_l1.item(),
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "loss_g_adversarial": loss_adv.detach(),
+            "loss_l1": loss_l1.detach(),
         }

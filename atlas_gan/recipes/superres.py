@@ -116,7 +116,7 @@ class SuperResRecipe(Recipe):
     def _content_losses(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.l1_loss(fake.float(), real.float()), spectral_angle_loss(fake, real)
 
-    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, float] | None:
+    def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         phase = self.phase(progress.step)
         if phase == "gan" and self._phase == "pixel":
             self.pixel_state = {k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()}
@@ -136,7 +136,7 @@ class SuperResRecipe(Recipe):
             loss_g = loss_l1 + options.sam_weight * loss_sam
             if not update(loss_g, self.G, self.optimizers["G"]):
                 return None
-            return {"loss_g": loss_g.item(), "loss_l1": loss_l1.item(), "loss_sam": loss_sam.item()}
+            return {"loss_g": loss_g.detach(), "loss_l1": loss_l1.detach(), "loss_sam": loss_sam.detach()}
         with self.autocast():
             fake = self.G(low)
             real_logits, fake_logits = self.D(real).float(), self.D(fake.detach()).float()
@@ -150,11 +150,11 @@ class SuperResRecipe(Recipe):
         _, loss_adv = relativistic_average_losses(real_logits, fake_logits)
         loss_l1, loss_sam = self._content_losses(fake, real)
         loss_g = options.pixel_weight * loss_l1 + options.gan_weight * loss_adv + options.sam_weight * loss_sam
-        losses = {"loss_l1": loss_l1.item(), "loss_sam": loss_sam.item(), "loss_g_adversarial": loss_adv.item()}
+        losses = {"loss_l1": loss_l1.detach(), "loss_sam": loss_sam.detach(), "loss_g_adversarial": loss_adv.detach()}
         if self.perceptual is not None:
             loss_perceptual = self.perceptual(fake, real)
             loss_g = loss_g + options.perceptual_weight * loss_perceptual
-            losses["loss_perceptual"] = loss_perceptual.item()
+            losses["loss_perceptual"] = loss_perceptual.detach()
         if not update(loss_g, self.G, self.optimizers["G"]):
             return None
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **losses}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **losses}

@@ -110,6 +110,12 @@ def all_true(flag: bool, ctx: DistributedContext) -> bool:
     return bool(value.item() > 0.5)
 
 
+def all_reduce_max(tensor: torch.Tensor, ctx: DistributedContext) -> None:
+    """`tensor` becomes its maximum over ranks, in place, without a wait on the host."""
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
 def gather_objects(obj: object, ctx: DistributedContext) -> list[object]:
     if not ctx.enabled:
         return [obj]

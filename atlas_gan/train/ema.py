@@ -43,7 +43,10 @@ class EMA:
     def copy_buffers(self, model: nn.Module) -> None:
         """Batch-norm statistics and modules' extra state (a growing network's level) are not averaged: they
         follow the live model."""
-        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_buffers, buffers = list(self.model.buffers()), list(model.buffers())
+        if len(ema_buffers) != len(buffers):
+            raise ValueError(f"EMA copy has {len(ema_buffers)} buffers, the model {len(buffers)}")
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)  # one launch for all, not one per buffer
         for name in self._stateful:
             self.model.get_submodule(name).set_extra_state(model.get_submodule(name).get_extra_state())

@@ -67,7 +67,7 @@ PROGRESS_LINE = re.compile(r"\bstep (?P<step>\d+)/(?P<steps>\d+) \(")  # inside 
 
 def progress_line(record: dict[str, Any], steps: int) -> str:
     """`step 200/2000 (10%) | 12.8 kimg | loss_d 0.412 loss_g 2.310 | 180 img/s` (parsed back by PROGRESS_LINE)."""
-    losses = " ".join(f"{key} {record[key]:.3f}" for key in record if key.startswith("loss_"))
+    losses = " ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("loss_") and v is not None)
     speed = record.get("images_per_s")
     return (
         f"step {record['step']}/{steps} ({100 * record['step'] / steps:.0f}%) | {record['images_seen'] / 1000:.1f} kimg"
@@ -75,10 +75,30 @@ def progress_line(record: dict[str, Any], steps: int) -> str:
     )
 
 
+def add_losses(sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -> None:
+    """Add one step's losses to the running sums, on the device (no wait): non-finite values are left out."""
+    for key, value in losses.items():
+        value = torch.as_tensor(value, dtype=torch.float32).detach()
+        finite = torch.isfinite(value)
+        sums[key] = sums.get(key, 0) + torch.where(finite, value, 0.0)
+        counts[key] = counts.get(key, 0) + finite.float()
+
+
+def loss_mean(total: torch.Tensor, count: torch.Tensor) -> float | None:
+    return float(total / count) if count > 0 else None
+
+
 class Trainer:
     def __init__(
-        self, config: AtlasConfig, ctx: DistributedContext, hooks: Sequence[TrainHooks] = (), progress: bool = True
+        self,
+        config: AtlasConfig,
+        ctx: DistributedContext,
+        hooks: Sequence[TrainHooks] = (),
+        progress: bool = True,
+        deferred_checks: bool | None = None,
     ) -> None:
+        """`deferred_checks`: check losses for non-finite values on the device and read the result only when
+        logging (see `Update`); None: on CUDA, where a host read at every update would stall the queue."""
         self.config, self.ctx, self.hooks, self.progress = config, ctx, list(hooks), progress
         cfg = config.train
         self.store: Storage = storage_for(cfg.run_dir, config.storage)
@@ -127,7 +147,11 @@ class Trainer:
             name: EMA(self.recipe.networks[name], cfg.ema_half_life_kimg, cfg.ema_rampup)
             for name in self.recipe.ema_networks
         }
-        self.update = Update(ctx)
+        self.update = Update(ctx, deferred=device.type == "cuda" if deferred_checks is None else deferred_checks)
+        # deferred checks: the run of consecutive steps with a skipped update ending now, and such steps since the
+        # last log record (device tensors, read when logging)
+        self._bad_run = torch.zeros((), device=device)
+        self._skipped_steps = torch.zeros((), device=device)
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
@@ -345,14 +369,20 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------------------------
 
-    def train_step(self, batches: Iterator[Batch]) -> dict[str, float] | None:
-        """The recipe's step, then the EMAs; None when a non-finite loss made every rank skip it."""
+    def train_step(self, batches: Iterator[Batch]) -> dict[str, torch.Tensor] | None:
+        """The recipe's step, then the EMAs; the losses as (device) tensors, or None when a non-finite loss made
+        every rank skip it (with deferred checks such a step counts as done and shows in the bad-step counters)."""
         losses = self.recipe.step(batches, self.update, self.state)
         if losses is None:
             return None
         images = self.recipe.images_per_step * self.ctx.world_size
         for name, ema in self.emas.items():
             ema.update(self.recipe.networks[name], images, self.images_seen)
+        if self.update.deferred:
+            bad = (self.update.skipped > 0).float()
+            self._bad_run.add_(1).mul_(bad)
+            self._skipped_steps.add_(bad)
+            self.update.skipped.zero_()
         self.state.step += 1
         self._calibrated_at = None
         return losses
@@ -483,8 +513,8 @@ class Trainer:
             disable=not (self.progress and ctx.is_main),
         )
         window_start, window_images, bad_steps = time.perf_counter(), self.images_seen, 0
-        sums: dict[str, float] = {}  # each loss summed over the steps since the last log record
-        counts: dict[str, int] = {}  # steps that reported it (a recipe's losses may change with its phase)
+        sums: dict[str, torch.Tensor] = {}  # each loss summed over the steps since the last log record
+        counts: dict[str, torch.Tensor] = {}  # steps that reported it finite (a recipe's losses change with its phase)
         while self.step < cfg.steps:
             for hook in self.hooks:
                 hook.on_step_start(self)
@@ -498,10 +528,14 @@ class Trainer:
                     bad_steps = 0
                 continue
             bad_steps = 0
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value
-                counts[key] = counts.get(key, 0) + 1
+            add_losses(sums, counts, losses)
             bar.update()
+            at_checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+            checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
+            if checked and not self._deferred_checks_pass(at_checkpoint):
+                sums, counts = {}, {}
+                window_start, window_images = time.perf_counter(), self.images_seen
+                continue
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._log_step(sums, counts, window_start, window_images)
                 sums, counts = {}, {}
@@ -515,26 +549,46 @@ class Trainer:
                 for hook in self.hooks:
                     hook.on_evaluate(self)
                 window_start += time.perf_counter() - evaluation_started  # images/s counts training time only
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if at_checkpoint:
                 self.save()
         bar.close()
         return self._finish()
 
+    def _deferred_checks_pass(self, at_checkpoint: bool) -> bool:
+        """Deferred checks, read at a log or checkpoint step (one wait for the device): warn about steps whose
+        update was skipped; roll back when the last `nan_patience` steps all were, or when any of the last steps
+        were and a checkpoint is due (its weights may be what made the losses non-finite). False after a
+        rollback."""
+        bad_run, skipped = (int(v) for v in torch.stack([self._bad_run, self._skipped_steps]).tolist())
+        self._skipped_steps.zero_()
+        if skipped and self.ctx.is_main:
+            log.warning("non-finite loss: %d steps up to step %d skipped an update", skipped, self.step)
+        if bad_run >= self.config.train.nan_patience or (bad_run and at_checkpoint):
+            self._bad_run.zero_()
+            self._rollback(bad_run)
+            return False
+        return True
+
     def _log_step(
-        self, sums: dict[str, float], counts: dict[str, int], window_start: float, window_images: int
+        self,
+        sums: dict[str, torch.Tensor],
+        counts: dict[str, torch.Tensor],
+        window_start: float,
+        window_images: int,
     ) -> None:
         """One log record: each loss averaged over the steps (and ranks) that reported it since the last one."""
         first = [key for key in ("loss_d", "loss_g") if key in sums]
         keys = [*first, *sorted(set(sums) - set(first))]  # the same on every rank: every rank runs the same phase
-        totals = torch.tensor([sums[key] for key in keys] + [float(counts[key]) for key in keys], dtype=torch.float64)
+        totals = torch.stack([sums[key] for key in keys] + [counts[key] for key in keys]).double()
         if self.ctx.enabled:
-            torch.distributed.all_reduce(totals)  # losses averaged over ranks
+            torch.distributed.all_reduce(totals)  # losses averaged over ranks (on the device: NCCL needs it there)
+        totals = totals.cpu()
         elapsed = time.perf_counter() - window_start
         record = {
             "step": self.step,
             "images_seen": self.images_seen,
             "epoch": self.epoch,
-            **{key: float(totals[i] / totals[len(keys) + i]) for i, key in enumerate(keys)},
+            **{key: loss_mean(totals[i], totals[len(keys) + i]) for i, key in enumerate(keys)},
             "images_per_s": (self.images_seen - window_images) / elapsed if elapsed > 0 else None,
             "time": time.time(),
             **self.recipe.log_values(),
