@@ -7,8 +7,12 @@ torch's DataLoader with 0, 1 and 2 worker processes and prints tiles/s for:
   webdataset  the loader before: webdataset's tar expansion and decoding of every member (`wds.decode()`)
   atlas-gan   `atlas_gan.train.data.TileStream` as the trainer uses it (its own tar and .npy parser)
 with the same shuffling, augmentation (flips, rot90) and conversion to [-1, 1] in both, and the ratio. Each figure
-is the best of --repeats runs of --tiles tiles after one warm-up batch (worker start-up excluded). Not a test: no
-thresholds.
+is the best of --repeats runs of --tiles tiles after one warm-up batch (worker start-up excluded).
+
+Then, with worker processes, the host time the *training process's* main thread spends per batch received (its
+CPU time, so waiting is not counted): what a GPU step loses from launching kernels. Baseline: each worker sends
+one batch at a time (the loader before); atlas-gan: `make_loader`, whose workers send LOADER_GROUP batches at once.
+Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from torch.utils.data import DataLoader
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train.data import TileStream, make_loader
+from atlas_gan.train.data import LOADER_GROUP, GroupedBatches, TileStream, make_loader
 
 
 class WebDatasetStream(TileStream):
@@ -43,6 +48,23 @@ def tiles_per_second(stream: TileStream, workers: int, batch: int, tiles: int) -
     while seen < tiles:
         seen += len(next(batches)["image"])
     return seen / (time.perf_counter() - started)
+
+
+def host_ms_per_batch(batches: Iterator[dict[str, Any]], count: int) -> float:
+    """The calling thread's CPU time per batch over `count` batches (after a warm-up and a pause that lets the
+    workers fill their queues)."""
+    next(batches)
+    time.sleep(2)
+    started = time.thread_time()
+    for _ in range(count):
+        next(batches)
+    return 1000 * (time.thread_time() - started) / count
+
+
+def one_batch_per_transfer(stream: TileStream, batch: int, workers: int) -> Iterator[dict[str, Any]]:
+    """The baseline loader: each worker sends each batch on its own."""
+    loader = DataLoader(stream, batch_size=batch, num_workers=workers, persistent_workers=True, drop_last=True)
+    return iter(GroupedBatches(loader, batch))
 
 
 def main() -> None:
@@ -78,6 +100,21 @@ def main() -> None:
                 )
             ratio = rates["atlas-gan"] / rates["webdataset"]
             print(f"{workers:>7} {rates['webdataset']:>12,.0f} {rates['atlas-gan']:>12,.0f} {ratio:>6.2f}x")
+        print(f"main-thread host time per batch received (ms; lower is better; atlas-gan: {LOADER_GROUP} per transfer)")
+        print(f"{'workers':>7} {'one/transfer':>12} {'atlas-gan':>12} {'ratio':>7}")
+        for workers in [w for w in args.workers if w > 0]:
+            count = max(1, args.tiles // args.batch)
+            host = {}
+            for name, make in (
+                ("one", lambda s, w=workers: one_batch_per_transfer(s, args.batch, w)),
+                ("grouped", lambda s, w=workers: iter(make_loader(s, args.batch, w, pin_memory=False))),
+            ):
+                host[name] = min(
+                    host_ms_per_batch(make(TileStream(urls, 0, 1, image_size=64, seed=0, shuffle_buffer=1000)), count)
+                    for _ in range(args.repeats)
+                )
+            ratio = host["one"] / host["grouped"]
+            print(f"{workers:>7} {host['one']:>12.2f} {host['grouped']:>12.2f} {ratio:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Training on real shards (Landsat, 4 bands, 32 px tiles) in one process: data stream, resume, NaN rollback."""
 
+import itertools
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from atlas_gan.runtime.generator import load_generator
 from atlas_gan.samples import TarFormatError, read_members
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage, StorageError
-from atlas_gan.train.data import TileStream, augment, to_training_range
+from atlas_gan.train.data import LOADER_GROUP, TileStream, augment, make_loader, to_training_range
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.trainer import Trainer
 
@@ -56,6 +57,20 @@ def test_stream_splits_an_epoch_exactly_over_consumers(train_data):
             seen.append(tiles)
         assert sum(len(t) for t in seen) == total
         assert len(set().union(*map(set, seen))) == total  # disjoint, and everything once
+
+
+def test_workers_send_batches_in_groups_and_every_tile_still_comes_once_per_epoch(train_data):
+    manifest = read_manifest(LocalStorage(), str(train_data))
+    urls, total = shard_urls(manifest, str(train_data)), manifest["totals"]["samples"]
+    off = load_config().train.augment.model_copy(update={"flips": False, "rot90": False})
+    stream = TileStream(urls, 0, 1, image_size=32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off)
+    loader = make_loader(stream, 8, 2, pin_memory=False)
+    assert loader.loader.batch_size == 8 * LOADER_GROUP and loader.loader.num_workers == 2
+    epoch_3 = []
+    for batch in itertools.islice(loader, 3 * total // 8):  # past epoch 3 in both workers
+        assert batch["image"].shape[:1] == batch["label"].shape == batch["epoch"].shape == (8,)
+        epoch_3 += [image.numpy().tobytes() for image, epoch in zip(batch["image"], batch["epoch"]) if epoch == 3]
+    assert len(epoch_3) == len(set(epoch_3)) == total
 
 
 def test_a_consumer_without_tiles_fails_instead_of_waiting_forever(train_data):

@@ -180,13 +180,37 @@ def read_tiles(
     return list(found), torch.from_numpy(np.stack(list(found.values())))
 
 
-def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(
+LOADER_GROUP = 4  # batches a loader worker collates and sends at once (see GroupedBatches)
+
+
+class GroupedBatches:
+    """Batches of `batch_size` from a DataLoader whose batches are `group` times larger, split into views.
+
+    Each batch a worker process sends costs the training process host time to receive (shared-memory handles,
+    unpickling, pinning) whatever its size: about 2 ms per batch of 64 tiles here, which on a GPU is time the host
+    does not spend launching kernels. Sending 4 batches at once cut it to 0.7 ms per batch. The views of a pinned
+    batch are pinned too, so their copies to the GPU stay asynchronous."""
+
+    def __init__(self, loader: DataLoader, batch_size: int) -> None:
+        self.loader, self.batch_size = loader, batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for group in self.loader:
+            parts = {key: value.split(self.batch_size) for key, value in group.items()}
+            for i in range(len(group["image"]) // self.batch_size):
+                yield {key: values[i] for key, values in parts.items()}
+
+
+def make_loader(stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool) -> GroupedBatches:
+    """Endless batches of `batch_size` from `stream`; with worker processes, each sends LOADER_GROUP at a time."""
+    group = LOADER_GROUP if num_workers > 0 else 1
+    loader = DataLoader(
         stream,
-        batch_size=batch_size,
+        batch_size=batch_size * group,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=True,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=2 if num_workers > 0 else None,  # per worker, of groups: 8 batches in flight (was 4 x 1)
     )
+    return GroupedBatches(loader, batch_size)

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atlas_gan.config import AtlasConfig, TrainConfig, config_to_dict
@@ -47,7 +46,7 @@ from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.split import TileSplit, dataset_split, validation_fraction
 from atlas_gan.storage import Storage, join_url, storage_for
-from atlas_gan.train.data import TileStream, make_loader, read_tiles
+from atlas_gan.train.data import GroupedBatches, TileStream, make_loader, read_tiles
 from atlas_gan.train.data_defaults import DataDefault, apply_data_defaults, pick_data_defaults
 from atlas_gan.train.ema import EMA
 from atlas_gan.train.hooks import TrainHooks
@@ -349,7 +348,7 @@ class Trainer:
         self.resumed_from = step
         return True
 
-    def training_loader(self) -> DataLoader:
+    def training_loader(self) -> GroupedBatches:
         """This rank's batches of training tiles, from the current epoch on, as `run` reads them."""
         cfg, ctx = self.config.train, self.ctx
         stream = TileStream(
