@@ -54,6 +54,8 @@ def test_smoke_measures_every_case_without_the_packages_the_gpu_machine_lacks(pa
             assert "error" not in record, record
             assert record["images_per_s"] > 0 and record["s_per_kimg"] == pytest.approx(1000 / record["images_per_s"])
             assert record["precision"] == ("fp32" if mode == "fp32" else "torch.bfloat16")
+            assert record["deferred_checks"]  # the GPU's default path, on the CPU
+        assert not training[(family, size, "bf16+cl+host-checks")]["deferred_checks"]
         assert "compiling" in training[(family, size, "bf16+cl+compile")]["skipped"]
     assert {(r["family"], r["size"]) for r in report["loader"]} == set(cases)
     for record in report["loader"]:
@@ -63,6 +65,7 @@ def test_smoke_measures_every_case_without_the_packages_the_gpu_machine_lacks(pa
     assert fid["n"] == 16 and fid["reference_tiles"] == 64  # the 512 px crop at 64 px
     assert fid["fp32"]["fid"] > 0 and fid["bf16"]["fid"] > 0
     assert fid["bf16_vs_fp32"] == pytest.approx(abs(fid["bf16"]["fid"] - fid["fp32"]["fid"]) / fid["fp32"]["fid"])
+    assert fid["bf16_against_fp32_reference"] > 0
     assert "FID of 16 generated 64 px tiles" in done.stdout
 
 

@@ -69,7 +69,8 @@ def test_workers_send_batches_in_groups_and_every_tile_still_comes_once_per_epoc
     epoch_3 = []
     for batch in itertools.islice(loader, 3 * total // 8):  # past epoch 3 in both workers
         assert batch["image"].shape[:1] == batch["label"].shape == batch["epoch"].shape == (8,)
-        epoch_3 += [image.numpy().tobytes() for image, epoch in zip(batch["image"], batch["epoch"]) if epoch == 3]
+        pairs = zip(batch["image"], batch["epoch"], strict=True)
+        epoch_3 += [image.numpy().tobytes() for image, epoch in pairs if epoch == 3]
     assert len(epoch_3) == len(set(epoch_3)) == total
 
 
