@@ -49,20 +49,22 @@ def test_smoke_measures_every_case_without_the_packages_the_gpu_machine_lacks(pa
     training = {(r["family"], r["size"], r["mode"]): r for r in report["training"]}
     cases = [("dcgan", 64), ("fastgan", 128), ("stylegan2", 128), ("stylegan2", 256)]
     for family, size in cases:
-        for mode in ("fp32", "bf16", "bf16+cl"):
+        for mode in ("fp32", "bf16", "bf16+cl") if family == "dcgan" else ("fp32", "bf16+cl"):
             record = training[(family, size, mode)]
             assert "error" not in record, record
             assert record["images_per_s"] > 0 and record["s_per_kimg"] == pytest.approx(1000 / record["images_per_s"])
             assert record["precision"] == ("fp32" if mode == "fp32" else "torch.bfloat16")
             assert record["deferred_checks"]  # the GPU's default path, on the CPU
-        assert not training[(family, size, "bf16+cl+host-checks")]["deferred_checks"]
+        for mode in ("bf16", "bf16+cl+host-checks") if family != "dcgan" else ():
+            assert "first case covers this mode" in training[(family, size, mode)]["skipped"]
         assert "compiling" in training[(family, size, "bf16+cl+compile")]["skipped"]
-    assert {(r["family"], r["size"]) for r in report["loader"]} == set(cases)
+    assert not training[("dcgan", 64, "bf16+cl+host-checks")]["deferred_checks"]
+    assert {(r["family"], r["size"]) for r in report["loader"]} == {("dcgan", 64)}
     for record in report["loader"]:
         assert "error" not in record, record
         assert 0 <= record["wait_share"] <= 1 and 0 <= record["data_share"] <= 1 and record["images_per_s"] > 0
     fid = report["fid"]
-    assert fid["n"] == 16 and fid["reference_tiles"] == 64  # the 512 px crop at 64 px
+    assert fid["n"] == 16 and fid["reference_tiles"] == 16  # the smoke reads 16 of the 512 px crop's 64 tiles
     assert fid["fp32"]["fid"] > 0 and fid["bf16"]["fid"] > 0
     assert fid["bf16_vs_fp32"] == pytest.approx(abs(fid["bf16"]["fid"] - fid["fp32"]["fid"]) / fid["fp32"]["fid"])
     assert fid["bf16_against_fp32_reference"] > 0
