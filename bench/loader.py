@@ -107,7 +107,10 @@ def main() -> None:
             host = {}
             for name, make in (
                 ("one", lambda s, w=workers: one_batch_per_transfer(s, args.batch, w)),
-                ("grouped", lambda s, w=workers: iter(make_loader(s, args.batch, w, pin_memory=False))),
+                (
+                    "grouped",
+                    lambda s, w=workers: iter(make_loader(s, args.batch, w, pin_memory=False, group=LOADER_GROUP)),
+                ),
             ):
                 host[name] = min(
                     host_ms_per_batch(make(TileStream(urls, 0, 1, image_size=64, seed=0, shuffle_buffer=1000)), count)

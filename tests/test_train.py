@@ -64,7 +64,7 @@ def test_workers_send_batches_in_groups_and_every_tile_still_comes_once_per_epoc
     urls, total = shard_urls(manifest, str(train_data)), manifest["totals"]["samples"]
     off = load_config().train.augment.model_copy(update={"flips": False, "rot90": False})
     stream = TileStream(urls, 0, 1, image_size=32, seed=5, start_epoch=3, shuffle_buffer=50, augment_config=off)
-    loader = make_loader(stream, 8, 2, pin_memory=False)
+    loader = make_loader(stream, 8, 2, pin_memory=False, group=LOADER_GROUP)
     assert loader.loader.batch_size == 8 * LOADER_GROUP and loader.loader.num_workers == 2
     epoch_3 = []
     for batch in itertools.islice(loader, 3 * total // 8):  # past epoch 3 in both workers
