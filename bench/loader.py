@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from torch.utils.data import DataLoader
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage
-from atlas_gan.train.data import LOADER_GROUP, GroupedBatches, TileStream, make_loader
+from atlas_gan.train.data import LOADER_GROUP, TileStream, make_loader
 
 
 class WebDatasetStream(TileStream):
@@ -59,12 +58,6 @@ def host_ms_per_batch(batches: Iterator[dict[str, Any]], count: int) -> float:
     for _ in range(count):
         next(batches)
     return 1000 * (time.thread_time() - started) / count
-
-
-def one_batch_per_transfer(stream: TileStream, batch: int, workers: int) -> Iterator[dict[str, Any]]:
-    """The baseline loader: each worker sends each batch on its own."""
-    loader = DataLoader(stream, batch_size=batch, num_workers=workers, persistent_workers=True, drop_last=True)
-    return iter(GroupedBatches(loader, batch))
 
 
 def main() -> None:
@@ -106,7 +99,7 @@ def main() -> None:
             count = max(1, args.tiles // args.batch)
             host = {}
             for name, make in (
-                ("one", lambda s, w=workers: one_batch_per_transfer(s, args.batch, w)),
+                ("one", lambda s, w=workers: iter(make_loader(s, args.batch, w, pin_memory=False, group=1))),
                 (
                     "grouped",
                     lambda s, w=workers: iter(make_loader(s, args.batch, w, pin_memory=False, group=LOADER_GROUP)),

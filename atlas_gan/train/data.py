@@ -217,6 +217,6 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=True,
-        prefetch_factor=2 if num_workers > 0 else None,  # per worker, of groups: 8 batches in flight (was 4 x 1)
+        prefetch_factor=max(2, 4 // group) if num_workers > 0 else None,  # per worker: 4 batches, 8 when grouped
     )
     return GroupedBatches(loader, batch_size)
