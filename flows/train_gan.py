@@ -39,6 +39,7 @@ from atlas_gan.pipeline import (
     with_fid_curve,
 )
 from atlas_gan.runtime import distributed
+from atlas_gan.runtime.environment import environment_restored
 from atlas_gan.storage import StorageError, join_url
 from atlas_gan.tracking.registry import register_generator
 from atlas_gan.train.launch import LaunchFailed, launch_training
@@ -184,7 +185,8 @@ def train_gan(
     logger = get_run_logger()
     config = pipeline_config(config_path, overrides)
     runner = task_runner_for(ingest_task_runner.value, config.ingest.workers)
-    ingested = ingest_imagery.with_options(task_runner=runner)(config_path, overrides)
+    with environment_restored():  # a Dask cluster started for ingest must not leave OMP_NUM_THREADS=1 to training
+        ingested = ingest_imagery.with_options(task_runner=runner)(config_path, overrides)
     outcome = PipelineOutcome(ingested["added_scenes"], ingested["rejected"], ingested["manifest"])
     outcome.skipped = skip_reason(ingested["added_scenes"], champion_version(config), force)
     grid_image, links, figure_images = None, {}, {}

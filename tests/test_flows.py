@@ -273,13 +273,16 @@ def test_ingest_flow_runs_its_scene_tasks_on_a_dask_cluster(harness, geotiff, tm
     processes, joined through DASK_SCHEDULER_ADDRESS as a deployment would."""
     from distributed import Client, LocalCluster, get_task_stream
 
+    from atlas_gan.runtime.environment import environment_restored
     from flows.ingest import ingest_imagery, task_runner_for
 
     source = tmp_path / "incoming"
     source.mkdir()
     for name in ("landsat_1985.tif", "landsat_1990.tif", "landsat_1995.tif"):
         shutil.copy(geotiff / "landsat-pucallpa" / name, source)
+    environment = dict(os.environ)
     with (
+        environment_restored(),  # the Nanny writes OMP_NUM_THREADS=1 into this process: later tests would inherit it
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
@@ -294,5 +297,6 @@ def test_ingest_flow_runs_its_scene_tasks_on_a_dask_cluster(harness, geotiff, tm
     assert len(stream.data) >= 6  # both passes, one task per scene (part) each, all on the cluster
     assert ran_on and ran_on <= workers
     assert os.getpid() not in worker_pids  # worker processes, not threads of this one
+    assert dict(os.environ) == environment
     local = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert local["totals"]["scenes"] == 3 and all(len(s["sha256"]) == 64 for s in local["shards"])
