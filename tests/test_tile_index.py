@@ -112,3 +112,18 @@ def test_cli_preview_map(geotiff, make_config, tmp_path):
     assert image.format == "PNG" and image.size[0] == 1000
     missing = CliRunner().invoke(app, ["preview", str(tmp_path / "nothing"), "--map", "--out", str(tmp_path / "x.png")])
     assert missing.exit_code == 2 and "no dataset there" in missing.output
+
+
+def test_the_maps_coverage_counts_the_tiles_over_each_cell_centre() -> None:
+    """Cells of 1 deg from (0, 3) down: two identical 2x2 tiles over the top-left four cells add up, a rotated
+    diamond covers only the centre it encloses, and tiles smaller than a cell count in every cell they touch."""
+    from atlas_gan.figures.maps import coverage
+
+    square = shapely.box(0, 1, 2, 3)
+    diamond = shapely.Polygon([(2.5, 0.1), (2.9, 0.5), (2.5, 0.9), (2.1, 0.5)])
+    tiles = np.array([square, square, diamond])
+    counts = coverage(tiles, shapely.bounds(tiles), 0.0, 3.0, 1.0, 3, 3)
+    assert counts.tolist() == [[2, 2, 0], [2, 2, 0], [0, 0, 1]]
+    small = np.array([shapely.box(0.2, 2.2, 0.4, 2.4), shapely.box(1.9, 0.4, 2.1, 0.6)])
+    counts = coverage(small, shapely.bounds(small), 0.0, 3.0, 1.0, 3, 3)
+    assert counts.tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 1]]
