@@ -29,6 +29,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import ModelSpec, check_labels
 from atlas_gan.models.layers import SelfAttention
+from atlas_gan.models.upsampling import upsample_conv3x3
 
 MAX_WIDTH_FACTOR = 16  # the widest features have 16 x g_width (d_width) channels, as in the paper's 128 px nets
 SHARED_DIM = 128  # the shared class embedding's size (the paper's)
@@ -86,9 +87,11 @@ class GeneratorBlock(nn.Module):
         self.shortcut = _conv(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.norm1(x, condition)), scale_factor=2.0, mode="nearest")
-        h = self.conv2(F.relu(self.norm2(self.conv1(h), condition)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        # up-then-conv as one transposed convolution; the 1x1 shortcut commutes with nearest upsampling, so it
+        # runs at the input's resolution (both exactly as written in the docstring, for less work)
+        h = upsample_conv3x3(F.relu(self.norm1(x, condition)), self.conv1.weight, self.conv1.bias)
+        h = self.conv2(F.relu(self.norm2(h, condition)))
+        return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
 
 
 class BigGANGenerator(nn.Module):

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import ModelSpec, check_labels
+from atlas_gan.models.upsampling import upsample_conv3x3
 
 MIN_IMAGE_SIZE = 64
 MAX_WIDTH_MULTIPLE = 16  # feature maps have at most 16 x width channels (at 4x4 and 8x8)
@@ -79,14 +80,26 @@ class NoiseInjection(nn.Module):
         return x + self.strength * noise
 
 
-def _up_block(c_in: int, c_out: int, compound: bool) -> nn.Sequential:
+class _UpBlock(nn.Sequential):
+    """Its layers in order; the leading nearest upsampling and 3x3 convolution run as one transposed convolution
+    (`upsample_conv3x3`: the same output for less than half the work)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _upsample, conv, *rest = self
+        x = upsample_conv3x3(x, conv.weight, conv.bias)
+        for layer in rest:
+            x = layer(x)
+        return x
+
+
+def _up_block(c_in: int, c_out: int, compound: bool) -> _UpBlock:
     layers: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), _conv(c_in, c_out * 2, 3, 1, 1)]
     if compound:
         layers.append(NoiseInjection())
     layers += [nn.BatchNorm2d(c_out * 2), nn.GLU(dim=1)]
     if compound:
         layers += [_conv(c_out, c_out * 2, 3, 1, 1), NoiseInjection(), nn.BatchNorm2d(c_out * 2), nn.GLU(dim=1)]
-    return nn.Sequential(*layers)
+    return _UpBlock(*layers)
 
 
 class SkipLayerExcitation(nn.Module):

@@ -33,6 +33,7 @@ from torch import nn
 
 from atlas_gan.models.base import ModelSpec, check_labels
 from atlas_gan.models.layers import MinibatchStd
+from atlas_gan.models.upsampling import upsample_conv3x3
 
 LRELU_SLOPE = 0.2
 HE_GAIN = math.sqrt(2.0)
@@ -58,6 +59,10 @@ class EqualizedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.weight.shape[-1] // 2)
+
+    def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward(nearest 2x upsampling of x)` for a 3x3 kernel, as one transposed convolution."""
+        return upsample_conv3x3(x, self.weight * self.scale, self.bias)
 
 
 class EqualizedLinear(nn.Module):
@@ -125,9 +130,9 @@ class PGGANGenerator(Growing):
         previous = h
         for block in self.blocks[:level]:
             previous = h
-            h = _up(h)
-            for conv in block:
-                h = pixel_norm(_lrelu(conv(h)))
+            first, second = block
+            h = pixel_norm(_lrelu(first.forward_upsampled(h)))
+            h = pixel_norm(_lrelu(second(h)))
         image = self.to_image[level](h)
         if level > 0 and alpha < 1.0:
             image = torch.lerp(_up(self.to_image[level - 1](previous)), image, alpha)
