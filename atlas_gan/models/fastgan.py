@@ -3,8 +3,9 @@ Synthesis") for any band count and 64-512 px: the family made for hundreds to th
 
 Generator:
 - z (plus a one-hot label when conditional) -> a 4x4 map by a transposed convolution, batch norm and GLU.
-- One up block per doubling: nearest 2x upsampling, 3x3 convolution to twice the channels, batch norm, GLU (gated
-  linear unit: half the channels gate the other half). Every other block (the 8, 32, 128 and 512 px ones, as in the
+- One up block per doubling: nearest 2x upsampling, 3x3 convolution to twice the channels (the two computed as one
+  transposed convolution, `atlas_gan/models/upsampling.py`), batch norm, GLU (gated linear unit: half the
+  channels gate the other half). Every other block (the 8, 32, 128 and 512 px ones, as in the
   paper) is the *compound* block: two such convolutions, each followed by a learned-strength noise input.
 - Skip-layer excitation (SLE): a low-resolution feature map (r px) is pooled to 4x4, turned into one sigmoid gate
   per channel (4x4 convolution, swish, 1x1 convolution) and multiplies the feature map at 8r px. It carries global
