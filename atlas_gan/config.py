@@ -433,6 +433,10 @@ class SuperResOptions(_TranslationOptions):
         description="VGG19 weights file; null: ATLAS_VGG_WEIGHTS, then torch hub's vgg19-dcbb9e9d.pth; never "
         "downloaded",
     )
+    discriminator: Literal["unet", "vgg"] = Field(
+        "vgg",
+        description="D of the GAN phase: unet (Real-ESRGAN's, one logit per pixel) or vgg (the paper's, one per patch)",
+    )
     degradation: DegradationConfig = DegradationConfig()
     target_bands: BandList | None = Field(
         None, description="the bands G draws (names or 1-based indexes); null: every band of the dataset"
@@ -473,6 +477,7 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "cycle_weight": ("cyclegan", "cycle loss"),
     "scale": ("esrgan", "upscaling factor"),
     "degradation": ("esrgan", "degradation of its inputs"),
+    "discriminator": ("esrgan", "choice between two discriminators"),
 }
 
 ModelOptions = Annotated[

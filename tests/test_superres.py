@@ -24,7 +24,7 @@ from atlas_gan.ingest import ingest
 from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import ModelSpec
-from atlas_gan.models.esrgan import RRDBGenerator, VGGStyleDiscriminator
+from atlas_gan.models.esrgan import RRDBGenerator, UNetDiscriminator, VGGStyleDiscriminator, discriminator
 from atlas_gan.perceptual import ENV_VAR, PerceptualLoss, VGGWeightsNotFound, resolve_vgg_weights, vgg19_features
 from atlas_gan.recipes import Progress, Update, band_roles, build_recipe, model_spec
 from atlas_gan.runtime import distributed
@@ -93,6 +93,24 @@ def test_networks_upscale_any_band_count(bands, scale):
     bicubic = F.interpolate(low, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
     assert out.abs().max() <= 1 and (out - bicubic).abs().mean() < 0.1
     assert generator(torch.rand(1, bands, 12, 20)).shape == (1, bands, 12 * scale, 20 * scale)  # any size
+    unet = UNetDiscriminator(spec)
+    assert unet(high).shape == (2, 1, 32, 32)  # one logit per pixel
+
+
+def test_discriminator_is_chosen_by_the_spec_and_the_upsampling_starts_without_a_checkerboard():
+    spec = ModelSpec(3, 32, g_width=8, d_width=8, input_bands=3, scale=4, residual_blocks=1, growth=4)
+    assert isinstance(discriminator(spec), VGGStyleDiscriminator)  # checkpoints from before the choice: vgg
+    assert isinstance(discriminator(ModelSpec(**{**spec.__dict__, "discriminator": "unet"})), UNetDiscriminator)
+    with pytest.raises(ValueError, match="unet or vgg"):
+        discriminator(ModelSpec(**{**spec.__dict__, "discriminator": "patch"}))
+    with pytest.raises(ConfigError, match="discriminator: fastgan has no choice between two discriminators"):
+        load_config(None, ["train.model.family=fastgan", "train.model.discriminator=unet"])
+    features = torch.randn(1, 8, 6, 6)
+    for stage in RRDBGenerator(spec).upsample:  # ICNR: each 2x2 block of a fresh stage's output is one value
+        out = stage(features)
+        blocks = out.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+        torch.testing.assert_close(blocks, blocks[..., :1].expand_as(blocks))
+        features = out
 
 
 def test_spec_rejects_bad_scales_and_band_changes():

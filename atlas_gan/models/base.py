@@ -31,6 +31,7 @@ class ModelSpec:
     residual_blocks: int = 0  # CycleGAN's ResNet generator: blocks (0: 9 at 256+ px, else 6); ESRGAN's RRDBs
     scale: int = 1  # super-resolution: G reads image_size / scale px and draws image_size px
     growth: int = 0  # ESRGAN's dense-block growth channels
+    discriminator: str = "vgg"  # ESRGAN's D: "vgg" (the paper's) or "unet" (Real-ESRGAN's); checkpoints before it: vgg
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:

@@ -4,12 +4,17 @@ upscales by 2 or 4, and a spectrally normalized VGG-style discriminator.
 Generator: a 3x3 convolution to `g_width` features, `residual_blocks` RRDBs (three dense blocks each: five 3x3
 convolutions, each reading every earlier output of its block, adding `growth` channels, LeakyReLU 0.2; block
 outputs scaled by 0.2 before the residual sum, as in the paper, with weights initialized at 0.1x Kaiming), a trunk
-convolution with a long skip, then one (x2) or two (x4) pixel-shuffle upsampling stages, two last convolutions.
+convolution with a long skip, then one (x2) or two (x4) pixel-shuffle upsampling stages (ICNR-initialized, no
+checkerboard at the start), two last convolutions.
 The network predicts a residual over the bicubic upscaling of its input, so a fresh generator already draws the
 bicubic image and training spends its steps on detail. In eval mode the output is clamped to [-1, 1].
 
-Discriminator: 3x3 and stride-2 4x4 convolutions, widths doubling from `d_width` up to 8x, spectral norm on every
-layer, LeakyReLU 0.2, halving the image down to 4x4 (at most four halvings), then one logit per patch of that map.
+Discriminators (`spec.discriminator`):
+- "vgg" (the paper's): 3x3 and stride-2 4x4 convolutions, widths doubling from `d_width` up to 8x, spectral norm on
+  every layer, LeakyReLU 0.2, halving the image down to 4x4 (at most four halvings), then one logit per patch.
+- "unet" (Real-ESRGAN, Wang et al. 2021): the same spectrally normalized encoder for three halvings, then a decoder
+  that doubles back to full size adding the encoder's map of each size, and one logit per pixel: G learns where
+  its texture is wrong, not only whether a patch is, which is what a GAN phase without a perceptual loss needs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,19 @@ def _scaled_kaiming(module: nn.Module, factor: float = 0.1) -> None:
             layer.weight.data.mul_(factor)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+
+def _subpixel_init(conv: nn.Conv2d, shuffle: int = 2) -> None:
+    """ICNR (Aitken et al. 2017): the `shuffle**2` output channels that pixel shuffle spreads over one output pixel's
+    neighbours start with equal weights, so a fresh stage upsamples like nearest neighbour, with no checkerboard
+    pattern for training to unlearn."""
+    out_channels = conv.weight.shape[0] // shuffle**2
+    kernel = torch.empty(out_channels, *conv.weight.shape[1:])
+    nn.init.kaiming_normal_(kernel, a=0.2)
+    with torch.no_grad():
+        conv.weight.copy_(kernel.repeat_interleave(shuffle**2, dim=0))
+        if conv.bias is not None:
+            conv.bias.zero_()
 
 
 class DenseBlock(nn.Module):
@@ -88,6 +106,8 @@ class RRDBGenerator(nn.Module):
             nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, spec.bands, 3, 1, 1)
         )
         _scaled_kaiming(self.tail[-1])  # a small first residual: the fresh generator draws (nearly) bicubic
+        for stage in self.upsample:
+            _subpixel_init(stage[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.head(images)
@@ -117,3 +137,48 @@ class VGGStyleDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+UNET_HALVINGS = 3
+
+
+class UNetDiscriminator(nn.Module):
+    """(n, bands, s, s) -> per-pixel logits (n, 1, s, s); s must be a multiple of 8."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        widths = [spec.d_width * 2**i for i in range(UNET_HALVINGS + 1)]
+        self.head = nn.Conv2d(spec.bands, widths[0], 3, 1, 1)
+        self.down = nn.ModuleList(
+            spectral_norm(nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1, bias=False)) for i in range(UNET_HALVINGS)
+        )
+        self.up = nn.ModuleList(
+            spectral_norm(nn.Conv2d(widths[i + 1], widths[i], 3, 1, 1, bias=False))
+            for i in reversed(range(UNET_HALVINGS))
+        )
+        self.refine = nn.Sequential(
+            spectral_norm(nn.Conv2d(widths[0], widths[0], 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(widths[0], widths[0], 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(widths[0], 1, 3, 1, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        skips = [F.leaky_relu(self.head(images), 0.2)]
+        for conv in self.down:
+            skips.append(F.leaky_relu(conv(skips[-1]), 0.2))
+        x = skips.pop()
+        for conv in self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = F.leaky_relu(conv(x), 0.2) + skips.pop()
+        return self.refine(x)
+
+
+def discriminator(spec: ModelSpec) -> nn.Module:
+    """The D `spec.discriminator` names: "unet" or "vgg"."""
+    if spec.discriminator == "unet":
+        return UNetDiscriminator(spec)
+    if spec.discriminator == "vgg":
+        return VGGStyleDiscriminator(spec)
+    raise ValueError(f"esrgan's discriminator must be unet or vgg; got {spec.discriminator!r}")

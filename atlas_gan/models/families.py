@@ -22,7 +22,8 @@ from atlas_gan.models.base import AdversarialDefaults, GANFamily
 from atlas_gan.models.biggan import BigGANDiscriminator, BigGANGenerator
 from atlas_gan.models.cyclegan import ResNetGenerator
 from atlas_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from atlas_gan.models.esrgan import RRDBGenerator, VGGStyleDiscriminator
+from atlas_gan.models.esrgan import RRDBGenerator
+from atlas_gan.models.esrgan import discriminator as esrgan_discriminator
 from atlas_gan.models.fastgan import FastGANDiscriminator, FastGANGenerator
 from atlas_gan.models.pggan import PGGANDiscriminator, PGGANGenerator
 from atlas_gan.models.pix2pix import PatchDiscriminator, UNetGenerator
@@ -171,15 +172,15 @@ CYCLEGAN = GANFamily(
 ESRGAN = GANFamily(
     name="esrgan",
     generator=RRDBGenerator,
-    discriminator=VGGStyleDiscriminator,
+    discriminator=esrgan_discriminator,
     training=AdversarialDefaults(
         loss="relativistic_average", lr_g=1e-4, lr_d=1e-4, betas=(0.9, 0.99), small_data_augmentation=()
     ),
     recipe="superres",
     description=(
         "Wang et al. 2018: residual-in-residual dense block G upscaling x2 or x4 by pixel shuffle, spectrally "
-        "normalized VGG-style D, L1 pre-training then relativistic-average GAN + L1 + spectral angle (+ VGG19 "
-        "perceptual loss where its weights are found); any band count"
+        "normalized VGG-style or (Real-ESRGAN's) U-Net D, L1 pre-training then relativistic-average GAN + L1 + "
+        "spectral angle (+ VGG19 perceptual loss where its weights are found); any band count"
     ),
 )
 

@@ -51,6 +51,7 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
             residual_blocks=options.blocks,
             scale=options.scale,
             growth=options.growth,
+            discriminator=options.discriminator,
         )
     if roles.inputs is not None:  # translations are not conditioned on labels (CycleGAN's only pick its domains)
         return ModelSpec(
