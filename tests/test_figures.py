@@ -11,7 +11,7 @@ from PIL import Image
 
 from atlas_gan.config import load_config
 from atlas_gan.figures.animation import gif_bytes
-from atlas_gan.figures.curves import smoothed, training_curves_png
+from atlas_gan.figures.curves import current_attempt, smoothed, training_curves_png
 from atlas_gan.ingest import ingest
 from atlas_gan.labels import LabelVocabulary
 from atlas_gan.models.base import ModelSpec
@@ -94,6 +94,20 @@ def test_curves_show_losses_speed_augmentation_and_fid():
     png = training_curves_png(records, "test run")
     assert Image.open(io.BytesIO(png)).size == (1200, 744)
     assert smoothed(np.array([1.0, 1.0, 1.0]), 2.0).tolist() == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected
+    late = smoothed(np.array([np.nan, np.nan, 2.0, 2.0]), 2.0)  # a loss that starts later (ESRGAN's D)
+    assert np.isnan(late[:2]).all() and late[2:].tolist() == pytest.approx([2.0, 2.0])
+
+
+def test_curves_of_a_resumed_run_drop_the_steps_its_checkpoint_threw_away():
+    first = [{"event": "start", "step": 0}, *({"step": s, "loss_d": 1.0} for s in (100, 200, 300))]
+    # stopped after step 300, resumed from the checkpoint of step 200
+    second = [{"event": "start", "step": 200}, {"step": 300, "loss_d": 0.5}, {"event": "evaluate", "step": 300}]
+    kept = current_attempt(first + second)
+    assert [(r.get("event"), r["step"]) for r in kept] == [
+        ("start", 0), (None, 100), (None, 200), ("start", 200), (None, 300), ("evaluate", 300)
+    ]  # fmt: skip
+    assert kept[4]["loss_d"] == 0.5  # the resumed attempt's step 300, not the abandoned one
+    assert current_attempt(first) == first
 
 
 def test_slerp_keeps_endpoints_and_the_latent_norm():

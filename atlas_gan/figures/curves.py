@@ -10,20 +10,40 @@ from atlas_gan.figures.canvas import new_figure, png_bytes
 
 
 def smoothed(values: np.ndarray, half_life: float) -> np.ndarray:
-    """Exponential moving average with the given half-life in points (bias-corrected at the start)."""
+    """Exponential moving average with the given half-life in points (bias-corrected at the start). Missing values
+    (NaN: a loss a record does not have, e.g. D's in super-resolution's pixel phase) stay missing and are skipped."""
     if len(values) == 0 or half_life <= 0:
         return values
     beta = 0.5 ** (1.0 / half_life)
-    out, mean, weight = np.empty(len(values)), 0.0, 0.0
+    out, mean, weight = np.full(len(values), np.nan), 0.0, 0.0
     for i, value in enumerate(values):
+        if np.isnan(value):
+            continue
         mean, weight = beta * mean + (1 - beta) * value, beta * weight + (1 - beta)
         out[i] = mean / weight
     return out
 
 
+def current_attempt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the history a resumed run continues: log.jsonl keeps every attempt, so after a run stopped at
+    step 1,500 and resumed from its checkpoint of step 1,000, the first attempt's records past 1,000 describe
+    training that was thrown away (and would draw the curves back and forth). A record whose step is below the one
+    before it starts a new attempt: the kept records past its step are dropped."""
+    kept: list[dict[str, Any]] = []
+    for record in records:
+        step = record.get("step")
+        if isinstance(step, int) and kept and step < (kept[-1].get("step") or 0):
+            while kept and (kept[-1].get("step") or 0) > step:
+                kept.pop()
+        kept.append(record)
+    return kept
+
+
 def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int = 1200) -> bytes:
     """Four panels from log.jsonl records: losses (raw faint, smoothed bold), images/s, augmentation p, and FID
-    (with the real-vs-real floor) and KID from evaluation records (a translation's PSNR against its baseline)."""
+    (with the real-vs-real floor) and KID from evaluation records (a translation's PSNR against its baseline); a
+    resumed run's records from what it resumed (`current_attempt`)."""
+    records = current_attempt(records)
     steps = [r for r in records if "event" not in r and "images_seen" in r]
     evaluations = [r for r in records if r.get("event") == "evaluate" and r.get("fid") is not None]
     figure = new_figure(width_px, int(width_px * 0.62))
