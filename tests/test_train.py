@@ -192,6 +192,16 @@ def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path):
         load_checkpoint(LocalStorage(), str(tmp_path / "other.pt"))
 
 
+def test_a_resumed_run_takes_its_learning_rates_from_the_config(train_data, tmp_path):
+    ctx = distributed.setup()
+    Trainer(small_config(train_data, tmp_path / "run", "train.steps=2", "train.lr_d=1e-4"), ctx, progress=False).run()
+    resumed = Trainer(small_config(train_data, tmp_path / "run", "train.lr_d=4e-4"), ctx, progress=False)
+    assert resumed.step == 2
+    optimizer = resumed.recipe.optimizers["D"]
+    assert optimizer.param_groups[0]["lr"] == 4e-4  # not the checkpoint's 1e-4
+    assert all(float(entry["step"]) == 2 for entry in optimizer.state_dict()["state"].values())  # moments kept
+
+
 def test_resuming_with_another_model_is_refused(train_data, tmp_path):
     ctx = distributed.setup()
     Trainer(small_config(train_data, tmp_path / "run", "train.steps=2"), ctx, progress=False).run()
