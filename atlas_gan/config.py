@@ -428,6 +428,13 @@ class SuperResOptions(_TranslationOptions):
     perceptual_weight: float = Field(
         1.0, ge=0, le=1e3, description="weight of the VGG19 feature loss; set to 0 when no VGG19 weights are found"
     )
+    feature_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1e3,
+        description="weight of D feature matching (pix2pixHD's): L1 between D's activations on G's output and on the "
+        "truth; a perceptual loss learned on the dataset, no pretrained weights needed",
+    )
     vgg_weights: str | None = Field(
         None,
         description="VGG19 weights file; null: ATLAS_VGG_WEIGHTS, then torch hub's vgg19-dcbb9e9d.pth; never "

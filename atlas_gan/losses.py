@@ -83,6 +83,16 @@ def relativistic_average_losses(real: torch.Tensor, fake: torch.Tensor) -> tuple
     return d_loss / 2, g_loss / 2
 
 
+def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over D's layers of the L1 distance between its activations on G's output and on the paired truth
+    (Wang et al. 2018, pix2pixHD): a perceptual loss D learns on the dataset itself, with no pretrained weights.
+    `real`'s activations are targets (detached)."""
+    if len(fake) != len(real) or not fake:
+        raise ValueError(f"feature matching needs the same nonzero number of layers; got {len(fake)} and {len(real)}")
+    losses = [F.l1_loss(f.float(), r.detach().float()) for f, r in zip(fake, real, strict=True)]
+    return torch.stack(losses).mean()
+
+
 def spectral_angle_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Mean angle (radians) between predicted and target spectra per pixel, on values shifted from [-1, 1] to
     [0, 1] so spectra point into the positive orthant; 0 for a single band (an angle needs two). The cosine is

@@ -3,7 +3,8 @@ invocation.
 
     python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
                              [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
-                             [--gan-weight W] [--discriminator unet|vgg] [--out runs/bench-superres]
+                             [--gan-weight W] [--feature-weight W] [--discriminator unet|vgg]
+                             [--out runs/bench-superres]
 
 Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
 trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--blur", type=float, default=0.0)
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--gan-weight", type=float, default=None, help="default: the config's")
+    parser.add_argument("--feature-weight", type=float, default=None, help="default: the config's")
     parser.add_argument("--discriminator", choices=("unet", "vgg"), default=None, help="default: the config's")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-superres"))
     args = parser.parse_args()
@@ -108,6 +110,7 @@ def main() -> None:
             f"train.model.degradation.noise={args.noise}",
             *([f"train.model.gan_weight={args.gan_weight}"] if args.gan_weight is not None else []),
             *([f"train.model.discriminator={args.discriminator}"] if args.discriminator is not None else []),
+            *([f"train.model.feature_weight={args.feature_weight}"] if args.feature_weight is not None else []),
             f"train.steps={args.steps}",
             f"train.batch_size={args.batch}",
             f"train.g_width={args.width}",

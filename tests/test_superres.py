@@ -21,7 +21,7 @@ from atlas_gan.cli import app
 from atlas_gan.config import ConfigError, DegradationConfig, load_config
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
 from atlas_gan.ingest import ingest
-from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
+from atlas_gan.losses import feature_matching_loss, relativistic_average_losses, spectral_angle_loss
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.models.esrgan import RRDBGenerator, UNetDiscriminator, VGGStyleDiscriminator, discriminator
@@ -111,6 +111,23 @@ def test_discriminator_is_chosen_by_the_spec_and_the_upsampling_starts_without_a
         blocks = out.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
         torch.testing.assert_close(blocks, blocks[..., :1].expand_as(blocks))
         features = out
+
+
+@pytest.mark.parametrize("kind", ["vgg", "unet"])
+def test_feature_matching_compares_each_layer_of_d_on_output_and_truth(kind):
+    spec = ModelSpec(3, 32, d_width=8, input_bands=3, scale=4, discriminator=kind)
+    network = discriminator(spec).eval()  # eval: spectral norm's power iteration does not move between calls
+    truth, output = tiles(2, 3, 32), tiles(2, 3, 32).flip(-1).requires_grad_()
+    logits, features = network.forward_features(truth)
+    torch.testing.assert_close(logits, network(truth))  # the same logits as the plain forward
+    assert len(features) == {"vgg": 3, "unet": 6}[kind]  # 32 px: three halvings to 4x4; unet: 3 down, 3 up
+    assert feature_matching_loss(features, features) == 0
+    loss = feature_matching_loss(network.forward_features(output)[1], features)
+    assert loss > 0
+    loss.backward()
+    assert output.grad is not None and output.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="same nonzero number of layers"):
+        feature_matching_loss(features[:1], features)
 
 
 def test_spec_rejects_bad_scales_and_band_changes():
@@ -203,7 +220,11 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
     """On one fixed batch of real tiles: the pixel phase lowers L1; the GAN phase lowers D's loss and keeps the
     pixel-phase generator as a reference."""
     config = esrgan_config(
-        train_data, tmp_path / "run", "train.model.pixel_steps=15", "train.model.perceptual_weight=0"
+        train_data,
+        tmp_path / "run",
+        "train.model.pixel_steps=15",
+        "train.model.perceptual_weight=0",
+        "train.model.feature_weight=1",
     )
     cfg = config.train
     bands = ["1", "2", "3", "4"]
@@ -229,6 +250,7 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
         gan.append(recipe.step(batches, update, progress))
         progress.step += 1
     assert gan[-1]["loss_d"] < gan[0]["loss_d"]
+    assert gan[0]["loss_feature_matching"] > 0
     assert all(np.isfinite(list(losses.values())).all() for losses in gan)
     reference = recipe.reference_generators()["pixel"]
     assert not reference.training and recipe.state_dict()["phase"] == "gan"

@@ -138,6 +138,15 @@ class VGGStyleDiscriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the activations after each halving) for feature matching."""
+        features, x = [], images
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU) and i > 1 and i % 4 == 1:
+                features.append(x)
+        return x, features
+
 
 UNET_HALVINGS = 3
 
@@ -165,14 +174,20 @@ class UNetDiscriminator(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(images)[0]
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(per-pixel logits, the encoder's halved maps and the decoder's maps) for feature matching."""
         skips = [F.leaky_relu(self.head(images), 0.2)]
         for conv in self.down:
             skips.append(F.leaky_relu(conv(skips[-1]), 0.2))
+        features = skips[1:]
         x = skips.pop()
         for conv in self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = F.leaky_relu(conv(x), 0.2) + skips.pop()
-        return self.refine(x)
+            features.append(x)
+        return self.refine(x), features
 
 
 def discriminator(spec: ModelSpec) -> nn.Module:

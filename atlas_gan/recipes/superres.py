@@ -9,7 +9,9 @@ not a simulated one. Two phases, decided by the step:
   `lr_g` (the paper pre-trains at 2e-4, then trains the GAN at 1e-4);
 - GAN phase, starting from that G: D (spectrally normalized, VGG-style) minimizes the relativistic-average loss;
   G minimizes `pixel_weight` x L1 + `gan_weight` x the relativistic-average loss + `sam_weight` x spectral angle
-  + `perceptual_weight` x the VGG19 feature loss (only with VGG19 weights on the machine, see `perceptual.py`).
+  + `perceptual_weight` x the VGG19 feature loss (only with VGG19 weights on the machine, see `perceptual.py`)
+  + `feature_weight` x the L1 distance between D's activations on G's output and on the truth (feature matching,
+  a perceptual loss that needs no pretrained weights).
 At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
 checkpoint and scored beside the GAN as the model it must improve on. The loop keeps an EMA of G, which is what is
 evaluated.
@@ -27,7 +29,7 @@ from torch import nn
 
 from atlas_gan.config import DegradationConfig, SuperResOptions, TrainConfig
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
-from atlas_gan.losses import relativistic_average_losses, spectral_angle_loss
+from atlas_gan.losses import feature_matching_loss, relativistic_average_losses, spectral_angle_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.perceptual import PerceptualLoss, resolve_vgg_weights
 from atlas_gan.preview import band_triplets
@@ -144,13 +146,17 @@ class SuperResRecipe(Recipe):
         if not update(loss_d, self.D, self.optimizers["D"]):
             return None
         with frozen(self.D), self.autocast():
-            fake_logits = self.D(fake).float()
+            fake_logits, fake_features = self.D.forward_features(fake)
             with torch.no_grad():
-                real_logits = self.D(real).float()
-        _, loss_adv = relativistic_average_losses(real_logits, fake_logits)
+                real_logits, real_features = self.D.forward_features(real)
+        _, loss_adv = relativistic_average_losses(real_logits.float(), fake_logits.float())
         loss_l1, loss_sam = self._content_losses(fake, real)
         loss_g = options.pixel_weight * loss_l1 + options.gan_weight * loss_adv + options.sam_weight * loss_sam
         losses = {"loss_l1": loss_l1.detach(), "loss_sam": loss_sam.detach(), "loss_g_adversarial": loss_adv.detach()}
+        if options.feature_weight > 0:
+            loss_features = feature_matching_loss(fake_features, real_features)
+            loss_g = loss_g + options.feature_weight * loss_features
+            losses["loss_feature_matching"] = loss_features.detach()
         if self.perceptual is not None:
             loss_perceptual = self.perceptual(fake, real)
             loss_g = loss_g + options.perceptual_weight * loss_perceptual
