@@ -4,7 +4,7 @@ invocation.
     python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
                              [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
                              [--gan-weight W] [--feature-weight W] [--discriminator unet|vgg]
-                             [--out runs/bench-superres]
+                             [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--out runs/bench-superres]
 
 Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
 trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
@@ -14,7 +14,10 @@ run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units, FID
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
 tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`; finally upscales the central
 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png` beside
-bicubic. Not a test: no thresholds.
+bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
+pixel-phase checkpoint with those config overrides (same D: the model spec cannot change), and is scored on the same
+tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone.
+Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -57,6 +60,26 @@ def train(config: AtlasConfig) -> tuple[str, float]:
     return summary["checkpoint"], (time.perf_counter() - started) / 60
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME:KEY=VALUE,KEY=VALUE -> (NAME, ["KEY=VALUE", ...])."""
+    name, _, overrides = text.partition(":")
+    pairs = [o for o in overrides.split(",") if o]
+    if not name.isidentifier() or not pairs or not all("=" in o for o in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return name, pairs
+
+
+def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, float]:
+    """The GAN phase again, from the ESRGAN run's pixel-phase checkpoint, with `overrides`."""
+    run_dir = out / f"variant-{name}"
+    config = load_config(None, [*overrides, f"train.run_dir={run_dir}"])
+    half = config.train.model.pixel_steps
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / "esrgan" / "checkpoints" / f"step-{half:08d}.pt", run_dir / "checkpoints")
+    shutil.copy(out / "esrgan" / "split.json", run_dir)
+    return train(config)
+
+
 def comparison_figure(columns: dict[str, torch.Tensor], bands: list[str], title: str) -> bytes:
     positions = band_triplets(bands, None)[0][1]
     shared = torch.cat(list(columns.values()))
@@ -91,11 +114,18 @@ def main() -> None:
     parser.add_argument("--gan-weight", type=float, default=None, help="default: the config's")
     parser.add_argument("--feature-weight", type=float, default=None, help="default: the config's")
     parser.add_argument("--discriminator", choices=("unet", "vgg"), default=None, help="default: the config's")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        help="NAME:KEY=VALUE[,KEY=VALUE...]: another GAN phase from ESRGAN's pixel phase (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-superres"))
     args = parser.parse_args()
     command = "python bench/superres.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
-    for run in ("esrgan", "pixel"):
+    for run in ("esrgan", "pixel", *(f"variant-{name}" for name, _ in args.variant)):
         shutil.rmtree(args.out / run, ignore_errors=True)  # fresh runs, no resume
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="atlas-bench-superres-") as work:
@@ -116,7 +146,7 @@ def main() -> None:
             f"train.g_width={args.width}",
             f"train.d_width={args.width}",
             "train.num_workers=0",
-            f"train.checkpoint_every={args.steps}",
+            f"train.checkpoint_every={args.steps // 2}",  # the pixel phase's end: where variants start
             f"train.sample_every={args.steps}",
             "train.sample_count=16",
             "train.log_every=100",
@@ -142,6 +172,14 @@ def main() -> None:
         }
         evaluator = SuperResEvaluator(gan_config, meta)
         result = evaluator.evaluate(generator, meta, torch.device("cpu"), write=False, references=references)
+        variants = {
+            name: train_variant(args.out, name, [*common, f"train.model.pixel_steps={args.steps // 2}", *overrides])
+            for name, overrides in args.variant
+        }
+        variant_results = {
+            name: evaluator.evaluate(load_generator(store, checkpoint)[0], meta, torch.device("cpu"), write=False)
+            for name, (checkpoint, _) in variants.items()
+        }
         low, truth = evaluator.pairs
         columns = {
             f"input (1/{args.scale})": low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2),
@@ -172,6 +210,12 @@ def main() -> None:
 
     print(compare("pixel-loss model (equal steps)", pixel))
     print(compare("bicubic", cubic))
+    for name, scores in variant_results.items():
+        fid = "" if scores["fid"] is None else f", FID {scores['fid']:.1f} (x{scores['fid'] / pixel['fid']:.3f})"
+        print(
+            f"variant {name} (GAN phase {variants[name][1]:.1f} min): PSNR {scores['psnr']:.2f} dB "
+            f"({scores['psnr'] - pixel['psnr']:+.2f} vs the pixel-loss model){fid}"
+        )
     title = (
         f"held-out tiles, x{args.scale}: ESRGAN {args.steps} steps ({args.steps // 2} pixel + "
         f"{args.steps - args.steps // 2} GAN) vs the pixel-loss model {args.steps} steps; "
