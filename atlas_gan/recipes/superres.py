@@ -7,7 +7,8 @@ source's bands, `ingest.paired`), those bands area-downsampled by the scale: a r
 not a simulated one. Two phases, decided by the step:
 - pixel phase (`pixel_steps`): G alone minimizes L1 + `sam_weight` x the spectral angle to the truth, at twice
   `lr_g` (the paper pre-trains at 2e-4, then trains the GAN at 1e-4);
-- GAN phase, starting from that G: D (spectrally normalized, VGG-style) minimizes the relativistic-average loss;
+- GAN phase, starting from that G: D (`discriminator`: the paper's VGG-style or Real-ESRGAN's U-Net, both
+  spectrally normalized) minimizes the relativistic-average loss;
   G minimizes `pixel_weight` x L1 + `gan_weight` x the relativistic-average loss + `sam_weight` x spectral angle
   + `perceptual_weight` x the VGG19 feature loss (only with VGG19 weights on the machine, see `perceptual.py`)
   + `feature_weight` x the L1 distance between D's activations on G's output and on the truth (feature matching,

@@ -331,9 +331,6 @@ class Trainer:
             configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizers"][name])
             for group, settings in zip(optimizer.param_groups, configured, strict=True):
-                if self.ctx.is_main and group["lr"] != settings["lr"]:
-                    log.info("%s: learning rate %g from the config replaces %g of %s", name, settings["lr"],
-                             group["lr"], url)  # fmt: skip
                 group.update(settings)  # the checkpoint gives the moments; the config, the hyperparameters
         same_world = state["world_size"] == self.ctx.world_size
         ranks = state.get("recipe_ranks")
