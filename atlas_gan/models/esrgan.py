@@ -127,10 +127,12 @@ class VGGStyleDiscriminator(nn.Module):
         halvings = min(4, spec.levels)  # down to 4x4 for small tiles
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(spec.bands, spec.d_width, 3, 1, 1)), nn.LeakyReLU(0.2)]
         channels = spec.d_width
+        self.halving_ends: list[int] = []  # indexes in `net` of each halving's last activation (feature matching)
         for i in range(halvings):
             out = spec.d_width * min(2 ** (i + 1), 8)
             layers += [spectral_norm(nn.Conv2d(channels, out, 4, 2, 1)), nn.LeakyReLU(0.2)]
             layers += [spectral_norm(nn.Conv2d(out, out, 3, 1, 1)), nn.LeakyReLU(0.2)]
+            self.halving_ends.append(len(layers) - 1)
             channels = out
         layers.append(spectral_norm(nn.Conv2d(channels, 1, 3, 1, 1)))
         self.net = nn.Sequential(*layers)
@@ -143,7 +145,7 @@ class VGGStyleDiscriminator(nn.Module):
         features, x = [], images
         for i, layer in enumerate(self.net):
             x = layer(x)
-            if isinstance(layer, nn.LeakyReLU) and i > 1 and i % 4 == 1:
+            if i in self.halving_ends:
                 features.append(x)
         return x, features
 
