@@ -3,11 +3,17 @@
 `normalized = (raw - offset) / scale` with `offset` = the low percentile and `scale` = high - low, so the low
 percentile maps to 0 and the high one to 1. Values outside are not clipped (the trainer decides), which keeps the
 mapping invertible: `raw = normalized * scale + offset`. Nodata pixels are written as 0 and flagged in the mask.
+
+Integer sources of up to 16 bits (most satellite products) are normalized through a per-band lookup table of every
+possible value, computed with the same float32 arithmetic, so the result is bit-identical to the arithmetic path at
+about half the cost: one gather per pixel instead of a subtraction, a division, a clip and a float16 conversion
+(numpy converts to float16 without SIMD).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,13 @@ class Normalization:
 
     def apply(self, raw: np.ndarray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """raw[..., bands, h, w] with valid[..., h, w] -> normalized array of `dtype`; invalid pixels become 0."""
+        if _has_lookup(raw.dtype):
+            return self._apply_lookup(raw, valid, np.dtype(dtype))
+        return self.compute(raw, valid, dtype)
+
+    def compute(self, raw: np.ndarray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """`apply` by arithmetic, for any source dtype: float32 (raw - offset) / scale, clipped to float16's range
+        when `dtype` is float16."""
         offsets = self.offsets.astype(np.float32)[:, None, None]
         scaled = np.subtract(raw, offsets, dtype=np.float32)
         scaled /= self.scales.astype(np.float32)[:, None, None]
@@ -46,10 +59,37 @@ class Normalization:
             np.clip(scaled, -_FLOAT16_MAX, _FLOAT16_MAX, out=scaled)
         return scaled.astype(dtype)
 
+    def _apply_lookup(self, raw: np.ndarray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        tables = _lookup_tables(self.offsets.tobytes(), self.scales.tobytes(), raw.dtype.str, dtype.str)
+        low = np.iinfo(raw.dtype).min  # tables start at the dtype's smallest value
+        out = np.empty(raw.shape, dtype)
+        for band, table in enumerate(tables):
+            values = raw[..., band, :, :]
+            np.take(table, values if low == 0 else values.astype(np.int32) - low, out=out[..., band, :, :])
+        if not valid.all():
+            out = np.where(np.expand_dims(valid, -3), out, out.dtype.type(0))
+        return out
+
     def invert(self, normalized: np.ndarray) -> np.ndarray:
         """normalized[bands, ...] -> source units (float64)."""
         shape = (-1,) + (1,) * (normalized.ndim - 1)
         return normalized.astype(np.float64) * self.scales.reshape(shape) + self.offsets.reshape(shape)
+
+
+def _has_lookup(dtype: np.dtype) -> bool:
+    """Integer dtypes of up to 16 bits: every value fits a table of at most 65,536 entries per band."""
+    return dtype.kind in "iu" and dtype.itemsize <= 2
+
+
+@lru_cache(maxsize=16)
+def _lookup_tables(offsets: bytes, scales: bytes, raw_dtype: str, dtype: str) -> list[np.ndarray]:
+    """Per band, the normalized value of every value of `raw_dtype` (smallest first), by `Normalization.compute`."""
+    norm = Normalization(np.frombuffer(offsets), np.frombuffer(scales))
+    info = np.iinfo(np.dtype(raw_dtype))
+    every_value = np.arange(info.min, info.max + 1).astype(raw_dtype)
+    stacked = np.broadcast_to(every_value, (len(norm.offsets), 1, every_value.size))
+    table = norm.compute(stacked, np.ones((1, every_value.size), bool), np.dtype(dtype))
+    return [np.ascontiguousarray(band[0]) for band in table]
 
 
 def describe(
