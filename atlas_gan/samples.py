@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import BinaryIO
 
 import numpy as np
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
 _MAX_NAME = 100
 
 
@@ -34,28 +36,39 @@ def _header_template() -> bytearray:
     return header
 
 
-_TEMPLATE = _header_template()
+_TEMPLATE = bytes(_header_template())
 # The checksum is the byte sum of the header with its own field as spaces; name and size are the only fields
 # that vary, and they are zero in the template, so their byte sums simply add on.
 _TEMPLATE_SUM = sum(_TEMPLATE) + 8 * ord(" ")
+_AFTER_CHECKSUM = _TEMPLATE[156:]
 
 
-def tar_member(name: str, payload: bytes) -> bytes:
-    """One regular-file tar member: header block, payload, zero padding to a whole block."""
+@lru_cache(maxsize=1024)
+def _middle(size: int) -> tuple[bytes, int]:
+    """Header bytes 100-147 (mode to mtime) for a payload of `size` bytes, and the checksum without the name."""
+    size_field = _octal(size, 12)
+    return _TEMPLATE[100:124] + size_field + _TEMPLATE[136:148], _TEMPLATE_SUM + sum(size_field)
+
+
+def member_parts(name: str, payload: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
+    """One regular-file tar member as (header block, payload, zero padding to a whole block): joined once by the
+    caller, so the payload is copied once."""
     encoded = name.encode()
+    size = len(payload)
     if len(encoded) > _MAX_NAME or "/" in name:
         info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = len(payload), 0o644, 0
+        info.size, info.mode, info.mtime = size, 0o644, 0
         header = info.tobuf(format=tarfile.PAX_FORMAT)  # a pax extended header carries the long name
     else:
-        size_field = _octal(len(payload), 12)
-        block = bytearray(_TEMPLATE)
-        block[0 : len(encoded)] = encoded
-        block[124:136] = size_field
-        block[148:156] = f"{_TEMPLATE_SUM + sum(encoded) + sum(size_field):06o}".encode() + b"\0 "
-        header = bytes(block)
-    padding = b"\0" * (-len(payload) % BLOCK)
-    return header + payload + padding
+        middle, checksum = _middle(size)
+        checksum_field = f"{checksum + sum(encoded):06o}".encode() + b"\0 "
+        header = b"".join((encoded.ljust(_MAX_NAME, b"\0"), middle, checksum_field, _AFTER_CHECKSUM))
+    return header, payload, _ZERO_BLOCK[: -size % BLOCK]
+
+
+def tar_member(name: str, payload: bytes | memoryview) -> bytes:
+    """One regular-file tar member: header block, payload, zero padding to a whole block."""
+    return b"".join(member_parts(name, payload))
 
 
 def end_of_archive(size_so_far: int) -> bytes:
@@ -78,19 +91,16 @@ class NpyEncoder:
     def encode(self, array: np.ndarray) -> bytes:
         if array.dtype != self.dtype or array.shape != self.shape:
             raise ValueError(f"expected {self.dtype} {self.shape}, got {array.dtype} {array.shape}")
-        return self.header + np.ascontiguousarray(array).tobytes()
+        return self.header + memoryview(np.ascontiguousarray(array)).cast("B")  # one copy, not tobytes' two
 
 
-def encode_sample(key: str, members: dict[str, bytes]) -> bytes:
+def encode_sample(key: str, members: dict[str, bytes | memoryview]) -> bytes:
     """All members of one sample (`<key>.<suffix>`), in the given order."""
-    return b"".join(tar_member(f"{key}.{suffix}", payload) for suffix, payload in members.items())
+    return b"".join([part for suffix, payload in members.items() for part in member_parts(f"{key}.{suffix}", payload)])
 
 
 class TarFormatError(ValueError):
     """A shard that is not a whole, well-formed tar archive."""
-
-
-_ZERO_BLOCK = bytes(BLOCK)
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -206,17 +206,18 @@ def tile_key(scene_id: str, row: int, col: int) -> str:
 
 
 def tile_metadata_json(prefix: str, transform: list[float], row: int, col: int, size: int, fraction: float) -> bytes:
-    """One tile's metadata: the scene's shared fields plus its transform, bounds, window and nodata fraction."""
+    """One tile's metadata: the scene's shared fields plus its transform, bounds (left, bottom, right, top in the
+    scene's CRS), window and nodata fraction. Formatted directly (numbers as `json.dumps` writes them: floats by
+    their repr), as ingest writes one per tile."""
     a, b, c, d, e, f = tile_transform(transform, row, col)
     xs = [c + a * i + b * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
     ys = [f + d * i + e * j for i, j in ((0, 0), (size, 0), (0, size), (size, size))]
-    own = {
-        "transform": [a, b, c, d, e, f],
-        "bounds": [min(xs), min(ys), max(xs), max(ys)],  # left, bottom, right, top in the scene's CRS
-        "window": {"row": row, "col": col, "height": size, "width": size},
-        "nodata_fraction": round(fraction, 6),
-    }
-    return (prefix + "," + json.dumps(own, separators=(",", ":"))[1:]).encode()
+    return (
+        f'{prefix},"transform":[{a!r},{b!r},{c!r},{d!r},{e!r},{f!r}],'
+        f'"bounds":[{min(xs)!r},{min(ys)!r},{max(xs)!r},{max(ys)!r}],'
+        f'"window":{{"row":{row:d},"col":{col:d},"height":{size:d},"width":{size:d}}},'
+        f'"nodata_fraction":{round(fraction, 6)!r}}}'
+    ).encode()
 
 
 def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig, fragment_path: str) -> list[int]:
