@@ -93,16 +93,27 @@ class ShardWriter:
 
     def add(self, sample: bytes, scene_id: str) -> None:
         """Append one sample: its tar members, as `atlas_gan.samples.encode_sample` returns them."""
-        if self._file is not None and (
-            self._samples >= self.max_samples or self._size + len(sample) + 2 * BLOCK > self.max_bytes
-        ):
-            self.seal()
-        if self._file is None:
-            self._open()
-        self._write(sample)
-        self._samples += 1
-        if not self._scenes or self._scenes[-1] != scene_id:
-            self._scenes.append(scene_id)
+        self.add_many(memoryview(sample), [len(sample)], scene_id)
+
+    def add_many(self, samples: memoryview, lengths: list[int], scene_id: str) -> None:
+        """Append consecutive samples laid end to end in `samples` (`lengths` bytes each): each run of them that
+        fits the current shard goes in with one write, so the shards are the same as adding them one by one."""
+        start = end = 0  # samples[start:end] is the run not written yet
+        for length in lengths:
+            if self._file is not None and (
+                self._samples >= self.max_samples or self._size + (end - start) + length + 2 * BLOCK > self.max_bytes
+            ):
+                self._write(samples[start:end])
+                start = end
+                self.seal()
+            if self._file is None:
+                self._open()
+            end += length
+            self._samples += 1
+            if not self._scenes or self._scenes[-1] != scene_id:
+                self._scenes.append(scene_id)
+        if end > start:
+            self._write(samples[start:end])
 
     def seal(self) -> None:
         if self._file is None:
