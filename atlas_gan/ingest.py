@@ -22,13 +22,14 @@ interrupted run published but never listed, and deletes any such leftovers it do
 from __future__ import annotations
 
 import contextlib
+import mmap
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -54,15 +55,7 @@ from atlas_gan.shards import (
     write_manifest,
 )
 from atlas_gan.storage import S3Storage, Storage, is_s3, join_url, storage_for
-from atlas_gan.tile_index import (
-    INDEX_NAME,
-    MAP_NAME,
-    TileRows,
-    map_png,
-    shard_of_each,
-    updated_index,
-    write_index,
-)
+from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, PendingIndex, TileRows, map_png, pending_index, write_index
 
 
 class IngestRejected(RuntimeError):
@@ -154,9 +147,13 @@ class _SceneRunner:
 def _publish(scans: list[SceneScan], fragments: Iterator[tuple[str, list[int]]], writer: ShardWriter) -> None:
     """Cut the per-scene sample fragments into shards, in scene order, as each fragment is ready."""
     for scan, (path, lengths) in zip(scans, fragments, strict=True):
-        with open(path, "rb") as fragment:
-            for length in lengths:
-                writer.add(fragment.read(length), scan.spec.scene_id)
+        if lengths:  # mapped, not read: the shard writer hashes and writes straight from the page cache
+            with (
+                open(path, "rb") as fragment,
+                mmap.mmap(fragment.fileno(), 0, access=mmap.ACCESS_READ) as data,
+                memoryview(data) as view,
+            ):
+                writer.add_many(view, lengths, scan.spec.scene_id)
         os.unlink(path)
     writer.seal()
 
@@ -287,7 +284,6 @@ def _ingest_holding_lock(
             normalization["computed_from"] = [s.spec.scene_id for s in accepted]
         scene_entries = [_scene_entry(s, cfg) for s in accepted]
 
-        light: list[SceneScan] = []
         first_index = len(manifest["shards"]) if manifest else 0
         writer = ShardWriter(
             out_store,
@@ -299,28 +295,36 @@ def _ingest_holding_lock(
             on_shard,
             before_publish=lease.check,
         )
-        if accepted:
-            norm = Normalization.from_manifest(normalization)
-            light = [  # pass 2 works part by part, and needs no histograms
-                replace(piece, stats=[])
-                for scene in accepted
-                for piece in pieces_of[scene.spec.scene_id]
-                if piece.tile_count
-            ]
-            encode = partial(_encode, norm=norm, config=cfg)
-            try:
-                _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
-            except BaseException:
-                writer.abort()
-                raise
+        light = [  # pass 2 works part by part, and needs no histograms
+            replace(piece, stats=[])
+            for scene in accepted
+            for piece in pieces_of[scene.spec.scene_id]
+            if piece.tile_count
+        ]
+        scenes_after = (manifest["scenes"] if manifest else []) + scene_entries
+        # The tile index and the footprint map need no shard bytes: a thread builds them while pass 2 runs (most of
+        # their time is in shapely, GDAL, zlib and numpy, which release the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="atlas-gan-index") as background:
+            index_ahead = background.submit(
+                _index_and_map, out_store, cfg, manifest, _index_rows(light), {"scenes": scenes_after}
+            )
+            if light:
+                encode = partial(_encode, norm=Normalization.from_manifest(normalization), config=cfg)
+                try:
+                    _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
+                except BaseException:
+                    writer.abort()
+                    raise
+            pending, footprint_png = index_ahead.result()
 
-    index = updated_index(out_store, cfg.output, manifest, _index_rows(light, writer.records), cfg.tile_size)
+    index = pending.finished(writer.records)
     manifest = _updated_manifest(
         manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected
     )
     manifest["index"] = {"tiles": INDEX_NAME, "format": "GeoParquet 1.1 (WKB, OGC:CRS84)", "map": MAP_NAME}
     lease.check()
-    _write_index(out_store, cfg.output, manifest, index)
+    write_index(out_store, cfg.output, index)
+    out_store.write_bytes(join_url(cfg.output, MAP_NAME), footprint_png)
     lease.check()  # the manifest is the one write two runs must never interleave
     write_manifest(out_store, cfg.output, manifest)
     _clean_leftovers(out_store, cfg.output, cfg.name, {s["url"] for s in manifest["shards"]})
@@ -335,8 +339,8 @@ def _ingest_holding_lock(
     return report
 
 
-def _index_rows(pieces: list[SceneScan], records: list[ShardRecord]) -> TileRows:
-    """Index rows of the tiles just written, in the order they went into the shards."""
+def _index_rows(pieces: list[SceneScan]) -> TileRows:
+    """Index rows of the tiles pass 2 writes, in the order they go into the shards (which shard: later)."""
     rows = TileRows()
     for piece in pieces:
         meta, scene = piece.meta, piece.spec.scene_id
@@ -346,14 +350,16 @@ def _index_rows(pieces: list[SceneScan], records: list[ShardRecord]) -> TileRows
                 key = tile_key(scene, row, col)
                 crs, epsg = meta["crs"], meta["epsg"]
                 rows.add(key, scene, "", piece.spec.acquired, round(fraction, 6), (row, col), crs, epsg, transform)
-    rows.shards = shard_of_each(records, len(rows.keys))
     return rows
 
 
-def _write_index(store: Storage, output: str, manifest: dict[str, Any], index: Any) -> None:
-    """The GeoParquet tile index and its footprint map, beside the manifest (written before it)."""
-    write_index(store, output, index)
-    store.write_bytes(join_url(output, MAP_NAME), map_png(manifest, index))
+def _index_and_map(
+    store: Storage, cfg: IngestConfig, manifest: dict[str, Any] | None, rows: TileRows, scenes: dict[str, Any]
+) -> tuple[PendingIndex, bytes]:
+    """The index of the dataset after this run (less the new rows' shards) and its footprint map."""
+    pending = pending_index(store, cfg.output, manifest, rows, cfg.tile_size)
+    about = {"name": manifest["name"] if manifest else cfg.name, "tile": {"size": cfg.tile_size}, **scenes}
+    return pending, map_png(about, None, pending.all_geometries())
 
 
 @dataclass

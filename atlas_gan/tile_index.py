@@ -76,9 +76,19 @@ def shard_of_each(records: list[ShardRecord], count: int) -> list[str]:
     return names
 
 
-def index_table(tiles: TileRows, size: int) -> Any:
-    """A pyarrow Table with GeoParquet metadata for these tiles."""
-    import pyarrow as pa
+@dataclass
+class TileGeometry:
+    """The tiles' footprints (shapely polygons, native CRS and lon/lat) and centres, in the rows' order."""
+
+    native: np.ndarray
+    wgs84: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+    bbox: list[float] | None  # west, south, east, north of every corner; None without tiles
+
+
+def tile_geometry(tiles: TileRows, size: int) -> TileGeometry:
+    """Footprints of the tiles: their four corners by their own transforms, reprojected one CRS at a time."""
     import shapely
 
     count = len(tiles.keys)
@@ -91,6 +101,16 @@ def index_table(tiles: TileRows, size: int) -> Any:
         lon[rows], lat[rows] = to_wgs84(name, x[rows], y[rows])
     wgs84 = polygons(lon, lat)
     centres = shapely.centroid(wgs84)
+    bbox = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())] if count else None
+    return TileGeometry(polygons(x, y), wgs84, shapely.get_x(centres), shapely.get_y(centres), bbox)
+
+
+def index_table(tiles: TileRows, size: int, geometry: TileGeometry | None = None) -> Any:
+    """A pyarrow Table with GeoParquet metadata for these tiles (`geometry`: their `tile_geometry`, if known)."""
+    import pyarrow as pa
+    import shapely
+
+    geometry = geometry or tile_geometry(tiles, size)
     table = pa.table(
         {
             "key": pa.array(tiles.keys, pa.string()),
@@ -100,23 +120,25 @@ def index_table(tiles: TileRows, size: int) -> Any:
             "nodata_fraction": pa.array(tiles.fractions, pa.float32()),
             "row": pa.array(tiles.rows, pa.int32()),
             "col": pa.array(tiles.cols, pa.int32()),
-            "lon": pa.array(shapely.get_x(centres), pa.float64()),
-            "lat": pa.array(shapely.get_y(centres), pa.float64()),
+            "lon": pa.array(geometry.lon, pa.float64()),
+            "lat": pa.array(geometry.lat, pa.float64()),
             "crs": pa.array(tiles.crs, pa.string()).dictionary_encode(),
             "epsg": pa.array(tiles.epsg, pa.int32()),
-            "geometry_native": pa.array(list(shapely.to_wkb(polygons(x, y))), pa.binary()),
-            "geometry": pa.array(list(shapely.to_wkb(wgs84)), pa.binary()),
+            "geometry_native": pa.array(list(shapely.to_wkb(geometry.native)), pa.binary()),
+            "geometry": pa.array(list(shapely.to_wkb(geometry.wgs84)), pa.binary()),
         }
     )
-    return with_geo_metadata(table)
+    return with_geo_metadata(table, geometry.bbox)
 
 
-def with_geo_metadata(table: Any) -> Any:
-    """Attach GeoParquet's `geo` metadata: `geometry` is WKB polygons in OGC:CRS84 (lon/lat), with its bbox."""
+def with_geo_metadata(table: Any, bbox: list[float] | None = None) -> Any:
+    """Attach GeoParquet's `geo` metadata: `geometry` is WKB polygons in OGC:CRS84 (lon/lat), with its bbox
+    (computed from the geometries unless given)."""
     import shapely
 
-    geometries = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-    bbox = [float(v) for v in shapely.total_bounds(geometries)] if len(geometries) else None
+    if bbox is None and table.num_rows:
+        geometries = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+        bbox = [float(v) for v in shapely.total_bounds(geometries)]
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"], "orientation": "counterclockwise"}
     if bbox is not None and all(np.isfinite(bbox)):
         column["bbox"] = bbox
@@ -189,19 +211,46 @@ def combined_index(old: Any | None, new: Any) -> Any:
     return with_geo_metadata(pa.concat_tables(parts))
 
 
-def updated_index(store: Storage, output: str, old_manifest: dict[str, Any] | None, new: TileRows, size: int) -> Any:
-    """The index after an ingest: the existing rows of listed shards (rebuilt from the shards if the dataset
-    predates the index), then the new tiles."""
+@dataclass
+class PendingIndex:
+    """The index after an ingest, less the new tiles' shards: built while the shards are being written."""
+
+    old: Any | None  # the rows of the shards listed before this ingest
+    new: TileRows
+    geometry: TileGeometry  # of the new rows
+    size: int
+
+    def all_geometries(self) -> np.ndarray:
+        """Every tile's lon/lat footprint, old rows first."""
+        import shapely
+
+        if self.old is None or self.old.num_rows == 0:
+            return self.geometry.wgs84
+        old = shapely.from_wkb(self.old.column("geometry").to_numpy(zero_copy_only=False))
+        return np.concatenate([old, self.geometry.wgs84])
+
+    def finished(self, records: list[ShardRecord]) -> Any:
+        """The whole index, once `records` (the shards the new rows went into, in order) are written."""
+        self.new.shards = shard_of_each(records, len(self.new.keys))
+        return combined_index(self.old, index_table(self.new, self.size, self.geometry))
+
+
+def pending_index(
+    store: Storage, output: str, old_manifest: dict[str, Any] | None, new: TileRows, size: int
+) -> PendingIndex:
+    """The existing rows of listed shards (rebuilt from the shards if the dataset predates the index) and the new
+    tiles' footprints."""
     old = None
     if old_manifest and old_manifest["shards"]:
         old = read_index(store, output, old_manifest)
         if old is None:
             old = index_table(rows_from_shards(store, output, [s["url"] for s in old_manifest["shards"]]), size)
-    return combined_index(old, index_table(new, size))
+    return PendingIndex(old, new, tile_geometry(new, size), size)
 
 
-def map_png(manifest: dict[str, Any], table: Any) -> bytes:
-    """The dataset's footprint map (`atlas_gan.figures.maps`): every scene's outline and the tile density."""
+def map_png(manifest: dict[str, Any], table: Any, geometries: np.ndarray | None = None) -> bytes:
+    """The dataset's footprint map (`atlas_gan.figures.maps`): every scene's outline and the tile density.
+    `geometries`: the tiles' lon/lat footprints when known (else decoded from `table`)."""
     from atlas_gan.figures.maps import footprint_map_png
     from atlas_gan.geo.footprints import scene_outline_wgs84
 
@@ -211,7 +260,10 @@ def map_png(manifest: dict[str, Any], table: Any) -> bytes:
     }
     import shapely
 
-    geometries = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table is not None else []
+    if geometries is None:
+        geometries = (
+            shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table is not None else []
+        )
     title = (
         f"dataset {manifest['name']!r}: {len(geometries):,} tiles of {manifest['tile']['size']} px "
         f"from {len(outlines)} scene(s)"
