@@ -440,3 +440,20 @@ def test_work_items_are_labelled_by_scene_and_part():
     assert scene_of((spec, 0, 1)) == "s2"
     assert scene_of((spec, 2, 4)) == "s2 part 3/4"
     assert scene_of(SceneScan(spec, 1, 2)) == "s2 part 2/2"
+
+
+@pytest.mark.parametrize("source_dtype", ["uint8", "int8", "uint16", "int16"])
+@pytest.mark.parametrize("tile_dtype", ["float16", "float32"])
+def test_lookup_table_normalization_is_bit_identical_to_the_arithmetic(source_dtype, tile_dtype):
+    """Integer sources of up to 16 bits go through per-band tables of every value; the tiles must not change."""
+    info = np.iinfo(source_dtype)
+    rng = np.random.default_rng(7)
+    raw = rng.integers(info.min, info.max, size=(20, 3, 16, 16), endpoint=True).astype(source_dtype)
+    raw[0, :, 0, :4] = [info.min, info.max, 0, 1]  # the ends of the range and zero
+    valid = rng.random((20, 16, 16)) > 0.2
+    for offsets, scales in [([2.0, -7.5, 0.0], [1000.0, 0.001, 1.0]), ([300.0, 4.0, 9.0], [3e4, 0.5, 2.0])]:
+        norm = Normalization(np.array(offsets), np.array(scales))
+        looked_up, computed = norm.apply(raw, valid, np.dtype(tile_dtype)), norm.compute(raw, valid, tile_dtype)
+        assert looked_up.dtype == computed.dtype == np.dtype(tile_dtype)
+        np.testing.assert_array_equal(looked_up.view(f"u{looked_up.itemsize}"), computed.view(f"u{computed.itemsize}"))
+        assert np.all(np.where(valid[:, None], 0, looked_up) == 0)  # nodata pixels are 0

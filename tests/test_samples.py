@@ -1,9 +1,12 @@
 import io
+import json
 import tarfile
 
 import numpy as np
 import pytest
 
+from atlas_gan.geo.footprints import tile_transform
+from atlas_gan.geo.tiling import tile_metadata_json
 from atlas_gan.samples import (
     NpyDecoder,
     NpyEncoder,
@@ -13,6 +16,8 @@ from atlas_gan.samples import (
     read_members,
     tar_member,
 )
+from atlas_gan.shards import ShardWriter
+from atlas_gan.storage import LocalStorage
 
 
 @pytest.mark.parametrize("name", ["a.json", "LC08_L1TP_224077_20200518_20200518_01_RT_r000064_c001920.tile.npy"])
@@ -75,3 +80,46 @@ def test_npy_decoder_handles_other_headers():
         buffer = io.BytesIO()
         np.save(buffer, array)
         np.testing.assert_array_equal(decoder.decode(buffer.getvalue()), array)
+
+
+def test_tile_metadata_json_is_what_json_dumps_writes():
+    """Ingest formats each tile's JSON directly; it must stay byte for byte the compact `json.dumps` form."""
+    prefix = json.dumps({"scene_id": "LC08_x", "bands": ["B4", "B3"], "epsg": None}, separators=(",", ":"))[:-1]
+    for transform, row, col, fraction in [
+        ([30.0, 0.0, 399885.0, 0.0, -30.0, -2600385.0], 0, 0, 0.0),
+        ([10.0, 0.5, -12.25, -0.25, -10.0, 1e7], 6400, 128, 0.1234567891),
+        ([1, 0, 5, 0, -1, 7], 64, 32, 1 / 3),  # integer transforms are written as integers, as json.dumps does
+    ]:
+        a, b, c, d, e, f = tile_transform(transform, row, col)
+        xs = [c + a * i + b * j for i, j in ((0, 0), (64, 0), (0, 64), (64, 64))]
+        ys = [f + d * i + e * j for i, j in ((0, 0), (64, 0), (0, 64), (64, 64))]
+        own = {
+            "transform": [a, b, c, d, e, f],
+            "bounds": [min(xs), min(ys), max(xs), max(ys)],
+            "window": {"row": row, "col": col, "height": 64, "width": 64},
+            "nodata_fraction": round(fraction, 6),
+        }
+        expected = prefix + "," + json.dumps(own, separators=(",", ":"))[1:]
+        assert tile_metadata_json(prefix, transform, row, col, 64, fraction) == expected.encode()
+
+
+def test_shard_writer_cuts_runs_of_samples_as_it_cuts_single_samples(tmp_path):
+    """`add_many` (one write per run that fits a shard) gives the same shards and records as `add` per sample."""
+    samples = [encode_sample(f"k{i}", {"tile.npy": bytes([i]) * (100 + 300 * (i % 7))}) for i in range(40)]
+    outputs = {}
+    for how in ("one by one", "in runs"):
+        output = tmp_path / how.replace(" ", "-")
+        writer = ShardWriter(LocalStorage(), str(output), "t", 0, max_samples=6, max_bytes=12000)
+        if how == "one by one":
+            for i, sample in enumerate(samples):
+                writer.add(sample, f"scene{i // 15}")
+        else:
+            for scene in range(3):
+                part = samples[scene * 15 : (scene + 1) * 15]
+                writer.add_many(memoryview(b"".join(part)), [len(s) for s in part], f"scene{scene}")
+        writer.seal()
+        outputs[how] = ([vars(r) for r in writer.records], [p.read_bytes() for p in sorted(output.glob("t-*.tar"))])
+    assert outputs["one by one"] == outputs["in runs"]
+    records = outputs["in runs"][0]
+    assert sum(r["samples"] for r in records) == 40 and all(r["samples"] <= 6 for r in records)
+    assert {r["samples"] for r in records[:-1]} > {6}  # both bounds cut shards: the count and the bytes
