@@ -305,9 +305,7 @@ def _ingest_holding_lock(
         # The tile index and the footprint map need no shard bytes: a thread builds them while pass 2 runs (most of
         # their time is in shapely, GDAL, zlib and numpy, which release the GIL).
         with ThreadPoolExecutor(1, thread_name_prefix="atlas-gan-index") as background:
-            index_ahead = background.submit(
-                _index_and_map, out_store, cfg, manifest, _index_rows(light), {"scenes": scenes_after}
-            )
+            index_ahead = background.submit(_index_and_map, out_store, cfg, manifest, light, scenes_after)
             if light:
                 encode = partial(_encode, norm=Normalization.from_manifest(normalization), config=cfg)
                 try:
@@ -354,11 +352,16 @@ def _index_rows(pieces: list[SceneScan]) -> TileRows:
 
 
 def _index_and_map(
-    store: Storage, cfg: IngestConfig, manifest: dict[str, Any] | None, rows: TileRows, scenes: dict[str, Any]
+    store: Storage,
+    cfg: IngestConfig,
+    manifest: dict[str, Any] | None,
+    pieces: list[SceneScan],
+    scenes: list[dict[str, Any]],
 ) -> tuple[PendingIndex, bytes]:
-    """The index of the dataset after this run (less the new rows' shards) and its footprint map."""
-    pending = pending_index(store, cfg.output, manifest, rows, cfg.tile_size)
-    about = {"name": manifest["name"] if manifest else cfg.name, "tile": {"size": cfg.tile_size}, **scenes}
+    """The index of the dataset after this run (less the new rows' shards) and its footprint map, with `scenes`
+    the manifest's scene entries after it."""
+    pending = pending_index(store, cfg.output, manifest, _index_rows(pieces), cfg.tile_size)
+    about = {"name": manifest["name"] if manifest else cfg.name, "tile": {"size": cfg.tile_size}, "scenes": scenes}
     return pending, map_png(about, None, pending.all_geometries())
 
 
