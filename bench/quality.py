@@ -2,7 +2,7 @@
 
     python bench/quality.py [--source landsat8-parana] [--size 64] [--kimg 36] [--minutes 10] [--points 4]
                             [--runs reference,fastgan,dcgan] [--n N] [--work runs/bench-quality] [--json FILE]
-                            [--set KEY=VALUE ...]
+                            [--set KEY=VALUE ...] [--variant RUN-LABEL:KEY=VALUE[,KEY=VALUE...] ...]
 
 Ingests one shared source (`../shared/data/geotiff/<source>`, bands B4,B3,B2 for Landsat 8, the first three
 otherwise) into `--size` px tiles, then trains, one after the other on the same tiles:
@@ -20,7 +20,9 @@ reference's FID at the same mark, the distance to the real-vs-real floor at the 
 reference set scored against it), and the pixel spread of its samples against the real tiles'; the FID-against-kimg
 points are in the JSON, which is rewritten after every run (an interrupted invocation keeps the runs it finished).
 `--set` adds config overrides to every atlas-gan run (not the reference), to measure a variant against the same
-reference. Sample grids are written beside it. Not a test: no thresholds.
+reference. `--variant fastgan-ema:train.ema_rampup=0.1` adds a run named `fastgan-ema`: the `fastgan` run with those
+overrides too, measured in the same invocation (several variants share one reference run). Sample grids are written
+beside it. Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 from train_step import RefDiscriminator, RefGenerator, weights_init
+from variants import parse_variant
 
 from atlas_gan.config import AtlasConfig, load_config
 from atlas_gan.ingest import ingest
@@ -220,7 +223,11 @@ class Scoring(TrainHooks):
             self.schedule.pause()
 
 
-def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: list[str]) -> RunResult:
+def run_family(
+    name: str, data: Path, args: argparse.Namespace, n: int, rgb: list[str], extra: list[str] | None = None
+) -> RunResult:
+    """The atlas-gan run `name` (a RUNS entry, or a variant `<entry>-<label>` whose overrides are `extra`)."""
+    family = variant_base(name) if extra is not None else name
     run_dir = args.work / "runs" / f"{args.source}-{name}"
     if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
         shutil.rmtree(run_dir)
@@ -236,9 +243,10 @@ def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: lis
         f"train.seed={args.seed}",
         f"train.rgb_bands={json.dumps(rgb)}" if rgb else "train.rgb_bands=null",
         "tracking.enabled=false",
-        *RUNS[name],
-        *fitted_schedule(name, args),
+        *RUNS[family],
+        *fitted_schedule(family, args),
         *args.set,
+        *(extra or []),
     ]
     config = load_config(None, overrides)
     result, schedule = RunResult(name), Schedule(args.kimg, args.points, args.minutes)
@@ -254,6 +262,11 @@ def run_family(name: str, data: Path, args: argparse.Namespace, n: int, rgb: lis
            trainer.images_seen / 1000)  # fmt: skip
     write_grid(args, name, trainer.generator, trainer.bands, rgb, trainer.fixed_inputs)
     return result
+
+
+def variant_base(name: str) -> str:
+    """The RUNS entry a variant run `<entry>-<label>` modifies."""
+    return name.rsplit("-", 1)[0]
 
 
 def fitted_schedule(name: str, args: argparse.Namespace) -> list[str]:
@@ -335,6 +348,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="reference,fastgan,dcgan")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="RUN-LABEL:KEY=VALUE[,...]",
+        help="another run of RUNS entry RUN with these overrides, named RUN-LABEL (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="default: <work>/quality-<source>.json")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every atlas-gan run"
@@ -344,6 +365,10 @@ def main() -> None:
     unknown = sorted(set(names) - set(RUNS) - {REFERENCE})
     if unknown:
         parser.error(f"unknown runs {unknown}; known: {[REFERENCE, *RUNS]}")
+    variants = dict(args.variant)
+    bad = [v for v in variants if variant_base(v) not in RUNS or "-" not in v or v in names]
+    if bad:
+        parser.error(f"variants {bad}: name them <run>-<label> after one of {list(RUNS)}, once each")
     source = args.data / "geotiff" / args.source
     if not source.is_dir():
         parser.error(f"{source}: not found (set --data or ATLAS_SHARED_DATA)")
@@ -374,12 +399,12 @@ def main() -> None:
     command = "python bench/quality.py " + " ".join(sys.argv[1:])
     out = args.json or args.work / f"quality-{args.source}.json"
     results: list[RunResult] = []
-    for name in names:
+    for name in [*names, *variants]:
         print(f"== {name}", flush=True)
         if name == REFERENCE:
             results.append(run_reference(base, args, n, tile_bands))
         else:
-            results.append(run_family(name, data, args, n, bands))
+            results.append(run_family(name, data, args, n, bands, variants.get(name)))
         write_report(out, command, args, total, n, results)
     print(f"\n{command}\n{table(results, args.minutes)}")
     print(f"wrote {out}")
@@ -400,7 +425,10 @@ def write_report(
             r.run: {"points": [asdict(p) for p in r.points], "at_minutes": r.at_minutes and asdict(r.at_minutes)}
             for r in results
         },
-        "settings": {name: [*overrides, *args.set] for name, overrides in RUNS.items()},
+        "settings": {
+            **{name: [*overrides, *args.set] for name, overrides in RUNS.items()},
+            **{name: [*RUNS[variant_base(name)], *args.set, *extra] for name, extra in args.variant},
+        },
         "table": table(results, args.minutes),
     }
     tmp = out.with_name(f".{out.name}.tmp")

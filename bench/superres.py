@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from variants import parse_variant
 
 from atlas_gan.config import AtlasConfig, load_config
 from atlas_gan.figures.canvas import new_figure, png_bytes
@@ -58,15 +59,6 @@ def train(config: AtlasConfig) -> tuple[str, float]:
     summary = Trainer(config, ctx, hooks=[FiguresHook()], progress=True).run()
     distributed.teardown(ctx)
     return summary["checkpoint"], (time.perf_counter() - started) / 60
-
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """NAME:KEY=VALUE,KEY=VALUE -> (NAME, ["KEY=VALUE", ...])."""
-    name, _, overrides = text.partition(":")
-    pairs = [o for o in overrides.split(",") if o]
-    if not name.isidentifier() or not pairs or not all("=" in o for o in pairs):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
-    return name, pairs
 
 
 def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, float]:
