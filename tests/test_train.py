@@ -85,6 +85,18 @@ def test_a_consumer_without_tiles_fails_instead_of_waiting_forever(train_data):
         next(stream)
 
 
+def test_float16_tiles_reach_the_training_range_by_table_exactly_as_by_arithmetic():
+    """Every float16 value (NaN and infinities included), and rotated views as the loader passes them."""
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(16, 64, 64)
+    with np.errstate(invalid="ignore"):
+        expected = np.clip(every.astype(np.float32) * 2.0 - 1.0, -1.0, 1.0)
+    looked_up = to_training_range(every, 64)
+    assert looked_up.dtype == np.float32 and looked_up.flags.c_contiguous
+    np.testing.assert_array_equal(looked_up.view(np.uint32), expected.view(np.uint32))
+    view = np.rot90(every[:3], k=1, axes=(1, 2))[:, :, ::-1]
+    np.testing.assert_array_equal(to_training_range(view, 64), np.clip(view.astype(np.float32) * 2.0 - 1.0, -1, 1))
+
+
 def test_training_range_and_augmentations():
     tile = np.linspace(-0.2, 1.3, 4 * 8 * 8, dtype=np.float16).reshape(4, 8, 8)
     x = to_training_range(tile, 8)
