@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -231,8 +231,8 @@ class PendingIndex:
 
     def finished(self, records: list[ShardRecord]) -> Any:
         """The whole index, once `records` (the shards the new rows went into, in order) are written."""
-        self.new.shards = shard_of_each(records, len(self.new.keys))
-        return combined_index(self.old, index_table(self.new, self.size, self.geometry))
+        placed = replace(self.new, shards=shard_of_each(records, len(self.new.keys)))
+        return combined_index(self.old, index_table(placed, self.size, self.geometry))
 
 
 def pending_index(

@@ -115,6 +115,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-superres"))
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: ESRGAN spends half on the pixel phase and half on the GAN phase")
     command = "python bench/superres.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
     for run in ("esrgan", "pixel", *(f"variant-{name}" for name, _ in args.variant)):

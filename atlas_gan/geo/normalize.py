@@ -61,11 +61,9 @@ class Normalization:
 
     def _apply_lookup(self, raw: np.ndarray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
         tables = _lookup_tables(self.offsets.tobytes(), self.scales.tobytes(), raw.dtype.str, dtype.str)
-        low = np.iinfo(raw.dtype).min  # tables start at the dtype's smallest value
         out = np.empty(raw.shape, dtype)
         for band, table in enumerate(tables):
-            values = raw[..., band, :, :]
-            np.take(table, values if low == 0 else values.astype(np.int32) - low, out=out[..., band, :, :])
+            np.take(table, _table_index(raw[..., band, :, :]), out=out[..., band, :, :])
         if not valid.all():
             out = np.where(np.expand_dims(valid, -3), out, out.dtype.type(0))
         return out
@@ -74,6 +72,15 @@ class Normalization:
         """normalized[bands, ...] -> source units (float64)."""
         shape = (-1,) + (1,) * (normalized.ndim - 1)
         return normalized.astype(np.float64) * self.scales.reshape(shape) + self.offsets.reshape(shape)
+
+
+def _table_index(values: np.ndarray) -> np.ndarray:
+    """Each value's place in its dtype's table (smallest value first): itself when unsigned; for signed values,
+    value - min, which is the two's-complement bits with the sign bit flipped (one pass, no widening)."""
+    if values.dtype.kind == "u":
+        return values
+    unsigned = values.view(values.dtype.str.replace("i", "u"))
+    return unsigned ^ unsigned.dtype.type(1 << (8 * values.dtype.itemsize - 1))
 
 
 def _has_lookup(dtype: np.dtype) -> bool:
