@@ -317,8 +317,9 @@ def write_grid(
 
 def table(results: list[RunResult], minutes: float) -> str:
     ref = next((r for r in results if r.run == REFERENCE), None)
+    width = max([12, *(len(r.run) + 2 for r in results)])  # variant names run long
     head = (
-        f"{'run':<12}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}"
+        f"{'run':<{width}}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}"
         f"{'FID ' + format(minutes, 'g') + ' min':>13}{'kimg then':>10}{'/ref':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -329,7 +330,7 @@ def table(results: list[RunResult], minutes: float) -> str:
         above = f"{end.fid - end.floor_fid:8.1f}" if end.floor_fid is not None else f"{'-':>8}"
         spread = f"{end.spread_ratio:8.2f}" if end.spread_ratio is not None else f"{'-':>8}"
         timed_text = f"{timed.fid:13.2f}{timed.kimg:10.1f}" if timed else f"{'-':>13}{'-':>10}"
-        lines.append(f"{r.run:<12}{end.kimg:7.1f}{end.fid:9.2f}{ratio_end}{above}{spread}{timed_text}{ratio_time}")
+        lines.append(f"{r.run:<{width}}{end.kimg:7.1f}{end.fid:9.2f}{ratio_end}{above}{spread}{timed_text}{ratio_time}")
     floor = next((r.final.floor_fid for r in results if r.final.floor_fid is not None), None)
     lines.append(f"real vs real floor at the same N: FID {floor:.2f}" if floor is not None else "no floor (dataset)")
     return "\n".join(lines)
