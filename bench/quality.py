@@ -2,7 +2,7 @@
 
     python bench/quality.py [--source landsat8-parana] [--size 64] [--kimg 36] [--minutes 10] [--points 4]
                             [--runs reference,fastgan,dcgan] [--n N] [--work runs/bench-quality] [--json FILE]
-                            [--set KEY=VALUE ...] [--variant RUN-LABEL:KEY=VALUE[,KEY=VALUE...] ...]
+                            [--set KEY=VALUE ...] [--variant RUN-LABEL:KEY=VALUE[,KEY=VALUE...] ...] [--seeds 0,1,2]
 
 Ingests one shared source (`../shared/data/geotiff/<source>`, bands B4,B3,B2 for Landsat 8, the first three
 otherwise) into `--size` px tiles, then trains, one after the other on the same tiles:
@@ -21,7 +21,9 @@ reference set scored against it), and the pixel spread of its samples against th
 points are in the JSON, which is rewritten after every run (an interrupted invocation keeps the runs it finished).
 `--set` adds config overrides to every atlas-gan run (not the reference), to measure a variant against the same
 reference. `--variant fastgan-ema:train.ema_rampup=0.1` adds a run named `fastgan-ema`: the `fastgan` run with those
-overrides too, measured in the same invocation (several variants share one reference run). Sample grids are written
+overrides too, measured in the same invocation (several variants share one reference run). `--seeds 0,1,2` trains
+every atlas-gan run and variant once per seed (`fastgan@1`, ...) and adds their means and ranges: one seed of a
+64 px FastGAN at 36 kimg lands anywhere in a ~25 FID range, wider than most recipe changes. Sample grids are written
 beside it. Not a test: no thresholds.
 """
 
@@ -224,10 +226,19 @@ class Scoring(TrainHooks):
 
 
 def run_family(
-    name: str, data: Path, args: argparse.Namespace, n: int, rgb: list[str], extra: list[str] | None = None
+    name: str,
+    data: Path,
+    args: argparse.Namespace,
+    n: int,
+    rgb: list[str],
+    extra: list[str] | None = None,
+    seed: int | None = None,
 ) -> RunResult:
-    """The atlas-gan run `name` (a RUNS entry, or a variant `<entry>-<label>` whose overrides are `extra`)."""
+    """The atlas-gan run `name` (a RUNS entry, or a variant `<entry>-<label>` whose overrides are `extra`), with
+    `train.seed` = `seed` (default `--seed`); a seed from `--seeds` is appended to its name as `@seed`."""
     family = variant_base(name) if extra is not None else name
+    if seed is not None:
+        name = f"{name}@{seed}"
     run_dir = args.work / "runs" / f"{args.source}-{name}"
     if run_dir.exists():  # the trainer would resume it: a benchmark run starts from scratch
         shutil.rmtree(run_dir)
@@ -240,7 +251,7 @@ def run_family(
         "train.log_every=50",
         "train.sample_every=100000000",
         "train.checkpoint_every=100000000",
-        f"train.seed={args.seed}",
+        f"train.seed={args.seed if seed is None else seed}",
         f"train.rgb_bands={json.dumps(rgb)}" if rgb else "train.rgb_bands=null",
         "tracking.enabled=false",
         *RUNS[family],
@@ -333,7 +344,37 @@ def table(results: list[RunResult], minutes: float) -> str:
         lines.append(f"{r.run:<{width}}{end.kimg:7.1f}{end.fid:9.2f}{ratio_end}{above}{spread}{timed_text}{ratio_time}")
     floor = next((r.final.floor_fid for r in results if r.final.floor_fid is not None), None)
     lines.append(f"real vs real floor at the same N: FID {floor:.2f}" if floor is not None else "no floor (dataset)")
-    return "\n".join(lines)
+    return "\n".join(lines + seed_summary(results, ref))
+
+
+def seed_summary(results: list[RunResult], ref: RunResult | None) -> list[str]:
+    """For runs repeated over `--seeds` (`name@seed`): the mean FID at the end and at the minutes mark, the range
+    across seeds and the mean's ratio to the reference. One seed is one draw: compare means, and ranges."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        if "@" in r.run:
+            groups.setdefault(r.run.rsplit("@", 1)[0], []).append(r)
+    if not groups:
+        return []
+    width = max(12, *(len(name) + 2 for name in groups))
+    columns = (("FID end", 9, lambda r: r.final, ref and ref.final), ("FID at minutes", 16, lambda r: r.at_minutes,
+               ref and ref.at_minutes))  # fmt: skip
+    head = f"{'over seeds':<{width}}{'seeds':>6}" + "".join(
+        f"{t:>{w}}{'range':>15}{'/ref':>7}" for t, w, _, _ in columns
+    )
+    lines = ["", head, "-" * len(head)]
+    for name, runs in groups.items():
+        line = f"{name:<{width}}{len(runs):>6}"
+        for _, column_width, point_of, ref_point in columns:
+            fids = [point.fid for point in map(point_of, runs) if point is not None]
+            if not fids:
+                line += f"{'-':>{column_width}}{'-':>15}{'-':>7}"
+                continue
+            mean = sum(fids) / len(fids)
+            ratio = f"{mean / ref_point.fid:7.2f}" if ref_point else f"{'-':>7}"
+            line += f"{mean:{column_width}.2f}{f'{min(fids):.1f}-{max(fids):.1f}':>15}{ratio}"
+        lines.append(line)
+    return lines
 
 
 def main() -> None:
@@ -348,6 +389,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="FID samples (fake and real); default half the tiles")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+        default=None,
+        metavar="S[,S...]",
+        help="train every atlas-gan run and variant once per seed (named RUN@SEED) and add a table of the means and "
+        "ranges across seeds; the reference runs once (--seed)",
+    )
     parser.add_argument("--runs", default="reference,fastgan,dcgan")
     parser.add_argument(
         "--variant",
@@ -405,7 +454,10 @@ def main() -> None:
         if name == REFERENCE:
             results.append(run_reference(base, args, n, tile_bands))
         else:
-            results.append(run_family(name, data, args, n, bands, variants.get(name)))
+            for seed in args.seeds or [None]:
+                results.append(run_family(name, data, args, n, bands, variants.get(name), seed))
+                write_report(out, command, args, total, n, results)
+            continue
         write_report(out, command, args, total, n, results)
     print(f"\n{command}\n{table(results, args.minutes)}")
     print(f"wrote {out}")
