@@ -202,13 +202,25 @@ def rows_from_shards(store: Storage, output: str, shard_names: Iterable[str]) ->
 
 
 def combined_index(old: Any | None, new: Any) -> Any:
-    """Old rows then new ones, one GeoParquet table (the bbox recomputed)."""
+    """Old rows then new ones, one GeoParquet table (the bbox: both tables' merged, recomputed if one lacks it)."""
     import pyarrow as pa
 
     if old is None or old.num_rows == 0:
         return new
+    boxes = [geo_bbox(old), geo_bbox(new)]
+    bbox = None
+    if all(box is not None for box in boxes):
+        lows, highs = np.min([box[:2] for box in boxes], axis=0), np.max([box[2:] for box in boxes], axis=0)
+        bbox = [float(v) for v in (*lows, *highs)]
     parts = [old.replace_schema_metadata(None), new.replace_schema_metadata(None)]
-    return with_geo_metadata(pa.concat_tables(parts))
+    return with_geo_metadata(pa.concat_tables(parts), bbox)
+
+
+def geo_bbox(table: Any) -> list[float] | None:
+    """The bbox of a table's GeoParquet `geo` metadata (minx, miny, maxx, maxy), or None when it has none."""
+    raw = (table.schema.metadata or {}).get(b"geo")
+    bbox = json.loads(raw)["columns"]["geometry"].get("bbox") if raw else None
+    return [float(v) for v in bbox] if bbox is not None and len(bbox) == 4 else None
 
 
 @dataclass

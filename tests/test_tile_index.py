@@ -18,7 +18,7 @@ from atlas_gan.geo.footprints import scene_outline_wgs84
 from atlas_gan.ingest import ingest
 from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage
-from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, read_index
+from atlas_gan.tile_index import INDEX_NAME, MAP_NAME, combined_index, geo_bbox, read_index, with_geo_metadata
 
 # One real source per band count the issue names: (path under geotiff/, bands).
 SOURCES = {
@@ -101,6 +101,21 @@ def test_incremental_ingest_extends_the_index_and_rebuilds_a_missing_one(geotiff
     manifest["shards"] = manifest["shards"][:1]
     listed = read_index(LocalStorage(), str(output), manifest)
     assert set(listed.column("shard").cast("string").to_pylist()) == {manifest["shards"][0]["url"]}
+
+
+def test_a_combined_index_is_bounded_by_both_tables() -> None:
+    import pyarrow as pa
+
+    def table(*boxes: tuple[float, float, float, float]) -> pa.Table:
+        wkb = [shapely.to_wkb(shapely.box(*box)) for box in boxes]
+        return with_geo_metadata(pa.table({"geometry": pa.array(wkb, pa.binary())}))
+
+    combined = combined_index(table((0, 0, 1, 1), (0.5, -1, 2, 0)), table((-5, 2, 0.5, 3)))
+    geometries = shapely.from_wkb(combined.column("geometry").to_numpy(zero_copy_only=False))
+    assert geo_bbox(combined) == [-5, -1, 2, 3] == list(shapely.total_bounds(geometries))
+    no_bbox = table((0, 0, 1, 1)).replace_schema_metadata(None)  # written by another tool: computed from the rows
+    assert geo_bbox(no_bbox) is None
+    assert geo_bbox(combined_index(no_bbox, table((2, 2, 3, 3)))) == [0, 0, 3, 3]
 
 
 def test_cli_preview_map(geotiff, make_config, tmp_path):
