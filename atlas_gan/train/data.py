@@ -48,6 +48,11 @@ def to_training_range(tile: np.ndarray, image_size: int) -> np.ndarray:
     if factor > 1:
         c, h, w = x.shape
         x = x.reshape(c, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    return _from_unit_range(x)
+
+
+def _from_unit_range(x: np.ndarray) -> np.ndarray:
+    """float32 [0, 1] -> [-1, 1], clipped."""
     return np.clip(x * 2.0 - 1.0, -1.0, 1.0)
 
 
@@ -55,7 +60,7 @@ def _float16_table() -> np.ndarray:
     """`to_training_range` of every float16 value (NaN stays NaN), indexed by its bits."""
     every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     with np.errstate(invalid="ignore"):
-        return np.clip(every.astype(np.float32) * 2.0 - 1.0, -1.0, 1.0)
+        return _from_unit_range(every.astype(np.float32))
 
 
 _FLOAT16_TO_TRAINING = _float16_table()
