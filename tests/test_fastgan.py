@@ -196,12 +196,13 @@ def test_registering_refuses_a_collapsed_generator_and_crowns_a_varied_one(train
 
 @pytest.mark.integration
 def test_two_ranks_train_fastgan_in_sync(train_data_64, tmp_path):
-    """FastGAN on 2 torchrun ranks: reconstruction quarters drawn from each rank's RNG, gradients averaged; both
-    ranks end with identical weights."""
+    """FastGAN on 2 torchrun ranks: reconstruction quarters drawn from each rank's RNG, gradients averaged, LeCam's
+    anchors averaged over ranks; both ranks end with identical weights."""
     from tests.test_train_distributed import train_two_ranks
 
-    log = train_two_ranks(tmp_path / "run", train_data_64, 3, FASTGAN)
+    log = train_two_ranks(tmp_path / "run", train_data_64, 3, [*FASTGAN, "train.model.lecam_weight=0.3"])
     end = log[-1]
     assert end["event"] == "end" and end["step"] == 3 and end["ranks_in_sync"] is True
     assert log[0]["model"] == "fastgan" and log[0]["world_size"] == 2
     assert all(r["loss_reconstruction"] > 0 for r in log if "loss_reconstruction" in r)
+    assert all(isinstance(r["lecam_gap"], float) for r in log if "loss_d" in r)

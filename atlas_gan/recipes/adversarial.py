@@ -8,7 +8,7 @@ holds it. Around that:
 - augmentation of everything D sees: DiffAugment or ADA (ADA counts the signs of D's outputs on reals and adjusts
   its p once per step, over all ranks);
 - D's regularizers: lazy R1 every `r1_interval` steps on the real images before augmentation, the WGAN-GP penalty,
-  weight clipping after each D update;
+  LeCam's pull of D's outputs toward running anchors (`lecam.py`), weight clipping after each D update;
 - G's regularizer: StyleGAN2's path-length penalty every `pl_interval` steps;
 - optimizers rescaled for lazy regularization (StyleGAN2's rule), RMSprop for WGAN.
 """
@@ -28,6 +28,7 @@ from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.recipes.ada import AdaptiveAugment
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.diffaugment import DiffAugment
+from atlas_gan.recipes.lecam import LeCamRegularizer
 from atlas_gan.recipes.path_length import PathLengthRegularizer
 from atlas_gan.runtime.distributed import DistributedContext
 
@@ -78,6 +79,8 @@ class AdversarialRecipe(Recipe):
             if options.r1_gamma is not None
             else defaults.default_r1_gamma(spec.image_size, cfg.batch_size * ctx.world_size)
         )
+        lecam_weight = options.lecam_weight
+        self.lecam = LeCamRegularizer(defaults.lecam_weight if lecam_weight is None else lecam_weight)
         pl_weight = getattr(options, "path_length_weight", None)
         pl_weight = defaults.pl_weight if pl_weight is None else pl_weight
         self.path_length = PathLengthRegularizer(pl_weight, defaults.pl_interval)
@@ -98,7 +101,7 @@ class AdversarialRecipe(Recipe):
         return latents.to(self.ctx.device), labels
 
     def state_dict(self) -> dict[str, Any]:
-        return {"path_length": self.path_length.state_dict()}
+        return {"path_length": self.path_length.state_dict(), "lecam": self.lecam.state_dict()}
 
     def rank_state_dict(self) -> dict[str, Any] | None:
         """ADA's p and step counter (equal on all ranks) with each rank's own sign accumulators."""
@@ -111,9 +114,15 @@ class AdversarialRecipe(Recipe):
             self.ada.load_state_dict(own["augment"])
         if shared.get("path_length"):
             self.path_length.load_state_dict(shared["path_length"])
+        if shared.get("lecam"):
+            self.lecam.load_state_dict(shared["lecam"])
 
     def log_values(self) -> dict[str, float | None]:
-        return {"augment_p": self.ada.p, "augment_rt": self.ada.rt} if self.ada else {}
+        """ADA's p and overfitting heuristic; LeCam's anchor gap (how far apart D holds reals and fakes)."""
+        values = {"augment_p": self.ada.p, "augment_rt": self.ada.rt} if self.ada else {}
+        if self.lecam.anchors is not None:
+            values["lecam_gap"] = float(self.lecam.anchors[0] - self.lecam.anchors[1])
+        return values
 
     @torch.no_grad()
     def calibrate(self, generator: nn.Module) -> None:
@@ -175,6 +184,13 @@ class AdversarialRecipe(Recipe):
         reconstruction loss)."""
         return self.discriminate(real, labels), None
 
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """The family's D loss on D's outputs, plus the LeCam penalty where it is on."""
+        loss = discriminator_loss(self.defaults.loss, real_logits, fake_logits)
+        if self.lecam.enabled:
+            loss = loss + self.lecam.penalty(real_logits, fake_logits, self.ctx)
+        return loss
+
     def _clip_discriminator(self) -> None:
         with torch.no_grad():
             for parameter in self.D.parameters():
@@ -194,7 +210,7 @@ class AdversarialRecipe(Recipe):
             real = real.detach().requires_grad_(r1_due)
             with self.autocast():
                 real_logits, extra = self.discriminate_real(real, labels)
-                loss_d = discriminator_loss(self.defaults.loss, real_logits, self.discriminate(detached, labels))
+                loss_d = self.discriminator_loss(real_logits, self.discriminate(detached, labels))
             if extra is not None:
                 loss_d = loss_d + extra
             if self.ada:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from atlas_gan.config import BigGANOptions
-from atlas_gan.losses import discriminator_loss, generator_loss, r1_penalty
+from atlas_gan.losses import generator_loss, r1_penalty
 from atlas_gan.recipes.adversarial import AdversarialRecipe
 from atlas_gan.recipes.base import Batch, Progress, Update, frozen
 
@@ -88,7 +88,7 @@ class BigGANRecipe(AdversarialRecipe):
             real = real.detach().requires_grad_(r1_due)
             with power_iteration_paused(self.D, share > 0), self.autocast():
                 real_logits, _ = self.discriminate_real(real, labels)
-                loss = discriminator_loss(self.defaults.loss, real_logits, self.discriminate(fake, labels))
+                loss = self.discriminator_loss(real_logits, self.discriminate(fake, labels))
             if self.ada:
                 self.ada.observe(real_logits)
             if r1_due:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas_gan.config import PGGANOptions, TrainConfig
-from atlas_gan.losses import discriminator_loss, generator_loss, gradient_penalty
+from atlas_gan.losses import generator_loss, gradient_penalty
 from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.recipes.adversarial import AdversarialRecipe
 from atlas_gan.recipes.base import Batch, Progress, Update, frozen
@@ -171,7 +171,7 @@ class PGGANRecipe(AdversarialRecipe):
             detached = fake.detach()
             with self.autocast():
                 real_scores = self.discriminate(real, None)
-                loss_d = discriminator_loss(self.defaults.loss, real_scores, self.discriminate(detached, None))
+                loss_d = self.discriminator_loss(real_scores, self.discriminate(detached, None))
             loss_d = loss_d + self.drift_weight * real_scores.float().square().mean()
             critic = partial(self.discriminate, labels=None)
             loss_d = loss_d + self.defaults.gp_weight * gradient_penalty(critic, real, detached)
