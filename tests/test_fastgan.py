@@ -73,6 +73,7 @@ def test_trains_on_real_shards_with_the_reconstruction_term_and_resumes_exactly(
     run_dir = tmp_path / "run"
     first = Trainer(small_config(train_data_64, run_dir, "train.steps=4", *FASTGAN), ctx, progress=False)
     assert first.recipe.name == "fastgan" and first.config.train.diffaugment == ["color", "translation"]
+    assert first.recipe.r1_gamma == pytest.approx(0.0002 * 64**2 / 8)  # lazy R1, StyleGAN2-ADA's gamma at batch 8
     summary = first.run()
     assert summary["step"] == 4
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

@@ -130,14 +130,22 @@ FASTGAN = GANFamily(
     generator=FastGANGenerator,
     discriminator=FastGANDiscriminator,
     # the authors' DiffAugment policy: D's reconstruction task already regularizes it, and cutout slowed learning
-    # in bench/quality.py (FID 255.7 -> 238.4 at 12 kimg on landsat8-parana without it)
+    # in bench/quality.py (FID 255.7 -> 238.4 at 12 kimg on landsat8-parana without it). Lazy R1 with
+    # StyleGAN2-ADA's gamma (0.05 at 64 px, batch 16) is not the paper's: bench/quality.py measured it at 173.4 FID
+    # mean over seeds 0-2 at 36 kimg against 186.2 without (landsat8-parana 64 px; see the README's Benchmark).
     training=AdversarialDefaults(
-        loss="hinge", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), small_data_augmentation=("color", "translation")
+        loss="hinge",
+        lr_g=2e-4,
+        lr_d=2e-4,
+        betas=(0.5, 0.999),
+        r1_coefficient=0.0002,
+        small_data_augmentation=("color", "translation"),
     ),
     recipe="fastgan",
     description=(
         "Liu et al. 2021: skip-layer excitation in G, spectrally normalized D that reconstructs real images from its "
-        "own features, hinge loss; made for hundreds to thousands of images; 64-512 px"
+        "own features, hinge loss, lazy R1 (gamma = 0.0002 size^2 / batch); made for hundreds to thousands of "
+        "images; 64-512 px"
     ),
 )
 
