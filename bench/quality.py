@@ -12,9 +12,11 @@ otherwise) into `--size` px tiles, then trains, one after the other on the same 
 - each atlas-gan family of `--runs` through the real trainer with its defaults for this dataset (whatever the
   trainer picks from the number of tiles: logged with the run), at the settings in RUNS below.
 
-Every run shows D `--kimg` thousand real images and is scored (EMA generator for atlas-gan runs) with FID/KID
-against N real tiles (default: half the dataset; TF-Inception, the same protocol for all) at `--points` evenly
-spaced kimg marks and once when its training time (evaluation excluded) reaches `--minutes`. The table gives each
+Every run trains until it has shown D `--kimg` thousand real images and trained for `--minutes` (evaluation
+excluded), whichever comes later, and is scored (EMA generator for atlas-gan runs) with FID/KID against N real tiles
+(default: half the dataset; TF-Inception, the same protocol for all) at `--points` evenly spaced kimg marks and once
+at the minutes mark: a run that shows `--kimg` sooner keeps training, so equal wall clock means equal training time
+for every run, the reference included. Its sample grid is drawn at the end. The table gives each
 run's FID at the end (equal images) and at the minutes mark (equal wall clock on this machine), its ratio to the
 reference's FID at the same mark, the distance to the real-vs-real floor at the same N (real tiles outside the
 reference set scored against it), and the pixel spread of its samples against the real tiles'; the FID-against-kimg
@@ -110,6 +112,11 @@ class Schedule:
     def pause(self) -> None:
         self._last = None
 
+    @property
+    def done(self) -> bool:
+        """Every kimg mark and the minutes mark scored: the run can end."""
+        return not self.marks and self.minutes_left is None
+
     def due(self, kimg: float) -> tuple[bool, bool]:
         """(a kimg mark is reached, the minutes mark is reached); each fires once."""
         at_kimg = bool(self.marks) and kimg >= self.marks[0] - 1e-9
@@ -180,7 +187,7 @@ def run_reference(config: AtlasConfig, args: argparse.Namespace, n: int, bands: 
             normalization=manifest["normalization"], step=seen // REFERENCE_BATCH, images_seen=seen,
         )  # fmt: skip
 
-    while images < args.kimg * 1000:
+    while not schedule.done:
         schedule.tick()
         real = next(batches)["image"]
         net_d.zero_grad()
@@ -202,7 +209,6 @@ def run_reference(config: AtlasConfig, args: argparse.Namespace, n: int, bands: 
                 point = score(config, sampler, reference_meta(images), n, images / 1000, schedule.train_seconds)
             record(result, point, at_kimg, at_minutes)
             schedule.pause()
-    finish(result, schedule, lambda: (config, sampler, reference_meta(images)), n, images / 1000)
     write_grid(args, REFERENCE, sampler, bands, config.train.rgb_bands)
     return result
 
@@ -223,6 +229,8 @@ class Scoring(TrainHooks):
             )  # fmt: skip
             record(self.result, point, at_kimg, at_minutes)
             self.schedule.pause()
+        if self.schedule.done:
+            trainer.request_stop()
 
 
 def run_family(
@@ -264,13 +272,7 @@ def run_family(
     trainer = Trainer(config, distributed.setup(), hooks=[Scoring(result, schedule, n)], progress=False)
     for pick in trainer.data_defaults:
         print(f"   {name}: {pick.key} = {pick.value} ({pick.reason})", flush=True)
-    steps = steps_for(trainer, args.kimg)
-    trainer.config = trainer.config.model_copy(
-        update={"train": trainer.config.train.model_copy(update={"steps": steps})}
-    )
-    trainer.run()
-    finish(result, schedule, lambda: (trainer.config, trainer.generator, trainer.generator_meta()), n,
-           trainer.images_seen / 1000)  # fmt: skip
+    trainer.run()  # until Scoring has scored every mark (train.steps above never binds)
     write_grid(args, name, trainer.generator, trainer.bands, rgb, trainer.fixed_inputs)
     return result
 
@@ -288,22 +290,6 @@ def fitted_schedule(name: str, args: argparse.Namespace) -> list[str]:
     levels = int(math.log2(args.size)) - 2
     phase = args.kimg / (2 * levels + 1)
     return [f"train.model.stable_kimg={phase:g}", f"train.model.fade_kimg={phase:g}"]
-
-
-def finish(result: RunResult, schedule: Schedule, what, n: int, kimg: float) -> None:
-    """After the last step: the last kimg mark if still due; the end also stands for the minutes mark when the run
-    finished before reaching it."""
-    schedule.tick()
-    at_kimg, at_minutes = schedule.due(kimg)
-    at_minutes = at_minutes or schedule.minutes_left is not None
-    if at_kimg or at_minutes:
-        config, generator, meta = what()
-        record(result, score(config, generator, meta, n, kimg, schedule.train_seconds), at_kimg, at_minutes)
-
-
-def steps_for(trainer: Trainer, kimg: float) -> int:
-    per_step = trainer.config.train.batch_size * getattr(trainer.recipe, "n_critic", 1)
-    return -(-int(kimg * 1000) // per_step)
 
 
 def write_grid(

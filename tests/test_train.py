@@ -191,6 +191,26 @@ def test_non_finite_losses_roll_back_to_the_last_checkpoint(train_data, tmp_path
     assert all(torch.isfinite(p).all() for p in load_generator(LocalStorage(), summary["checkpoint"])[0].parameters())
 
 
+class StopAt(TrainHooks):
+    """A budget of the hook's own: asks the trainer to end at step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_start(self, trainer):
+        if trainer.step == self.step - 1:
+            trainer.request_stop()
+
+
+def test_a_hook_can_end_the_run_early_and_the_last_step_is_still_logged_and_saved(train_data, tmp_path):
+    config = small_config(train_data, tmp_path / "run", "train.steps=50", "train.checkpoint_every=100")
+    summary = Trainer(config, distributed.setup(), hooks=[StopAt(3)], progress=False).run()
+    assert summary["step"] == 3 and summary["checkpoint"].endswith("step-00000003.pt")
+    assert load_generator(LocalStorage(), summary["checkpoint"])[1]["step"] == 3
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if "loss_g" in e] == [1, 2, 3]
+
+
 class ArbitraryObject:
     """Unpickling this would run code of the file's choosing; weights_only loading must refuse it."""
 

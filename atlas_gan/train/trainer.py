@@ -151,6 +151,7 @@ class Trainer:
         # last log record (device tensors, read when logging)
         self._bad_run = torch.zeros((), device=device)
         self._skipped_steps = torch.zeros((), device=device)
+        self._stop_requested = False  # request_stop(): end after the step in progress, before `steps`
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
@@ -462,6 +463,12 @@ class Trainer:
             self.state.epoch = max(self.state.epoch, int(batch["epoch"].max()))
             yield batch
 
+    def request_stop(self) -> None:
+        """End the run after the step in progress, as if it were the last of `train.steps` (logged, evaluated and
+        checkpointed). For hooks with a budget of their own (a wall-clock one in bench/quality.py); under DDP every
+        rank must request it at the same step."""
+        self._stop_requested = True
+
     def run(self) -> dict[str, Any]:
         cfg, ctx = self.config.train, self.ctx
         if ctx.is_main:
@@ -517,7 +524,7 @@ class Trainer:
         window_start, window_images, bad_steps = time.perf_counter(), self.images_seen, 0
         sums: dict[str, torch.Tensor] = {}  # each loss summed over the steps since the last log record
         counts: dict[str, torch.Tensor] = {}  # steps that reported it finite (a recipe's losses change with its phase)
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self._stop_requested:
             for hook in self.hooks:
                 hook.on_step_start(self)
             losses = self.train_step(batches)
@@ -532,13 +539,14 @@ class Trainer:
             bad_steps = 0
             add_losses(sums, counts, losses)
             bar.update()
-            at_checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+            last = self.step == cfg.steps or self._stop_requested
+            at_checkpoint = self.step % cfg.checkpoint_every == 0 or last
             checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
             if checked and not self._deferred_checks_pass(at_checkpoint):
                 sums, counts = {}, {}
                 window_start, window_images = time.perf_counter(), self.images_seen
                 continue
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or last:
                 self._log_step(sums, counts, window_start, window_images)
                 sums, counts = {}, {}
                 window_start, window_images = time.perf_counter(), self.images_seen
@@ -546,7 +554,7 @@ class Trainer:
                 urls = self.write_samples()
                 for hook in self.hooks:
                     hook.on_samples(self, urls)
-            if cfg.evaluate_every and (self.step % cfg.evaluate_every == 0 or self.step == cfg.steps):
+            if cfg.evaluate_every and (self.step % cfg.evaluate_every == 0 or last):
                 evaluation_started = time.perf_counter()
                 for hook in self.hooks:
                     hook.on_evaluate(self)
