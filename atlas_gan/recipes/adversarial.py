@@ -184,7 +184,7 @@ class AdversarialRecipe(Recipe):
         reconstruction loss)."""
         return self.discriminate(real, labels), None
 
-    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    def regularized_d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         """The family's D loss on D's outputs, plus the LeCam penalty where it is on."""
         loss = discriminator_loss(self.defaults.loss, real_logits, fake_logits)
         if self.lecam.enabled:
@@ -210,7 +210,7 @@ class AdversarialRecipe(Recipe):
             real = real.detach().requires_grad_(r1_due)
             with self.autocast():
                 real_logits, extra = self.discriminate_real(real, labels)
-                loss_d = self.discriminator_loss(real_logits, self.discriminate(detached, labels))
+                loss_d = self.regularized_d_loss(real_logits, self.discriminate(detached, labels))
             if extra is not None:
                 loss_d = loss_d + extra
             if self.ada:

@@ -88,7 +88,7 @@ class BigGANRecipe(AdversarialRecipe):
             real = real.detach().requires_grad_(r1_due)
             with power_iteration_paused(self.D, share > 0), self.autocast():
                 real_logits, _ = self.discriminate_real(real, labels)
-                loss = self.discriminator_loss(real_logits, self.discriminate(fake, labels))
+                loss = self.regularized_d_loss(real_logits, self.discriminate(fake, labels))
             if self.ada:
                 self.ada.observe(real_logits)
             if r1_due:

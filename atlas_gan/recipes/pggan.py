@@ -171,7 +171,7 @@ class PGGANRecipe(AdversarialRecipe):
             detached = fake.detach()
             with self.autocast():
                 real_scores = self.discriminate(real, None)
-                loss_d = self.discriminator_loss(real_scores, self.discriminate(detached, None))
+                loss_d = self.regularized_d_loss(real_scores, self.discriminate(detached, None))
             loss_d = loss_d + self.drift_weight * real_scores.float().square().mean()
             critic = partial(self.discriminate, labels=None)
             loss_d = loss_d + self.defaults.gp_weight * gradient_penalty(critic, real, detached)
