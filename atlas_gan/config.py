@@ -554,7 +554,7 @@ class TrainConfig(_Strict):
     ema_half_life_kimg: float = Field(
         10.0, ge=0, description="EMA of G weights, half-life in thousands of images; 0 off"
     )
-    ema_rampup: float | None = Field(0.05, ge=0, le=1, description="half-life at most this x images seen; null off")
+    ema_rampup: float | None = Field(0.025, ge=0, le=1, description="half-life at most this x images seen; null off")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     channels_last: bool = Field(True, description="NHWC memory format on GPU")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per rank")
