@@ -213,6 +213,7 @@ def evaluate(
     the checkpoint's run directory has an MLflow run, the scores are logged into it at the checkpoint's step.
     """
     from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint
+    from atlas_gan.metrics.manifold import precision_recall_text
     from atlas_gan.runtime import distributed
 
     extra = [f"evaluate.inception_weights={json.dumps(weights)}"] if weights else []
@@ -252,7 +253,8 @@ def evaluate(
             f"{label} {','.join(scores['bands'])}: FID {scores['fid']:.3f}  KID {scores['kid']:.5f}  {is_text}"
             f"  (N real {scores['n_real']}, N fake {result['n_fake']})\n"
             f"  real-vs-real floor {floor_text}; sample spread "
-            f"{'n/a' if spread is None else format(spread, '.2f')} of the real tiles'"
+            f"{'n/a' if spread is None else format(spread, '.2f')} of the real tiles'\n"
+            f"  {precision_recall_text(scores)}"
         )
     typer.echo(
         f"step {result['step']}; weights sha256 {result['weights_sha256'][:16]}; {result['resize']}; "

@@ -633,6 +633,13 @@ class EvaluateConfig(_Strict):
     kid_subsets: int = Field(100, ge=1, le=10_000)
     kid_subset_size: int = Field(1000, ge=2)
     is_splits: int = Field(10, ge=1, le=100)
+    pr_neighbours: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="sample precision/recall (Kynkäänniemi et al. 2019): each feature's ball reaches its k-th "
+        "nearest neighbour",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description="auto: bf16 on GPU; FID is reported fp32")
     seed: int = Field(0, ge=0)
 

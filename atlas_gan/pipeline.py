@@ -110,6 +110,10 @@ class PipelineOutcome:
     fid_n: int | None = None
     floor_fid: float | None = None  # the real-vs-real floor at the same N
     spread_ratio: float | None = None  # samples' pixel spread / the real tiles'
+    sample_precision: float | None = None  # share of samples among the real tiles (Inception features)
+    sample_recall: float | None = None  # share of real tiles among the samples
+    floor_precision: float | None = None  # what real tiles outside the reference set score
+    floor_recall: float | None = None
     registration: dict[str, Any] | None = None
     sample_grid: str | None = None
     figures: dict[str, str] | None = None  # caption -> URL (run_dir/figures)
@@ -142,6 +146,9 @@ class PipelineOutcome:
         self.fid, self.fid_n = evaluation["fid"], evaluation["n_fake"]
         self.kid = next(iter(evaluation["scores"].values()))["kid"]
         self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
+        main = next(iter(evaluation["scores"].values()))
+        self.sample_precision, self.sample_recall = main.get("sample_precision"), main.get("sample_recall")
+        self.floor_precision, self.floor_recall = main.get("floor_precision"), main.get("floor_recall")
 
     def _score_rows(self) -> list[str]:
         if self.translation is not None and "fid" in self.translation:
@@ -164,6 +171,10 @@ class PipelineOutcome:
             f"| real-vs-real floor at that N | {_number(self.floor_fid)} |",
             f"| KID | {_number(self.kid)} |",
             f"| sample spread / real tiles' | {_number(self.spread_ratio)} |",
+            f"| precision: samples among real tiles (real tiles: {_number(self.floor_precision)}) "
+            f"| {_number(self.sample_precision)} |",
+            f"| recall: real tiles among samples (real tiles: {_number(self.floor_recall)}) "
+            f"| {_number(self.sample_recall)} |",
         ]
 
     def markdown(
@@ -270,7 +281,10 @@ def _score_text(outcome: dict[str, Any]) -> str:
     return (
         f"FID (N={outcome['fid_n']}):  {_number(outcome['fid'])} (real-vs-real floor at that N: "
         f"{_number(outcome.get('floor_fid'))}; sample spread {_number(outcome.get('spread_ratio'))} of the "
-        "real tiles')"
+        "real tiles')\n"
+        f"precision:     {_number(outcome.get('sample_precision'))}, recall {_number(outcome.get('sample_recall'))} "
+        f"(real tiles outside the reference: {_number(outcome.get('floor_precision'))}, "
+        f"{_number(outcome.get('floor_recall'))})"
     )
 
 

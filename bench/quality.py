@@ -81,6 +81,10 @@ class Point:
     kid: float
     spread_ratio: float | None
     floor_fid: float | None
+    precision: float | None = None  # share of samples among the real tiles (Inception features, k = 3)
+    recall: float | None = None  # share of real tiles among the samples
+    floor_precision: float | None = None  # the same for real tiles outside the reference set
+    floor_recall: float | None = None
 
 
 @dataclass
@@ -133,7 +137,18 @@ def score(
 ) -> Point:
     result = evaluate_generator(config, generator, meta, distributed.setup(), n=n, progress=False, write=False)
     main = next(iter(result["scores"].values()))
-    return Point(kimg, seconds, main["fid"], main["kid"], main["spread_ratio"], main["floor_fid"])
+    return Point(
+        kimg,
+        seconds,
+        main["fid"],
+        main["kid"],
+        main["spread_ratio"],
+        main["floor_fid"],
+        main["sample_precision"],
+        main["sample_recall"],
+        main["floor_precision"],
+        main["floor_recall"],
+    )
 
 
 def record(result: RunResult, point: Point, at_kimg: bool, at_minutes: bool) -> None:
@@ -316,7 +331,7 @@ def table(results: list[RunResult], minutes: float) -> str:
     ref = next((r for r in results if r.run == REFERENCE), None)
     width = max([12, *(len(r.run) + 2 for r in results)])  # variant names run long
     head = (
-        f"{'run':<{width}}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}"
+        f"{'run':<{width}}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}{'prec':>6}{'rec':>6}"
         f"{'FID ' + format(minutes, 'g') + ' min':>13}{'kimg then':>10}{'/ref':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -326,10 +341,16 @@ def table(results: list[RunResult], minutes: float) -> str:
         ratio_time = f"{timed.fid / ref.at_minutes.fid:7.2f}" if ref and timed and ref.at_minutes else f"{'-':>7}"
         above = f"{end.fid - end.floor_fid:8.1f}" if end.floor_fid is not None else f"{'-':>8}"
         spread = f"{end.spread_ratio:8.2f}" if end.spread_ratio is not None else f"{'-':>8}"
+        spread += "".join(f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (end.precision, end.recall))
         timed_text = f"{timed.fid:13.2f}{timed.kimg:10.1f}" if timed else f"{'-':>13}{'-':>10}"
         lines.append(f"{r.run:<{width}}{end.kimg:7.1f}{end.fid:9.2f}{ratio_end}{above}{spread}{timed_text}{ratio_time}")
-    floor = next((r.final.floor_fid for r in results if r.final.floor_fid is not None), None)
-    lines.append(f"real vs real floor at the same N: FID {floor:.2f}" if floor is not None else "no floor (dataset)")
+    floor = next((r.final for r in results if r.final.floor_fid is not None), None)
+    lines.append(
+        f"real vs real floor at the same N: FID {floor.floor_fid:.2f}, precision "
+        + " recall ".join("n/a" if v is None else f"{v:.2f}" for v in (floor.floor_precision, floor.floor_recall))
+        if floor is not None
+        else "no floor (dataset)"
+    )
     return "\n".join(lines + seed_summary(results, ref))
 
 

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint, stored_checkpoint_evaluation
+from atlas_gan.metrics.manifold import precision_recall_text
 from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.metrics.unpaired import unpaired_summary
 from atlas_gan.pipeline import (
@@ -127,12 +128,13 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
         get_run_logger().info("%s", "\n".join(lines))
         return result
     get_run_logger().info(
-        "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles' (%s%s)",
+        "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles'; %s (%s%s)",
         result["fid"],
         result["floor_fid"],
         next(iter(result["scores"].values()))["kid"],
         result["n_fake"],
         result["spread_ratio"],
+        precision_recall_text(next(iter(result["scores"].values()))),
         result["written_to"],
         ", made during training" if reused else "",
     )

@@ -164,11 +164,14 @@ def test_train_gan_flow_ingests_trains_registers_then_skips(harness, geotiff, tm
     history = MlflowClient(overrides_uri(overrides)).get_metric_history(first["registration"]["run_id"], "fid")
     assert [m.step for m in history] == [1, 2, 2]  # two training evaluations, then the registered version's score
     assert history[1].value == pytest.approx(first["fid"])  # the final evaluation is the one training made
+    recall = MlflowClient(overrides_uri(overrides)).get_metric_history(first["registration"]["run_id"], "sample_recall")
+    assert [m.step for m in recall] == [1, 2, 2] and recall[-1].value == pytest.approx(first["sample_recall"])
     artifacts = asyncio.run(latest_artifacts())
     assert artifacts["train-progress"].data == 100.0  # the progress artifact followed training to the end
     report = artifacts["train-gan-report"].data
     assert "![sample grid](data:image/jpeg;base64," in report and "| decision | **champion**" in report
     assert "![Training curves](data:image/jpeg;base64," in report
+    assert "| recall: real tiles among samples (real tiles: " in report
     walk_gif = Path(first["run_dir"]) / "figures" / "latent-walk.gif"
     if walk_gif.stat().st_size <= MAX_INLINE_GIF_BYTES:
         assert "![Latent walk of the new generator](data:image/gif;base64," in report  # animated, inline

@@ -242,10 +242,14 @@ def test_evaluate_cli_records_the_protocol_and_reuses_the_reference_cache(checkp
     assert result["weights_sha256"] == FID_HELPER_SHA256 and result["resize"].startswith("torch-bilinear-299")
     assert scores["bands"] == ["1", "2", "3"] and scores["reference_cached"] is False
     assert "no classifier head" in scores["is_unavailable"]
+    assert 0 <= scores["sample_precision"] <= 1 and 0 <= scores["sample_recall"] <= 1 and scores["pr_n"] == 8
+    assert "samples: precision" in first.output and result["sample_recall"] == scores["sample_recall"]
+    assert scores["floor_n"] == 8 and 0 <= scores["floor_precision"] <= 1 and 0 <= scores["floor_recall"] <= 1
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
     again = json.loads((tmp_path / "r.json").read_text())["scores"]["rgb"]
     assert again["reference_cached"] is True and again["fid"] == pytest.approx(scores["fid"], rel=1e-9)
+    assert (again["floor_precision"], again["floor_recall"]) == (scores["floor_precision"], scores["floor_recall"])
 
 
 def test_inception_score_with_a_classifier_head_and_per_triplet_fid(checkpoint, weights_with_head):

@@ -9,7 +9,8 @@ method, band triplet.
 Next to each FID: the real-vs-real floor at the same N (real tiles outside the reference set scored against it,
 cached beside the reference) and the distance to it, so an FID reads as "this far from what real tiles score"; and
 the pixel spread of the samples against the real tiles' (`PixelSpread`), which flags a collapsed generator that a
-single FID number can hide.
+single FID number can hide; and precision and recall in Inception feature space (`manifold.py`: do the samples look
+like real tiles, do they cover what real tiles show), beside what real tiles outside the reference set score.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics.features import PixelSpread, chosen_tiles, embed_batches, generated_batches, real_tile_batches
 from atlas_gan.metrics.inception import RESIZE_METHOD, FIDInception
+from atlas_gan.metrics.manifold import MAX_SAMPLES, precision_recall
 from atlas_gan.metrics.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 from atlas_gan.metrics.superres import SuperResEvaluator
 from atlas_gan.metrics.translation import TranslationEvaluator
@@ -60,11 +62,14 @@ class RealReference:
 
 @dataclass(frozen=True)
 class Floor:
-    """FID/KID of real tiles outside the reference set against it: what a perfect generator scores at this N."""
+    """FID/KID, precision and recall of real tiles outside the reference set against it: what a perfect generator
+    scores at this N."""
 
     fid: float
     kid: float
     n: int
+    precision: float | None  # None: too few tiles for a k-th neighbour
+    recall: float | None
 
 
 def _load_cached(store: Storage, url: str, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,6 +134,7 @@ def real_floor(
     n_fake: int,
     kid_subsets: int,
     kid_subset_size: int,
+    pr_neighbours: int,
     batch_size: int,
     device: torch.device,
     progress: bool,
@@ -143,7 +149,7 @@ def real_floor(
     floor_fields = {**fields, "floor_n": n}
     url = _reference_url(dataset, floor_fields)
     cached = _load_cached(store, url, floor_fields)
-    if cached is None:
+    if cached is None or cached.get("pr_neighbours") != pr_neighbours:  # older caches hold no precision/recall
         exclude = chosen_tiles(total, fields["n"], fields["seed"])
         batches = real_tile_batches(
             store, dataset, manifest, fields["bands"], n, batch_size, fields["seed"] + 1, exclude
@@ -151,9 +157,18 @@ def real_floor(
         features, _ = embed_batches(model, batches, n, device, fields["bf16"], "embed real tiles (floor)", progress)
         kid, _ = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, fields["seed"])
         fid = frechet_distance(FeatureStats.of(reference.features), FeatureStats.of(features))
-        cached = {"fields": floor_fields, "fid": fid, "kid": kid, "n": n}
+        manifold = precision_recall(reference.features, features, pr_neighbours, fields["seed"])
+        cached = {
+            "fields": floor_fields,
+            "fid": fid,
+            "kid": kid,
+            "n": n,
+            "precision": manifold.precision if manifold else None,
+            "recall": manifold.recall if manifold else None,
+            "pr_neighbours": pr_neighbours,
+        }
         _save_cached(store, url, cached)
-    return Floor(float(cached["fid"]), float(cached["kid"]), int(cached["n"]))
+    return Floor(float(cached["fid"]), float(cached["kid"]), int(cached["n"]), cached["precision"], cached["recall"])
 
 
 def _gather(tensor: torch.Tensor | None, ctx: DistributedContext) -> torch.Tensor | None:
@@ -181,7 +196,7 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
     result = json.loads(store.read_bytes(url))
     if result.get("n_fake") != config.evaluate.n or result.get("dataset_checksum") != checksum:
         return None
-    if "spread_ratio" not in result:  # scored before the floor and spread were measured: score again
+    if "sample_recall" not in result:  # scored before the floor, spread or precision/recall were measured: again
         return None
     return {**result, "written_to": url}
 
@@ -308,6 +323,7 @@ def evaluate_generator(
                 n_fake,
                 cfg.kid_subsets,
                 cfg.kid_subset_size,
+                cfg.pr_neighbours,
                 cfg.batch_size,
                 ctx.device,
                 show,
@@ -322,6 +338,7 @@ def evaluate_generator(
                 )
             kid_mean, kid_std = kernel_inception_distance(real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
             fid = frechet_distance(FeatureStats.of(real), FeatureStats.of(fake))
+            manifold = precision_recall(real, fake, cfg.pr_neighbours, cfg.seed, device=ctx.device)
             fake_spread = PixelSpread.value_of(spread_state.cpu())
             scores: dict[str, Any] = {
                 "bands": [bands[i] for i in dict.fromkeys(positions)],
@@ -337,6 +354,12 @@ def evaluate_generator(
                 "spread": fake_spread,
                 "real_spread": reference.spread,
                 "spread_ratio": fake_spread / reference.spread if reference.spread > 0 else None,
+                "sample_precision": manifold.precision if manifold else None,
+                "sample_recall": manifold.recall if manifold else None,
+                "pr_neighbours": cfg.pr_neighbours,
+                "pr_n": min(real.shape[0], fake.shape[0], MAX_SAMPLES),
+                "floor_precision": floor.precision if floor else None,
+                "floor_recall": floor.recall if floor else None,
             }
             if probabilities is not None:
                 scores["is"], scores["is_std"] = inception_score(probabilities[:n_fake], cfg.is_splits)
@@ -354,6 +377,7 @@ def evaluate_generator(
     main = result["scores"][triplets[0][0]]
     result["fid"] = main["fid"]
     result["floor_fid"], result["spread_ratio"] = main["floor_fid"], main["spread_ratio"]
+    result["sample_precision"], result["sample_recall"] = main["sample_precision"], main["sample_recall"]
     result["seconds"] = time.perf_counter() - started
     if write:
         out = join_url(config.train.run_dir, "eval", f"step-{meta['step']:08d}.json")

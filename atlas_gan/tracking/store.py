@@ -132,7 +132,18 @@ def open_run(client: Any, config: AtlasConfig, run_name: str | None = None) -> t
     return run.info.run_id, False
 
 
-SCORE_KEYS = ("fid", "kid", "is", "floor_fid", "fid_above_floor", "spread_ratio")  # an evaluation's metrics
+SCORE_KEYS = (
+    "fid",
+    "kid",
+    "is",
+    "floor_fid",
+    "fid_above_floor",
+    "spread_ratio",
+    "sample_precision",
+    "sample_recall",
+    "floor_precision",
+    "floor_recall",
+)  # an evaluation's metrics
 DATASET_DIGEST_CHARS = 32  # MLflow stores dataset digests in 36 characters: the manifest checksum's first 32 hex
 
 
