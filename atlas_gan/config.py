@@ -691,6 +691,13 @@ class TrackingConfig(_Strict):
         description="a version is crowned only if its samples' pixel spread is at least this fraction of the real "
         "tiles' (a collapsed generator draws one tile); null: no check",
     )
+    champion_min_recall: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a version is crowned only if its sample recall (the share of real tiles its samples cover, "
+        "evaluate.pr_neighbours) is at least this; real tiles score floor_recall at the same N; null: no check",
+    )
     champion_max_fid: float | None = Field(None, gt=0, description="no champion with a higher FID; null: no ceiling")
     champion_max_fid_over_floor: float | None = Field(
         None, gt=1, description="no champion whose FID is more than this x the real-vs-real floor; null: no ceiling"

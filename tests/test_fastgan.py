@@ -151,6 +151,14 @@ def test_the_quality_gate():
     assert "above the ceiling 300" in gate_refusal(Score(350.0, "p", "f", 50.0, 0.9), gate)
     assert "4.0x the real-vs-real floor" in gate_refusal(Score(200.0, "p", "f", 50.0, 0.9), gate)
     assert gate_refusal(Score(200.0, "p", "f", 50.0, None), QualityGate()) is None  # every check off
+    covering = QualityGate(min_recall=0.2)
+    assert gate_refusal(Score(120.0, "p", "f", 50.0, 0.9, recall=0.35, floor_recall=0.8), covering) is None
+    narrow = gate_refusal(Score(120.0, "p", "f", 50.0, 0.9, recall=0.05, floor_recall=0.8), covering)
+    assert (
+        narrow == "samples cover too little of the real tiles: recall 0.05 (at least 0.2 required; real tiles "
+        "outside the reference: 0.80)"
+    )
+    assert "no sample recall measurement" in gate_refusal(Score(120.0, "p", "f", 50.0, 0.9), covering)
 
 
 def test_registering_refuses_a_collapsed_generator_and_crowns_a_varied_one(train_data_64, tmp_path, monkeypatch):
@@ -193,6 +201,7 @@ def test_registering_refuses_a_collapsed_generator_and_crowns_a_varied_one(train
     tags = client.get_model_version("gate-test", collapsed.version).tags
     assert tags["atlas.promotion.decision"] == CHALLENGER and "pixel spread" in tags["atlas.promotion.reason"]
     assert float(tags["atlas.spread_ratio"]) < 0.05 and float(tags["atlas.fid.floor"]) > 0
+    assert 0 <= float(tags["atlas.sample_recall"]) <= 1 and 0 <= float(tags["atlas.sample_precision"]) <= 1
 
 
 @pytest.mark.integration

@@ -7,8 +7,9 @@ incomparable measurements never demote a champion: the new version becomes `chal
 
 A version must also pass the quality gate to be crowned, even when there is no champion yet (a registry may have
 no champion rather than a bad one): its samples must vary (pixel spread at least `min_spread_ratio` of the real
-tiles': a collapsed generator draws one tile) and its FID must stay under the configured ceilings (absolute, and
-relative to the real-vs-real floor at the same N). A refused version is registered as `challenger` with the reason.
+tiles': a collapsed generator draws one tile), cover enough of the real tiles when asked (sample recall at least
+`min_recall`) and its FID must stay under the configured ceilings (absolute, and relative to the real-vs-real floor
+at the same N). A refused version is registered as `challenger` with the reason.
 
 Image-to-image generators are scored on their held-out split instead (`TranslationScore`): pix2pix by PSNR (higher
 is better), CycleGAN by FID against the other domain (lower is better), compared under the same split and bands or
@@ -68,6 +69,8 @@ class Score:
     family: str | None
     floor_fid: float | None = None  # the real-vs-real floor at the same N
     spread_ratio: float | None = None  # the samples' pixel spread / the real tiles'
+    recall: float | None = None  # share of the real tiles the samples cover (Inception features)
+    floor_recall: float | None = None  # what real tiles outside the reference set score
 
     @property
     def usable(self) -> bool:
@@ -85,6 +88,7 @@ class QualityGate:
     """What a version must reach to be crowned at all (None: that check is off)."""
 
     min_spread_ratio: float | None = None
+    min_recall: float | None = None
     max_fid: float | None = None
     max_fid_over_floor: float | None = None
 
@@ -98,6 +102,15 @@ def gate_refusal(new: Score, gate: QualityGate) -> str | None:
             return (
                 f"samples collapsed: their pixel spread is {new.spread_ratio:.2f} of the real tiles' "
                 f"(at least {gate.min_spread_ratio} required)"
+            )
+    if gate.min_recall is not None:
+        if new.recall is None:
+            return "no sample recall measurement (evaluated before atlas-gan measured it, or N too small)"
+        if new.recall < gate.min_recall:
+            real = "" if new.floor_recall is None else f"; real tiles outside the reference: {new.floor_recall:.2f}"
+            return (
+                f"samples cover too little of the real tiles: recall {new.recall:.2f} (at least {gate.min_recall} "
+                f"required{real})"
             )
     if gate.max_fid is not None and new.fid > gate.max_fid:
         return f"FID {new.fid:.2f} is above the ceiling {gate.max_fid}"

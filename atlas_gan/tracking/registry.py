@@ -95,7 +95,12 @@ class Registration:
 
 def quality_gate(config: AtlasConfig) -> QualityGate:
     promotion = config.tracking
-    return QualityGate(promotion.champion_min_spread, promotion.champion_max_fid, promotion.champion_max_fid_over_floor)
+    return QualityGate(
+        min_spread_ratio=promotion.champion_min_spread,
+        min_recall=promotion.champion_min_recall,
+        max_fid=promotion.champion_max_fid,
+        max_fid_over_floor=promotion.champion_max_fid_over_floor,
+    )
 
 
 MODEL_METADATA_KEYS = ("model", "signature", "spec", "bands", "input_bands", "step", "images_seen", "labels")
@@ -324,6 +329,8 @@ def register_generator(
         family_key(config.dataset_url, manifest),
         evaluation.get("floor_fid"),
         evaluation.get("spread_ratio"),
+        evaluation.get("sample_recall"),
+        next(iter(evaluation["scores"].values())).get("floor_recall"),
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
@@ -341,6 +348,8 @@ def register_generator(
         "atlas.kid": str(main_scores.get("kid")),
         "atlas.fid.floor": str(new.floor_fid),
         "atlas.spread_ratio": str(new.spread_ratio),
+        "atlas.sample_precision": str(main_scores.get("sample_precision")),
+        "atlas.sample_recall": str(new.recall),
         "atlas.fid.n_fake": str(evaluation["n_fake"]),
         "atlas.fid.n_real": str(main_scores["n_real"]),
         "atlas.fid.weights_sha256": evaluation["weights_sha256"],
