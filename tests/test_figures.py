@@ -98,6 +98,24 @@ def test_curves_show_losses_speed_augmentation_and_fid():
     assert np.isnan(late[:2]).all() and late[2:].tolist() == pytest.approx([2.0, 2.0])
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_curves_draw_precision_and_recall_in_their_own_panel(adaptive, tmp_path):
+    records = [{"step": s, "images_seen": 16 * s, "loss_d": 1.0, "images_per_s": 50.0} for s in range(1, 31)]
+    for record in records:
+        if adaptive:
+            record["augment_p"] = record["step"] / 100
+    records += [
+        {"event": "evaluate", "step": s, "fid": 300 - s, "kid": 0.2, "floor_fid": 50.0, "n_fake": 64,
+         "sample_precision": s / 40, "sample_recall": s / 80, "floor_precision": 0.8, "floor_recall": 0.78}
+        for s in (10, 20, 30)
+    ]  # fmt: skip
+    records.sort(key=lambda r: r["step"])
+    png = training_curves_png(records, "precision and recall")
+    (tmp_path / "curves.png").write_bytes(png)
+    # a fifth panel when the augmentation panel shows adaptive p, else in that panel's place
+    assert Image.open(io.BytesIO(png)).size == ((1200, 1116) if adaptive else (1200, 744))
+
+
 def test_curves_of_a_resumed_run_drop_the_steps_its_checkpoint_threw_away():
     first = [{"event": "start", "step": 0}, *({"step": s, "loss_d": 1.0} for s in (100, 200, 300))]
     # stopped after step 300, resumed from the checkpoint of step 200

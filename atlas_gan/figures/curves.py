@@ -41,14 +41,19 @@ def current_attempt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int = 1200) -> bytes:
     """Four panels from log.jsonl records: losses (raw faint, smoothed bold), images/s, augmentation p, and FID
-    (with the real-vs-real floor) and KID from evaluation records (a translation's PSNR against its baseline); a
-    resumed run's records from what it resumed (`current_attempt`)."""
+    (with the real-vs-real floor) and KID from evaluation records (a translation's PSNR against its baseline); sample
+    precision and recall in the augmentation panel's place when augmentation is not adaptive, in a fifth panel
+    when it is; a resumed run's records from what it resumed (`current_attempt`)."""
     records = current_attempt(records)
     steps = [r for r in records if "event" not in r and "images_seen" in r]
     evaluations = [r for r in records if r.get("event") == "evaluate" and r.get("fid") is not None]
-    figure = new_figure(width_px, int(width_px * 0.62))
+    augment = np.array([r.get("augment_p", np.nan) for r in steps], dtype=float)
+    adaptive = bool(np.isfinite(augment).any())
+    recalled = [r for r in evaluations if r.get("sample_recall") is not None]
+    rows = 3 if adaptive and recalled else 2  # precision/recall take the augmentation panel when it is not adaptive
+    figure = new_figure(width_px, int(width_px * 0.31 * rows))
     figure.suptitle(title, fontsize="medium")
-    losses_axes, fid_axes, speed_axes, augment_axes = figure.subplots(2, 2).ravel()
+    losses_axes, fid_axes, speed_axes, augment_axes, *more = figure.subplots(rows, 2).ravel()
     kimg = np.array([r["images_seen"] / 1000 for r in steps])
 
     loss_keys = sorted({k for r in steps for k in r if k.startswith("loss_")})
@@ -84,14 +89,29 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
     speed_axes.plot(kimg, speeds, color="tab:green")
     _finish(speed_axes, "training speed", "images / s", False)
 
-    augment = np.array([r.get("augment_p", np.nan) for r in steps], dtype=float)
-    if np.isfinite(augment).any():
+    if adaptive:
         augment_axes.plot(kimg, augment, color="tab:purple")
         augment_axes.set_ylim(0, max(0.05, float(np.nanmax(augment)) * 1.1))
         _finish(augment_axes, "adaptive augmentation probability p", "p", False)
-    else:
+    elif not recalled:
         _finish(augment_axes, "augmentation: not adaptive in this recipe", "p", False)
+    if recalled:
+        _precision_recall_panel(more[0] if adaptive else augment_axes, recalled, steps)
+    for axes in more[1:] if adaptive else more:
+        axes.set_visible(False)
     return png_bytes(figure)
+
+
+def _precision_recall_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    """Sample precision and recall per evaluation, with what real tiles outside the reference set score (dashed)."""
+    eval_kimg = np.array([_kimg_of(r, steps) for r in evaluations])
+    for key, color, name in (("precision", "tab:orange", "precision"), ("recall", "tab:cyan", "recall")):
+        axes.plot(eval_kimg, [r[f"sample_{key}"] for r in evaluations], marker="o", color=color, label=name)
+        floors = [r.get(f"floor_{key}") for r in evaluations]
+        if all(f is not None for f in floors):
+            axes.plot(eval_kimg, floors, linestyle="--", color=color, linewidth=0.8, label=f"real tiles' {name}")
+    axes.set_ylim(-0.02, 1.02)
+    _finish(axes, "samples among real tiles (precision), real tiles among samples (recall)", "share", True)
 
 
 def _paired_panel(axes: Any, evaluations: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
