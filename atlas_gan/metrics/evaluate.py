@@ -338,7 +338,9 @@ def evaluate_generator(
                 )
             kid_mean, kid_std = kernel_inception_distance(real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
             fid = frechet_distance(FeatureStats.of(real), FeatureStats.of(fake))
-            manifold = precision_recall(real, fake, cfg.pr_neighbours, cfg.seed, device=ctx.device)
+            # at the floor's N when there is one (it may have fewer tiles than n_fake), so the two compare
+            pr_limit = min(MAX_SAMPLES, floor.n) if floor else MAX_SAMPLES
+            manifold = precision_recall(real, fake, cfg.pr_neighbours, cfg.seed, pr_limit, ctx.device)
             fake_spread = PixelSpread.value_of(spread_state.cpu())
             scores: dict[str, Any] = {
                 "bands": [bands[i] for i in dict.fromkeys(positions)],
@@ -357,7 +359,7 @@ def evaluate_generator(
                 "sample_precision": manifold.precision if manifold else None,
                 "sample_recall": manifold.recall if manifold else None,
                 "pr_neighbours": cfg.pr_neighbours,
-                "pr_n": min(real.shape[0], fake.shape[0], MAX_SAMPLES),
+                "pr_n": min(real.shape[0], fake.shape[0], pr_limit),
                 "floor_precision": floor.precision if floor else None,
                 "floor_recall": floor.recall if floor else None,
             }
