@@ -157,8 +157,9 @@ def record(result: RunResult, point: Point, at_kimg: bool, at_minutes: bool) -> 
     if at_minutes:
         result.at_minutes = point
     when = " (minutes mark)" if at_minutes else ""
+    split = f", precision {point.precision:.3f}, recall {point.recall:.3f}" if point.recall is not None else ""
     print(
-        f"   {result.run}: {point.kimg:6.1f} kimg, {point.train_seconds:6.0f} s: FID {point.fid:7.2f}{when}",
+        f"   {result.run}: {point.kimg:6.1f} kimg, {point.train_seconds:6.0f} s: FID {point.fid:7.2f}{split}{when}",
         flush=True,
     )
 
