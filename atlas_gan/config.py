@@ -240,6 +240,13 @@ class _AdversarialOptions(_Strict):
         description="LeCam regularization of D (Tseng et al. 2021: D's outputs on reals and fakes kept near each "
         "other's running means; for small datasets); null: the family's (0 = off)",
     )
+    mode_seeking_weight: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="mode-seeking term of G (Mao et al. 2019: images of distant latents kept apart, against "
+        "samples that bunch together); null: the family's (0 = off)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -357,14 +364,15 @@ class _TranslationOptions(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_adversarial_options(cls, data: Any) -> Any:
-        """The default config's null n_critic/r1_gamma/lecam_weight are dropped; a value set for them is an error."""
+        """The default config's null n_critic/r1_gamma/lecam_weight/mode_seeking_weight are dropped; a value set for
+        them is an error."""
         if isinstance(data, dict):
             for key in _AdversarialOptions.model_fields:
                 if key in data and data[key] is None:
                     data = {k: v for k, v in data.items() if k != key}
                 elif key in data:
                     raise ValueError(
-                        f"{key}: {data.get('family')} has one D step per G step and no R1 or LeCam penalty"
+                        f"{key}: {data.get('family')} has one D step per G step and no R1, LeCam or mode-seeking term"
                     )
         return data
 

@@ -56,7 +56,8 @@ def test_config_takes_lecam_for_adversarial_families_only():
     with pytest.raises(ConfigError, match="lecam_weight"):
         load_config(None, ["train.model=fastgan", "train.model.lecam_weight=-1"])
     pix2pix = ["train.model.family=pix2pix", "train.model.input_bands=[1]", "train.model.target_bands=[2]"]
-    with pytest.raises(ConfigError, match="lecam_weight: pix2pix has one D step per G step and no R1 or LeCam"):
+    refused = "lecam_weight: pix2pix has one D step per G step and no R1, LeCam or mode-seeking term"
+    with pytest.raises(ConfigError, match=refused):
         load_config(None, [*pix2pix, "train.model.lecam_weight=0.3"])
 
 

@@ -64,7 +64,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class AdversarialDefaults:
     """A family's settings for the adversarial recipe, from its paper. `train.model` options override n_critic and
-    the R1 and LeCam weights (and, per family, attention and path length); the rest defines the family."""
+    the R1, LeCam and mode-seeking weights (and, per family, attention and path length); the rest defines the family."""
 
     loss: str  # a key of atlas_gan.losses.LOSSES (esrgan: "relativistic_average", computed by its recipe)
     lr_g: float
@@ -81,6 +81,7 @@ class AdversarialDefaults:
     pl_weight: float = 0.0  # StyleGAN2's path-length regularization weight (every pl_interval G steps); 0 = none
     pl_interval: int = 4
     lecam_weight: float = 0.0  # LeCam regularization of D (atlas_gan/recipes/lecam.py); 0 = none
+    mode_seeking_weight: float = 0.0  # mode-seeking term of G (atlas_gan/recipes/mode_seeking.py); 0 = none
     # DiffAugment policies picked for a small dataset when train.diffaugment is null (Zhao et al. 2020's few-shot
     # policy unless the family's paper says otherwise)
     small_data_augmentation: tuple[str, ...] = ("color", "translation", "cutout")

@@ -9,7 +9,8 @@ holds it. Around that:
   its p once per step, over all ranks);
 - D's regularizers: lazy R1 every `r1_interval` steps on the real images before augmentation, the WGAN-GP penalty,
   LeCam's pull of D's outputs toward running anchors (`lecam.py`), weight clipping after each D update;
-- G's regularizer: StyleGAN2's path-length penalty every `pl_interval` steps;
+- G's regularizers: StyleGAN2's path-length penalty every `pl_interval` steps, the mode-seeking term
+  (`mode_seeking.py`: images of distant latents kept apart);
 - optimizers rescaled for lazy regularization (StyleGAN2's rule), RMSprop for WGAN.
 """
 
@@ -29,6 +30,7 @@ from atlas_gan.recipes.ada import AdaptiveAugment
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.diffaugment import DiffAugment
 from atlas_gan.recipes.lecam import LeCamRegularizer
+from atlas_gan.recipes.mode_seeking import mode_seeking_penalty
 from atlas_gan.recipes.path_length import PathLengthRegularizer
 from atlas_gan.runtime.distributed import DistributedContext
 
@@ -81,6 +83,8 @@ class AdversarialRecipe(Recipe):
         )
         lecam_weight = options.lecam_weight
         self.lecam = LeCamRegularizer(defaults.lecam_weight if lecam_weight is None else lecam_weight)
+        mode_seeking = options.mode_seeking_weight
+        self.mode_seeking_weight = defaults.mode_seeking_weight if mode_seeking is None else mode_seeking
         pl_weight = getattr(options, "path_length_weight", None)
         pl_weight = defaults.pl_weight if pl_weight is None else pl_weight
         self.path_length = PathLengthRegularizer(pl_weight, defaults.pl_interval)
@@ -191,6 +195,16 @@ class AdversarialRecipe(Recipe):
             loss = loss + self.lecam.penalty(real_logits, fake_logits, self.ctx)
         return loss
 
+    def regularized_g_loss(
+        self, fake: torch.Tensor, latents: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The family's G loss on D's output for `fake` (drawn from `latents`), plus the mode-seeking term where it
+        is on."""
+        loss = generator_loss(self.defaults.loss, self.discriminate(fake, labels))
+        if self.mode_seeking_weight:
+            loss = loss + self.mode_seeking_weight * mode_seeking_penalty(fake, latents)
+        return loss
+
     def _clip_discriminator(self) -> None:
         with torch.no_grad():
             for parameter in self.D.parameters():
@@ -204,7 +218,8 @@ class AdversarialRecipe(Recipe):
         for critic_step in range(self.n_critic):
             real, labels = self._real(batches)
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self.autocast():
-                fake = self.G(self._latents(batch), labels)
+                latents = self._latents(batch)
+                fake = self.G(latents, labels)
             detached = fake.detach()
             r1_due = self.r1_gamma > 0 and critic_step == 0 and progress.step % self.defaults.r1_interval == 0
             real = real.detach().requires_grad_(r1_due)
@@ -229,7 +244,7 @@ class AdversarialRecipe(Recipe):
 
         with frozen(self.D):
             with self.autocast():
-                loss_g = generator_loss(self.defaults.loss, self.discriminate(fake, labels))
+                loss_g = self.regularized_g_loss(fake, latents, labels)
                 if self.path_length.due(progress.step):
                     loss_g = loss_g + self.path_length.penalty(self.G, batch, labels, self.ctx)
             if not update(loss_g, self.G, self.optimizers["G"]):

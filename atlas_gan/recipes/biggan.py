@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from atlas_gan.config import BigGANOptions
-from atlas_gan.losses import generator_loss, r1_penalty
+from atlas_gan.losses import r1_penalty
 from atlas_gan.recipes.adversarial import AdversarialRecipe
 from atlas_gan.recipes.base import Batch, Progress, Update, frozen
 
@@ -110,8 +110,8 @@ class BigGANRecipe(AdversarialRecipe):
             for share, labels in enumerate(labels_seen):
                 with power_iteration_paused(self.G, share > 0), power_iteration_paused(self.D, share > 0):
                     with self.autocast():
-                        fake = self.G(self._latents(self.batch_size), labels)
-                        loss = generator_loss(self.defaults.loss, self.discriminate(fake, labels)) / k
+                        latents = self._latents(self.batch_size)
+                        loss = self.regularized_g_loss(self.G(latents, labels), latents, labels) / k
                     total += loss.detach().float()
                     if share < k - 1:
                         update.accumulate(loss, self.G)

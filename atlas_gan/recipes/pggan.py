@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas_gan.config import PGGANOptions, TrainConfig
-from atlas_gan.losses import generator_loss, gradient_penalty
+from atlas_gan.losses import gradient_penalty
 from atlas_gan.models.base import GANFamily, ModelSpec
 from atlas_gan.recipes.adversarial import AdversarialRecipe
 from atlas_gan.recipes.base import Batch, Progress, Update, frozen
@@ -167,7 +167,8 @@ class PGGANRecipe(AdversarialRecipe):
         for critic_step in range(self.n_critic):
             real = reals_at(self._take(batches, batch), level, alpha)
             with torch.set_grad_enabled(critic_step == self.n_critic - 1), self.autocast():
-                fake = self.G.forward_level(self._latents(batch))
+                latents = self._latents(batch)
+                fake = self.G.forward_level(latents)
             detached = fake.detach()
             with self.autocast():
                 real_scores = self.discriminate(real, None)
@@ -181,7 +182,7 @@ class PGGANRecipe(AdversarialRecipe):
             progress.images_seen += batch * world
         with frozen(self.D):
             with self.autocast():
-                loss_g = generator_loss(self.defaults.loss, self.discriminate(fake, None))
+                loss_g = self.regularized_g_loss(fake, latents, None)
             if not update(loss_g, self.G, self.optimizers["G"]):
                 return None
         return {"loss_d": loss_d_total / self.n_critic, "loss_g": loss_g.detach()}
