@@ -7,9 +7,9 @@ second) and G's loss gains
     penalty = weight x E[1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps)]
 
 which is large where G maps distant latents to similar images (a collapsing region) and pushes those images apart.
-On small satellite datasets G's samples bunch more tightly than the real tiles in Inception space (low recall; see
-`atlas_gan/metrics/manifold.py`), which this counters. It costs no extra forward pass: the pairs are the batch
-G already drew.
+It costs no extra forward pass: the pairs are the batch G already drew. Tried against FastGAN's low recall on
+satellite tiles (samples bunching in Inception space; `atlas_gan/metrics/manifold.py`): it learned faster early
+but ended worse and did not raise recall, so it is off by default (README, Benchmark).
 """
 
 from __future__ import annotations
