@@ -144,9 +144,9 @@ class PipelineOutcome:
             }
             return
         self.fid, self.fid_n = evaluation["fid"], evaluation["n_fake"]
-        self.kid = next(iter(evaluation["scores"].values()))["kid"]
-        self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         main = next(iter(evaluation["scores"].values()))
+        self.kid = main["kid"]
+        self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         self.sample_precision, self.sample_recall = main.get("sample_precision"), main.get("sample_recall")
         self.floor_precision, self.floor_recall = main.get("floor_precision"), main.get("floor_recall")
 

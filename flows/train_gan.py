@@ -127,14 +127,15 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
         lines = summary_lines(result) if result["kind"] == "translation" else unpaired_summary(result)
         get_run_logger().info("%s", "\n".join(lines))
         return result
+    main = next(iter(result["scores"].values()))
     get_run_logger().info(
         "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles'; %s (%s%s)",
         result["fid"],
         result["floor_fid"],
-        next(iter(result["scores"].values()))["kid"],
+        main["kid"],
         result["n_fake"],
         result["spread_ratio"],
-        precision_recall_text(next(iter(result["scores"].values()))),
+        precision_recall_text(main),
         result["written_to"],
         ", made during training" if reused else "",
     )

@@ -323,6 +323,7 @@ def register_generator(
         evaluation = evaluate_checkpoint(config, checkpoint, ctx, progress=progress)
     if evaluation.get("kind") in ("translation", "unpaired"):
         return _register_translation(config, checkpoint, generator, meta, manifest, evaluation)
+    main_scores = next(iter(evaluation["scores"].values()))
     new = Score(
         float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
         protocol_key(evaluation, config.evaluate.seed),
@@ -330,11 +331,10 @@ def register_generator(
         evaluation.get("floor_fid"),
         evaluation.get("spread_ratio"),
         evaluation.get("sample_recall"),
-        next(iter(evaluation["scores"].values())).get("floor_recall"),
+        main_scores.get("floor_recall"),
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
-    main_scores = next(iter(evaluation["scores"].values()))
     logged = _log_model_and_scores(
         config, client, run_id, checkpoint, generator, meta, manifest, main_scores, SCORE_KEYS
     )
