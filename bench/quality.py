@@ -333,7 +333,7 @@ def table(results: list[RunResult], minutes: float) -> str:
     width = max([12, *(len(r.run) + 2 for r in results)])  # variant names run long
     head = (
         f"{'run':<{width}}{'kimg':>7}{'FID end':>9}{'/ref':>7}{'-floor':>8}{'spread':>8}{'prec':>6}{'rec':>6}"
-        f"{'FID ' + format(minutes, 'g') + ' min':>13}{'kimg then':>10}{'/ref':>7}"
+        f" {'FID ' + format(minutes, 'g') + ' min':>12}{'kimg then':>10}{'/ref':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
