@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atlas_gan.config import AtlasConfig, resolve_config
+from atlas_gan.metrics import main_scores
 from atlas_gan.storage import join_url, storage_for
 
 
@@ -144,7 +145,7 @@ class PipelineOutcome:
             }
             return
         self.fid, self.fid_n = evaluation["fid"], evaluation["n_fake"]
-        main = next(iter(evaluation["scores"].values()))
+        main = main_scores(evaluation)
         self.kid = main["kid"]
         self.floor_fid, self.spread_ratio = evaluation["floor_fid"], evaluation["spread_ratio"]
         self.sample_precision, self.sample_recall = main.get("sample_precision"), main.get("sample_recall")

@@ -49,6 +49,7 @@ from variants import parse_variant
 
 from atlas_gan.config import AtlasConfig, load_config
 from atlas_gan.ingest import ingest
+from atlas_gan.metrics import main_scores
 from atlas_gan.metrics.evaluate import evaluate_generator
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.generator import generator_meta
@@ -136,7 +137,7 @@ def score(
     config: AtlasConfig, generator: nn.Module, meta: dict[str, Any], n: int, kimg: float, seconds: float
 ) -> Point:
     result = evaluate_generator(config, generator, meta, distributed.setup(), n=n, progress=False, write=False)
-    main = next(iter(result["scores"].values()))
+    main = main_scores(result)
     return Point(
         kimg,
         seconds,

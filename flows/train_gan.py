@@ -20,6 +20,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from atlas_gan.config import AtlasConfig
+from atlas_gan.metrics import main_scores
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint, stored_checkpoint_evaluation
 from atlas_gan.metrics.manifold import precision_recall_text
 from atlas_gan.metrics.translation import summary_lines
@@ -127,7 +128,7 @@ def evaluate(config: AtlasConfig, checkpoint: str) -> dict[str, Any]:
         lines = summary_lines(result) if result["kind"] == "translation" else unpaired_summary(result)
         get_run_logger().info("%s", "\n".join(lines))
         return result
-    main = next(iter(result["scores"].values()))
+    main = main_scores(result)
     get_run_logger().info(
         "FID %.4f (real-vs-real floor %s) KID %.5f at N=%d; sample spread %s of the real tiles'; %s (%s%s)",
         result["fid"],

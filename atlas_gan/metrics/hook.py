@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atlas_gan.metrics import main_scores
 from atlas_gan.metrics.evaluate import evaluate_generator, image_evaluator
 from atlas_gan.metrics.translation import TranslationEvaluator, evaluation_record
 from atlas_gan.metrics.unpaired import UnpairedEvaluator, unpaired_record
@@ -39,7 +40,7 @@ class EvaluationHook(TrainHooks):
         if result is None:  # not rank 0
             return
         self.results.append(result)
-        main = next(iter(result["scores"].values()))
+        main = main_scores(result)
         record = {
             "event": "evaluate",
             "step": trainer.step,

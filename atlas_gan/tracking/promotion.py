@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from atlas_gan.metrics import main_scores
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -35,7 +37,7 @@ def _digest(fields: dict[str, Any]) -> str:
 
 def protocol_key(result: dict[str, Any], eval_seed: int) -> str:
     """What must be equal for two FIDs to be compared (from an evaluation result)."""
-    main = next(iter(result["scores"].values()))
+    main = main_scores(result)
     return _digest(
         {
             "weights": result["weights_sha256"],

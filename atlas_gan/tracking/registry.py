@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from atlas_gan.config import AtlasConfig
+from atlas_gan.metrics import main_scores
 from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint, stored_evaluation
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.runtime import distributed
@@ -323,7 +324,7 @@ def register_generator(
         evaluation = evaluate_checkpoint(config, checkpoint, ctx, progress=progress)
     if evaluation.get("kind") in ("translation", "unpaired"):
         return _register_translation(config, checkpoint, generator, meta, manifest, evaluation)
-    main_scores = next(iter(evaluation["scores"].values()))
+    main = main_scores(evaluation)
     new = Score(
         float(evaluation["fid"]) if evaluation.get("fid") is not None else None,
         protocol_key(evaluation, config.evaluate.seed),
@@ -331,13 +332,11 @@ def register_generator(
         evaluation.get("floor_fid"),
         evaluation.get("spread_ratio"),
         evaluation.get("sample_recall"),
-        main_scores.get("floor_recall"),
+        main.get("floor_recall"),
     )
     client = client_for(config.tracking)
     run_id, _ = open_run(client, config)
-    logged = _log_model_and_scores(
-        config, client, run_id, checkpoint, generator, meta, manifest, main_scores, SCORE_KEYS
-    )
+    logged = _log_model_and_scores(config, client, run_id, checkpoint, generator, meta, manifest, main, SCORE_KEYS)
     version, model_uri = logged.version, logged.model_uri
     name = config.tracking.registered_model
     describe_registered_model(client, name, meta, config.dataset_url)
@@ -345,15 +344,15 @@ def register_generator(
         TAG_FID: str(new.fid),
         TAG_PROTOCOL: str(new.protocol),
         TAG_FAMILY: str(new.family),
-        "atlas.kid": str(main_scores.get("kid")),
+        "atlas.kid": str(main.get("kid")),
         "atlas.fid.floor": str(new.floor_fid),
         "atlas.spread_ratio": str(new.spread_ratio),
-        "atlas.sample_precision": str(main_scores.get("sample_precision")),
+        "atlas.sample_precision": str(main.get("sample_precision")),
         "atlas.sample_recall": str(new.recall),
         "atlas.fid.n_fake": str(evaluation["n_fake"]),
-        "atlas.fid.n_real": str(main_scores["n_real"]),
+        "atlas.fid.n_real": str(main["n_real"]),
         "atlas.fid.weights_sha256": evaluation["weights_sha256"],
-        "atlas.fid.bands": ",".join(main_scores["bands"]),
+        "atlas.fid.bands": ",".join(main["bands"]),
         "atlas.dataset.checksum": manifest["checksum"],
         "atlas.checkpoint": redact(checkpoint),
         "atlas.step": str(meta["step"]),

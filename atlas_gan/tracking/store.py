@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_gan.config import AtlasConfig, TrackingConfig
+from atlas_gan.metrics import main_scores
 from atlas_gan.storage import join_url, storage_for
 
 RUN_FILE = "mlflow-run.json"
@@ -208,7 +209,7 @@ def log_evaluation(config: AtlasConfig, result: dict[str, Any]) -> str | None:
     metrics = [
         Metric(key, float(value), now, step)
         for key in SCORE_KEYS
-        if (value := next(iter(result["scores"].values())).get(key)) is not None
+        if (value := main_scores(result).get(key)) is not None
     ]
     client.log_batch(run_id, metrics=metrics)
     return run_id
