@@ -22,7 +22,6 @@ interrupted run published but never listed, and deletes any such leftovers it do
 from __future__ import annotations
 
 import contextlib
-import mmap
 import multiprocessing
 import os
 import sys
@@ -47,8 +46,8 @@ from atlas_gan.locks import Lease, exclusive_output
 from atlas_gan.shards import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
+    ShardPlan,
     ShardRecord,
-    ShardWriter,
     manifest_url,
     read_manifest,
     shard_pattern,
@@ -144,30 +143,14 @@ class _SceneRunner:
             self._pool.shutdown(cancel_futures=True)
 
 
-def _publish(scans: list[SceneScan], fragments: Iterator[tuple[str, list[int]]], writer: ShardWriter) -> None:
-    """Cut the per-scene sample fragments into shards, in scene order, as each fragment is ready."""
-    for scan, (path, lengths) in zip(scans, fragments, strict=True):
-        if lengths:  # mapped, not read: the shard writer hashes and writes straight from the page cache
-            with (
-                open(path, "rb") as fragment,
-                mmap.mmap(fragment.fileno(), 0, access=mmap.ACCESS_READ) as data,
-                memoryview(data) as view,
-            ):
-                writer.add_many(view, lengths, scan.spec.scene_id)
-        os.unlink(path)
-    writer.seal()
-
-
 def _scan_task(task: tuple[SceneSpec, int, int], **kwargs: Any) -> SceneScan:
     spec, part, parts = task
     return scan_scene(spec, part=part, parts=parts, **kwargs)
 
 
-def _encode(scan: SceneScan, norm: Normalization, config: IngestConfig) -> tuple[str, list[int]]:
-    fragment = scan.spool_path + ".samples"
-    lengths = encode_scene(scan, norm, config, fragment)
+def _encode(scan: SceneScan, norm: Normalization, config: IngestConfig) -> None:
+    encode_scene(scan, norm, config)
     os.unlink(scan.spool_path)
-    return fragment, lengths
 
 
 def _scene_entry(scan: SceneScan, config: IngestConfig) -> dict[str, Any]:
@@ -285,7 +268,7 @@ def _ingest_holding_lock(
         scene_entries = [_scene_entry(s, cfg) for s in accepted]
 
         first_index = len(manifest["shards"]) if manifest else 0
-        writer = ShardWriter(
+        plan = ShardPlan(
             out_store,
             cfg.output,
             cfg.name,
@@ -308,16 +291,22 @@ def _ingest_holding_lock(
             index_ahead = background.submit(_index_and_map, out_store, cfg, manifest, light, scenes_after)
             if light:
                 encode = partial(_encode, norm=Normalization.from_manifest(normalization), config=cfg)
-                try:
-                    _publish(light, runner.map(encode, light, "write shards", "part", progress), writer)
+                try:  # the shards are laid out first, so every worker writes its samples in place
+                    placements = plan.place([(piece.spec.scene_id, piece.sample_lengths) for piece in light])
+                    placed = [
+                        replace(piece, placements=at, sample_lengths=[])
+                        for piece, at in zip(light, placements, strict=True)
+                    ]
+                    for part, _ in enumerate(runner.map(encode, placed, "write shards", "part", progress)):
+                        plan.written(part)
                 except BaseException:
-                    writer.abort()
+                    plan.abort()
                     raise
             pending, footprint_png = index_ahead.result()
 
-    index = pending.finished(writer.records)
+    index = pending.finished(plan.records)
     manifest = _updated_manifest(
-        manifest or _new_manifest(config), bands, normalization, writer.records, scene_entries, accepted, rejected
+        manifest or _new_manifest(config), bands, normalization, plan.records, scene_entries, accepted, rejected
     )
     manifest["index"] = {"tiles": INDEX_NAME, "format": "GeoParquet 1.1 (WKB, OGC:CRS84)", "map": MAP_NAME}
     lease.check()
@@ -330,8 +319,8 @@ def _ingest_holding_lock(
     report.wrote = True
     report.tile_index, report.footprint_map = join_url(cfg.output, INDEX_NAME), join_url(cfg.output, MAP_NAME)
     report.added_scenes = [s.spec.scene_id for s in accepted]
-    report.new_shards = [r.url for r in writer.records]
-    report.new_samples = sum(r.samples for r in writer.records)
+    report.new_shards = [r.url for r in plan.records]
+    report.new_samples = sum(r.samples for r in plan.records)
     report.dropped_nodata = sum(s.dropped_nodata for s in accepted)
     report.seconds = time.perf_counter() - started
     return report

@@ -50,20 +50,34 @@ def _middle(size: int) -> tuple[bytes, int]:
     return _TEMPLATE[100:124] + size_field + _TEMPLATE[136:148], _TEMPLATE_SUM + sum(size_field)
 
 
+def _is_short(name: str, encoded: bytes) -> bool:
+    """Whether the name fits the ustar header itself (else a pax extended header carries it)."""
+    return len(encoded) <= _MAX_NAME and "/" not in name
+
+
+def _header(name: str, size: int) -> bytes:
+    """The header block(s) of a regular-file member `name` of `size` bytes."""
+    encoded = name.encode()
+    if not _is_short(name, encoded):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        return info.tobuf(format=tarfile.PAX_FORMAT)
+    middle, checksum = _middle(size)
+    checksum_field = f"{checksum + sum(encoded):06o}".encode() + b"\0 "
+    return b"".join((encoded.ljust(_MAX_NAME, b"\0"), middle, checksum_field, _AFTER_CHECKSUM))
+
+
 def member_parts(name: str, payload: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
     """One regular-file tar member as (header block, payload, zero padding to a whole block): joined once by the
     caller, so the payload is copied once."""
-    encoded = name.encode()
     size = len(payload)
-    if len(encoded) > _MAX_NAME or "/" in name:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = size, 0o644, 0
-        header = info.tobuf(format=tarfile.PAX_FORMAT)  # a pax extended header carries the long name
-    else:
-        middle, checksum = _middle(size)
-        checksum_field = f"{checksum + sum(encoded):06o}".encode() + b"\0 "
-        header = b"".join((encoded.ljust(_MAX_NAME, b"\0"), middle, checksum_field, _AFTER_CHECKSUM))
-    return header, payload, _ZERO_BLOCK[: -size % BLOCK]
+    return _header(name, size), payload, _ZERO_BLOCK[: -size % BLOCK]
+
+
+def member_size(name: str, size: int) -> int:
+    """Bytes `member_parts` makes of a member `name` with a `size`-byte payload, without building it."""
+    header = BLOCK if _is_short(name, name.encode()) else len(_header(name, size))
+    return header + size + (-size % BLOCK)
 
 
 def tar_member(name: str, payload: bytes | memoryview) -> bytes:
@@ -87,6 +101,7 @@ class NpyEncoder:
         )
         self.header = buffer.getvalue()
         self.dtype, self.shape = np.dtype(dtype), shape
+        self.encoded_size = len(self.header) + int(np.prod(shape)) * self.dtype.itemsize  # bytes of every encoding
 
     def encode(self, array: np.ndarray) -> bytes:
         if array.dtype != self.dtype or array.shape != self.shape:

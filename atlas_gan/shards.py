@@ -4,22 +4,23 @@ A sample is three tar members sharing a key: `<key>.tile.npy` (channels-first ar
 `<key>.mask.npy` (bool, True where the pixel was valid) and `<key>.json` (tile metadata). Plain `tarfile`,
 `numpy.load` and `webdataset` read them; nothing here is needed to consume a dataset.
 
-Shards are built in a local temporary file and moved into place whole, so a reader never sees half a shard.
-Members carry fixed owners and timestamps, so re-ingesting the same input produces byte-identical shards.
-The checksum is computed while writing, not by reading the shard back.
+Shards are staged in local files that ingest's workers fill in parallel (`ShardPlan`), hashed once full (from the
+page cache) and moved into place whole, so a reader never sees half a shard. Members carry fixed owners and
+timestamps, so re-ingesting the same input produces byte-identical shards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from atlas_gan.samples import BLOCK, end_of_archive
 from atlas_gan.storage import Storage, StorageError, is_s3, join_url, make_readable
@@ -46,8 +47,37 @@ class ShardRecord:
     scenes: list[str] = field(default_factory=list)
 
 
-class ShardWriter:
-    """Append encoded samples; a shard is sealed and published when the next sample would cross a bound."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a run of consecutive samples goes: staged shard file `path`, from byte `offset`, `count` samples and
+    `length` bytes in all."""
+
+    path: str
+    offset: int
+    count: int
+    length: int
+
+
+@dataclass
+class _Staged:
+    """One planned shard: its staging file, sample bytes (without the closing blocks), samples, scenes, and the
+    last group that writes into it."""
+
+    path: str = ""
+    size: int = 0
+    samples: int = 0
+    scenes: list[str] = field(default_factory=list)
+    last_group: int = -1
+
+
+class ShardPlan:
+    """Shards laid out before any sample is encoded, so that workers write them in place, in parallel.
+
+    Every sample's length is known before its pixels are (ingest's first pass returns them), so the cut into shards
+    is fixed up front: a shard ends when the next sample would pass `max_samples` or `max_bytes`. `place` stages
+    every shard as a file of its final size (its closing zero blocks are the file's unwritten tail) and says where
+    each group's samples go; `written(group)` then hashes and publishes (rename, or upload) every shard that the
+    groups written so far complete, in order. Nothing is visible before it is whole."""
 
     def __init__(
         self,
@@ -62,86 +92,79 @@ class ShardWriter:
     ) -> None:
         """`before_publish` runs before each shard becomes visible and may refuse it by raising (a lost lock)."""
         self.store, self.output, self.name = store, output, name
-        self.before_publish = before_publish
+        self.first_index = first_index
         self.max_samples, self.max_bytes = max_samples, max_bytes
-        self.next_index = first_index
-        self.on_shard = on_shard
+        self.on_shard, self.before_publish = on_shard, before_publish
         self.records: list[ShardRecord] = []
+        self._shards: list[_Staged] = []
         # Local outputs stage in their own folder so publishing is a rename; S3 outputs stage in the temp dir.
         self._staging: str | None = None
         if not is_s3(output):
             Path(output).mkdir(parents=True, exist_ok=True)
             self._staging = output
-        self._file: BinaryIO | None = None
-        self._path = ""
-        self._size = 0
-        self._samples = 0
-        self._scenes: list[str] = []
-        self._digest = hashlib.sha256()
 
-    def _open(self) -> None:
-        fd, self._path = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".partial", dir=self._staging)
-        make_readable(self._path)
-        self._file = os.fdopen(fd, "wb")
-        self._size, self._samples, self._scenes, self._digest = 0, 0, [], hashlib.sha256()
+    def place(self, groups: list[tuple[str, list[int]]]) -> list[list[Placement]]:
+        """Lay out groups of consecutive samples, each (scene id, every sample's length in bytes), in order; stage
+        the shards. Returns each group's placements."""
+        runs: list[list[tuple[_Staged, int, int, int]]] = []  # per group: (shard, offset, count, length)
+        current: _Staged | None = None
+        for group, (scene_id, lengths) in enumerate(groups):
+            mine: list[tuple[_Staged, int, int, int]] = []
+            for length in lengths:
+                if current is None or (
+                    current.samples >= self.max_samples or current.size + length + 2 * BLOCK > self.max_bytes
+                ):
+                    current = _Staged()
+                    self._shards.append(current)
+                if not mine or mine[-1][0] is not current:
+                    mine.append((current, current.size, 0, 0))
+                shard, offset, count, run_length = mine[-1]
+                mine[-1] = (shard, offset, count + 1, run_length + length)
+                current.size += length
+                current.samples += 1
+                current.last_group = group
+                if not current.scenes or current.scenes[-1] != scene_id:
+                    current.scenes.append(scene_id)
+            runs.append(mine)
+        for shard in self._shards:
+            shard.path = self._stage(shard.size + len(end_of_archive(shard.size)))
+        return [[Placement(shard.path, offset, count, size) for shard, offset, count, size in mine] for mine in runs]
 
-    def _write(self, data: bytes) -> None:
-        assert self._file is not None
-        self._file.write(data)
-        self._digest.update(data)
-        self._size += len(data)
-
-    def add(self, sample: bytes, scene_id: str) -> None:
-        """Append one sample: its tar members, as `atlas_gan.samples.encode_sample` returns them."""
-        self.add_many(memoryview(sample), [len(sample)], scene_id)
-
-    def add_many(self, samples: memoryview, lengths: list[int], scene_id: str) -> None:
-        """Append consecutive samples laid end to end in `samples` (`lengths` bytes each): each run of them that
-        fits the current shard goes in with one write, so the shards are the same as adding them one by one."""
-        start = end = 0  # samples[start:end] is the run not written yet
-        for length in lengths:
-            if self._file is not None and (
-                self._samples >= self.max_samples or self._size + (end - start) + length + 2 * BLOCK > self.max_bytes
-            ):
-                self._write(samples[start:end])
-                start = end
-                self.seal()
-            if self._file is None:
-                self._open()
-            end += length
-            self._samples += 1
-            if not self._scenes or self._scenes[-1] != scene_id:
-                self._scenes.append(scene_id)
-        if end > start:
-            self._write(samples[start:end])
-
-    def seal(self) -> None:
-        if self._file is None:
-            return
-        self._write(end_of_archive(self._size))
-        self._file.close()
-        self._file = None
-        relative = shard_name(self.name, self.next_index)
+    def _stage(self, size: int) -> str:
+        fd, path = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".partial", dir=self._staging)
         try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        make_readable(path)
+        return path
+
+    def written(self, group: int) -> None:
+        """Groups up to `group` hold their samples: publish the shards they complete."""
+        while len(self.records) < len(self._shards) and self._shards[len(self.records)].last_group <= group:
+            self._publish(self._shards[len(self.records)])
+
+    def _publish(self, shard: _Staged) -> None:
+        relative = shard_name(self.name, self.first_index + len(self.records))
+        try:
+            with open(shard.path, "rb") as staged, mmap.mmap(staged.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                sha256 = hashlib.sha256(data).hexdigest()
             if self.before_publish is not None:
                 self.before_publish()
-            self.store.move_file(self._path, join_url(self.output, relative))
+            self.store.move_file(shard.path, join_url(self.output, relative))
         finally:
-            if os.path.exists(self._path):
-                os.unlink(self._path)
-        record = ShardRecord(relative, self._samples, self._size, self._digest.hexdigest(), self._scenes)
+            if os.path.exists(shard.path):
+                os.unlink(shard.path)
+        record = ShardRecord(relative, shard.samples, shard.size, sha256, shard.scenes)
         self.records.append(record)
-        self.next_index += 1
         if self.on_shard is not None:
             self.on_shard(record)
 
     def abort(self) -> None:
-        """Drop the shard in progress (nothing of it becomes visible)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._path and os.path.exists(self._path):
-            os.unlink(self._path)
+        """Drop every shard not yet published (nothing of them becomes visible)."""
+        for shard in self._shards[len(self.records) :]:
+            if shard.path and os.path.exists(shard.path):
+                os.unlink(shard.path)
 
 
 def manifest_url(output: str) -> str:

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import tarfile
@@ -13,10 +14,11 @@ from atlas_gan.samples import (
     TarFormatError,
     encode_sample,
     end_of_archive,
+    member_size,
     read_members,
     tar_member,
 )
-from atlas_gan.shards import ShardWriter
+from atlas_gan.shards import ShardPlan
 from atlas_gan.storage import LocalStorage
 
 
@@ -39,10 +41,17 @@ def test_long_names_fall_back_to_tarfile_and_archive_reads_back():
         assert [(m.name, m.size) for m in tar.getmembers()] == [("k1.tile.npy", 3), ("k1.json", 2), (long_name, 2)]
 
 
+@pytest.mark.parametrize("name", ["k.json", "LC08_L1TP_224077_01_RT_r000064_c001920.tile.npy", "x" * 150, "a/b"])
+@pytest.mark.parametrize("size", [0, 1, 512, 24_704])
+def test_member_size_is_the_length_of_the_member(name, size):
+    assert member_size(name, size) == len(tar_member(name, b"x" * size))
+
+
 def test_npy_encoder_round_trips_and_checks_shape():
     encoder = NpyEncoder(np.dtype(np.float16), (3, 4, 4))
     array = np.arange(48, dtype=np.float16).reshape(3, 4, 4)
     assert np.array_equal(np.load(io.BytesIO(encoder.encode(array))), array)
+    assert encoder.encoded_size == len(encoder.encode(array))
     with pytest.raises(ValueError, match="expected float16 \\(3, 4, 4\\)"):
         encoder.encode(array[:2])
 
@@ -103,23 +112,59 @@ def test_tile_metadata_json_is_what_json_dumps_writes():
         assert tile_metadata_json(prefix, transform, row, col, 64, fraction) == expected.encode()
 
 
-def test_shard_writer_cuts_runs_of_samples_as_it_cuts_single_samples(tmp_path):
-    """`add_many` (one write per run that fits a shard) gives the same shards and records as `add` per sample."""
+def _planned_shards(tmp_path, groups, order):
+    """Lay `groups` (lists of samples) out with a ShardPlan, write each group's samples at its placements in
+    `order` (as workers finish), then mark the groups written in order; returns the plan and what each
+    `written` call published."""
+    plan = ShardPlan(LocalStorage(), str(tmp_path), "t", 3, max_samples=6, max_bytes=12000)
+    placements = plan.place([(f"scene{g}", [len(s) for s in samples]) for g, samples in enumerate(groups)])
+    for g in order:
+        samples = iter(groups[g])
+        for place in placements[g]:
+            with open(place.path, "r+b") as shard:
+                shard.seek(place.offset)
+                for _ in range(place.count):
+                    shard.write(next(samples))
+    published = []
+    for g in range(len(groups)):
+        plan.written(g)
+        published.append(len(plan.records))
+    return plan, published
+
+
+def test_shard_plan_cuts_shards_greedily_and_publishes_each_once_whole(tmp_path):
     samples = [encode_sample(f"k{i}", {"tile.npy": bytes([i]) * (100 + 300 * (i % 7))}) for i in range(40)]
-    outputs = {}
-    for how in ("one by one", "in runs"):
-        output = tmp_path / how.replace(" ", "-")
-        writer = ShardWriter(LocalStorage(), str(output), "t", 0, max_samples=6, max_bytes=12000)
-        if how == "one by one":
-            for i, sample in enumerate(samples):
-                writer.add(sample, f"scene{i // 15}")
-        else:
-            for scene in range(3):
-                part = samples[scene * 15 : (scene + 1) * 15]
-                writer.add_many(memoryview(b"".join(part)), [len(s) for s in part], f"scene{scene}")
-        writer.seal()
-        outputs[how] = ([vars(r) for r in writer.records], [p.read_bytes() for p in sorted(output.glob("t-*.tar"))])
-    assert outputs["one by one"] == outputs["in runs"]
-    records = outputs["in runs"][0]
-    assert sum(r["samples"] for r in records) == 40 and all(r["samples"] <= 6 for r in records)
-    assert {r["samples"] for r in records[:-1]} > {6}  # both bounds cut shards: the count and the bytes
+    groups = [samples[:15], samples[15:16], samples[16:]]
+    plan, published = _planned_shards(tmp_path / "out", groups, order=[2, 0, 1])
+    records = plan.records
+    assert [r.url for r in records] == [f"t-{i:06d}.tar" for i in range(3, 3 + len(records))]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [r.url for r in records]  # no staging file left
+    names, start = [], 0
+    for index, record in enumerate(records):
+        data = (tmp_path / "out" / record.url).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record.sha256 and len(data) % tarfile.RECORDSIZE == 0
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names += [m.name for m in tar.getmembers()]
+        mine = samples[start : start + record.samples]
+        assert record.bytes == sum(len(s) for s in mine) and record.bytes + 1024 <= 12000
+        assert record.samples <= 6
+        if index + 1 < len(records):  # greedy: the next shard's first sample would have broken a bound
+            assert record.samples == 6 or record.bytes + len(samples[start + record.samples]) + 1024 > 12000
+        start += record.samples
+    assert names == [f"k{i}.tile.npy" for i in range(40)]
+    assert {r.samples for r in records[:-1]} > {6}  # both bounds cut shards: the count and the bytes
+    group_of = [0] * 15 + [1] + [2] * 24
+    starts = np.cumsum([0] + [r.samples for r in records])
+    for record, first in zip(records, starts, strict=False):  # each shard names its scenes, in order, once
+        assert record.scenes == [f"scene{g}" for g in dict.fromkeys(group_of[first : first + record.samples])]
+    # a shard is published once every group that writes into it is written, not before
+    ends = starts[1:]
+    assert published == [int((ends <= 15).sum()), int((ends <= 16).sum()), len(records)]
+
+
+def test_shard_plan_abort_leaves_nothing_unpublished(tmp_path):
+    plan = ShardPlan(LocalStorage(), str(tmp_path), "t", 0, max_samples=2, max_bytes=2**20)
+    plan.place([("s", [2048] * 5)])
+    assert len(list(tmp_path.glob(".t.*.partial"))) == 3  # staged at full size, not visible as shards
+    plan.abort()
+    assert list(tmp_path.iterdir()) == []

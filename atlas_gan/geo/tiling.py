@@ -2,16 +2,20 @@
 
 This is the first of ingest's two passes and runs in worker processes, one scene at a time. It reads every source
 pixel once, in strips `tile_size` rows tall (memory is bounded by a strip, never a whole scene), accumulates the
-per-band statistics of the kept tiles, and writes the kept tiles' raw values to a local spool file that the second
-pass normalizes once the dataset-wide statistics are known. Both passes run in worker processes, one scene each.
+per-band statistics of the kept tiles, writes the kept tiles' raw values to a local spool file and returns every
+kept tile's encoded sample length, from which ingest lays the shards out. The second pass normalizes the spool once
+the dataset-wide statistics are known and writes each sample straight to its place in a staged shard. Both passes
+run in worker processes, one scene (or part of one) each.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -24,7 +28,8 @@ from atlas_gan.geo.footprints import tile_transform
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
 from atlas_gan.geo.stats import BandStatistics, merge_band_statistics, new_band_statistics
-from atlas_gan.samples import NpyEncoder, encode_sample
+from atlas_gan.samples import NpyEncoder, encode_sample, member_size
+from atlas_gan.shards import Placement
 from atlas_gan.storage import StorageError
 
 # Source pixels fetched per windowed read: bounds a worker's memory whatever the scene's size, while keeping
@@ -49,6 +54,8 @@ class SceneScan:
     # One entry per strip with kept tiles, in spool order: (row, columns, nodata fractions).
     strips: list[tuple[int, list[int], list[float]]] = field(default_factory=list)
     stats: list[BandStatistics] = field(default_factory=list)
+    sample_lengths: list[int] = field(default_factory=list)  # each kept tile's encoded size, in spool order
+    placements: list[Placement] = field(default_factory=list)  # where pass 2 writes the samples (set by ingest)
 
     @property
     def bands(self) -> list[str]:
@@ -165,6 +172,7 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
             for row in group:
                 data, valid = block[:, row - top : row - top + size], block_valid[row - top : row - top + size]
                 _cut_strip(scan, row, data, valid, size, stride, limit, spool, seed)
+    scan.sample_lengths = sample_lengths(scan, config)
 
 
 def merge_parts(parts: list[SceneScan], config: IngestConfig) -> SceneScan:
@@ -220,19 +228,40 @@ def tile_metadata_json(prefix: str, transform: list[float], row: int, col: int, 
     ).encode()
 
 
-def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig, fragment_path: str) -> list[int]:
-    """Pass 2 over one scene: normalize its spooled tiles and write their encoded samples to `fragment_path`.
+def sample_lengths(scan: SceneScan, config: IngestConfig) -> list[int]:
+    """Each kept tile's encoded sample length in bytes, in spool order, from the scan alone (no pixels): what lays
+    the shards out before pass 2 encodes a single tile."""
+    tile_bytes, mask_bytes = _tile_encoder(scan, config).encoded_size, _mask_encoder(config).encoded_size
+    prefix, transform, size = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"], config.tile_size
+    lengths = []
+    for row, cols, fractions in scan.strips:
+        for col, fraction in zip(cols, fractions, strict=True):
+            key = tile_key(scan.spec.scene_id, row, col)
+            meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
+            lengths.append(
+                member_size(f"{key}.tile.npy", tile_bytes)
+                + member_size(f"{key}.mask.npy", mask_bytes)
+                + member_size(f"{key}.json", len(meta))
+            )
+    return lengths
 
-    Returns each sample's length in bytes, in order, so samples can be cut into shards without re-parsing.
-    """
+
+def _tile_encoder(scan: SceneScan, config: IngestConfig) -> NpyEncoder:
+    return NpyEncoder(np.dtype(config.tile_dtype), (len(scan.bands), config.tile_size, config.tile_size))
+
+
+def _mask_encoder(config: IngestConfig) -> NpyEncoder:
+    return NpyEncoder(np.dtype(bool), (config.tile_size, config.tile_size))
+
+
+def _encoded_samples(scan: SceneScan, norm: Normalization, config: IngestConfig) -> Iterator[bytes]:
+    """The scene part's samples, normalized from its spool, in order."""
     size, bands = config.tile_size, len(scan.bands)
     raw_dtype, tile_dtype = np.dtype(scan.dtype), np.dtype(config.tile_dtype)
-    tile_npy = NpyEncoder(tile_dtype, (bands, size, size))
-    mask_npy = NpyEncoder(np.dtype(bool), (size, size))
+    tile_npy, mask_npy = _tile_encoder(scan, config), _mask_encoder(config)
     pixels = size * size
     prefix, transform = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"]
-    lengths: list[int] = []
-    with open(scan.spool_path, "rb") as spool, open(fragment_path, "wb") as fragment:
+    with open(scan.spool_path, "rb") as spool:
         for row, cols, fractions in scan.strips:
             count = len(cols)
             raw = np.frombuffer(spool.read(count * bands * pixels * raw_dtype.itemsize), dtype=raw_dtype)
@@ -241,10 +270,25 @@ def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig, fra
             tiles = norm.apply(raw.reshape(count, bands, size, size), masks, tile_dtype)
             for col, fraction, tile, mask in zip(cols, fractions, tiles, masks, strict=True):
                 meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
-                sample = encode_sample(
+                yield encode_sample(
                     tile_key(scan.spec.scene_id, row, col),
                     {"tile.npy": tile_npy.encode(tile), "mask.npy": mask_npy.encode(mask), "json": meta},
                 )
-                fragment.write(sample)
-                lengths.append(len(sample))
-    return lengths
+
+
+def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig) -> None:
+    """Pass 2 over one scene part: normalize its spooled tiles and write their samples where `scan.placements`
+    says, straight into the staged shards."""
+    samples = _encoded_samples(scan, norm, config)
+    for place in scan.placements:
+        written = 0
+        with open(place.path, "r+b") as shard:
+            shard.seek(place.offset)
+            for sample in itertools.islice(samples, place.count):
+                shard.write(sample)
+                written += len(sample)
+        if written != place.length:
+            raise RuntimeError(
+                f"{scan.spec.scene_id}: encoded {written} bytes where the shard layout planned {place.length} "
+                "(sample_lengths and the encoder disagree)"
+            )
