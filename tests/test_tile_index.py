@@ -129,6 +129,44 @@ def test_cli_preview_map(geotiff, make_config, tmp_path):
     assert missing.exit_code == 2 and "no dataset there" in missing.output
 
 
+@pytest.mark.parametrize("side", [0.013, 0.2], ids=["tiles smaller than cells", "tiles larger than cells"])
+def test_the_maps_coverage_is_gdals_count_on_rotated_footprints(side) -> None:
+    """2,000 rotated squares and 20 triangles (rings of another length) on 60 x 40 cells of 0.05 deg. Tiles larger
+    than a cell: the count equals GDAL's rasterize (adding up, cell centres). Smaller ones: the number of tiles
+    that overlap each cell with some area, by GEOS; GDAL's all_touched + add counts some border cells twice
+    (OSGeo/gdal#8437), which the map used to show."""
+    from rasterio.enums import MergeAlg
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    from atlas_gan.figures.maps import coverage
+
+    rng = np.random.default_rng(7)
+    x, y, angle = rng.uniform(-50, -47.2, 2000), rng.uniform(-25, -23.2, 2000), rng.uniform(0, np.pi / 2, 2000)
+    ring = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) * side
+    cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    corners = np.stack(
+        [x[:, None] + ring[:, 0] * cos - ring[:, 1] * sin, y[:, None] + ring[:, 0] * sin + ring[:, 1] * cos], -1
+    )
+    tiles = np.concatenate([shapely.polygons(corners), shapely.polygons(corners[:20, [0, 1, 2, 0]])])
+    counts = coverage(tiles, shapely.bounds(tiles), -50.0, -23.0, 0.05, 40, 60)
+    if side > 0.05:
+        expected = rasterize(
+            [(tile, 1) for tile in tiles],
+            out_shape=(40, 60),
+            transform=from_origin(-50.0, -23.0, 0.05, 0.05),
+            merge_alg=MergeAlg.add,
+            dtype="int32",
+        )
+    else:
+        rows, cols = np.divmod(np.arange(40 * 60), 60)
+        cells = shapely.box(-50 + 0.05 * cols, -23 - 0.05 * (rows + 1), -50 + 0.05 * (cols + 1), -23 - 0.05 * rows)
+        cell, tile = shapely.STRtree(tiles).query(cells, predicate="intersects")
+        overlapping = shapely.area(shapely.intersection(cells[cell], tiles[tile])) > 0
+        expected = np.bincount(cell[overlapping], minlength=40 * 60).reshape(40, 60)
+    assert counts.sum() > len(tiles) and np.array_equal(counts, expected)
+
+
 def test_the_maps_coverage_counts_the_tiles_over_each_cell_centre() -> None:
     """Cells of 1 deg from (0, 3) down: two identical 2x2 tiles over the top-left four cells add up, a rotated
     diamond covers only the centre it encloses, and tiles smaller than a cell count in every cell they touch."""
