@@ -260,6 +260,25 @@ def test_same_input_gives_identical_shards_for_any_worker_count(geotiff, make_co
     assert digests[0] == digests[1] == digests[2]
 
 
+def test_long_scene_names_go_into_pax_headers_the_layout_counted(geotiff, make_config, tmp_path):
+    """Sample keys over tar's 100 characters take pax headers, whose size the shard layout planned before pass 2
+    (pass 2 refuses any sample whose length differs); shards cut inside a scene split over two workers."""
+    import tarfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    name = "S2B_MSIL2A_" + "x" * 100
+    (source / f"{name}.tif").symlink_to(geotiff / "tests" / "RGB.byte.tif")
+    output = tmp_path / "out"
+    ingest(make_config(source, output, workers=2, tile_size=32, shard_max_samples=70), progress=False)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert len(manifest["shards"]) > 2
+    for shard in manifest["shards"]:
+        with tarfile.open(output / shard["url"]) as tar:
+            names = tar.getnames()
+        assert len(names) == 3 * shard["samples"] and all(n.startswith(f"{name}_r") and len(n) > 100 for n in names)
+
+
 class Interrupt(Exception):
     pass
 

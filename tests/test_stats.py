@@ -49,3 +49,13 @@ def test_float_percentiles_are_sampled_within_tolerance():
 def test_empty_band_has_no_percentile():
     with pytest.raises(ValueError, match="no valid pixels"):
         BandStatistics().percentile(50)
+
+
+def test_integer_counts_need_no_generator_and_sampled_values_do():
+    stats = BandStatistics()
+    stats.update(np.array([3, 5, 5], np.uint16))  # exact histogram: no draw
+    assert stats.percentile(50) == 5.0
+    floats = BandStatistics()
+    with pytest.raises(ValueError, match="float32 values are sampled: update needs an rng"):
+        floats.update(np.array([1.5], np.float32))
+    assert floats.count == 0  # refused whole, nothing half-counted

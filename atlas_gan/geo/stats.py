@@ -15,7 +15,8 @@ _HIST_MIN = -32768
 _HIST_BINS = 65536 + 32768
 
 
-def _is_histogrammable(dtype: np.dtype) -> bool:
+def counts_exactly(dtype: np.dtype) -> bool:
+    """Values of `dtype` go to an exact histogram (integers of up to 16 bits); others to a seeded sample."""
     return dtype.kind in "iu" and dtype.itemsize <= 2
 
 
@@ -32,11 +33,12 @@ class BandStatistics:
     sample_values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     sample_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
 
-    def update(self, values: np.ndarray, rng: np.random.Generator) -> None:
-        """Add valid pixel values (1-D, any numeric dtype)."""
+    def update(self, values: np.ndarray, rng: np.random.Generator | None = None) -> None:
+        """Add valid pixel values (1-D, any numeric dtype); `rng` draws the sample priorities of values that are not
+        `counts_exactly`, and only those need it."""
         if values.size == 0:
             return
-        if _is_histogrammable(values.dtype):
+        if counts_exactly(values.dtype):
             if self.histogram is None:
                 self.histogram = np.zeros(_HIST_BINS, np.int64)
             if values.dtype.kind == "u":
@@ -45,6 +47,8 @@ class BandStatistics:
             else:
                 self.histogram += np.bincount(values.astype(np.int32) - _HIST_MIN, minlength=_HIST_BINS)
             return
+        if rng is None:
+            raise ValueError(f"{values.dtype} values are sampled: update needs an rng")
         as_float = values.astype(np.float64, copy=False)
         self.sampled_total += float(as_float.sum())
         self.sampled_total_sq += float(np.square(as_float).sum())

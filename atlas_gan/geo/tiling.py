@@ -1,11 +1,11 @@
 """Cut a scene into tiles (pass 1) and turn the kept tiles into encoded samples (pass 2).
 
-This is the first of ingest's two passes and runs in worker processes, one scene at a time. It reads every source
-pixel once, in strips `tile_size` rows tall (memory is bounded by a strip, never a whole scene), accumulates the
-per-band statistics of the kept tiles, writes the kept tiles' raw values to a local spool file and returns every
-kept tile's encoded sample length, from which ingest lays the shards out. The second pass normalizes the spool once
-the dataset-wide statistics are known and writes each sample straight to its place in a staged shard. Both passes
-run in worker processes, one scene (or part of one) each.
+The first of ingest's two passes reads every source pixel once, in strips `tile_size` rows tall (memory is bounded
+by a strip, never a whole scene), accumulates the per-band statistics of the kept tiles, writes their raw values
+and metadata JSON to a local spool file and returns every kept tile's encoded sample length, from which ingest lays
+the shards out. The second pass normalizes the spool once the dataset-wide statistics are known and writes each
+sample straight to its place in a staged shard. Both passes run in worker processes, one scene (or part of one)
+each.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from atlas_gan.geo.discovery import SceneSpec
 from atlas_gan.geo.footprints import tile_transform
 from atlas_gan.geo.normalize import Normalization
 from atlas_gan.geo.scene import SceneError, SceneReader
-from atlas_gan.geo.stats import BandStatistics, merge_band_statistics, new_band_statistics
+from atlas_gan.geo.stats import BandStatistics, counts_exactly, merge_band_statistics, new_band_statistics
 from atlas_gan.samples import NpyEncoder, encode_sample, member_size
 from atlas_gan.shards import Placement
 from atlas_gan.storage import StorageError
@@ -55,6 +55,7 @@ class SceneScan:
     strips: list[tuple[int, list[int], list[float]]] = field(default_factory=list)
     stats: list[BandStatistics] = field(default_factory=list)
     sample_lengths: list[int] = field(default_factory=list)  # each kept tile's encoded size, in spool order
+    json_lengths: list[int] = field(default_factory=list)  # each kept tile's metadata JSON size, in spool order
     placements: list[Placement] = field(default_factory=list)  # where pass 2 writes the samples (set by ingest)
 
     @property
@@ -107,38 +108,76 @@ def is_transient_read_failure(reason: str, urls: list[str]) -> bool:
     )
 
 
+@dataclass
+class _Cut:
+    """The kept tiles of one tile row, copied out of the strip."""
+
+    row: int
+    tiles: np.ndarray  # (kept, bands, size, size)
+    masks: np.ndarray  # (kept, size, size)
+    cols: list[int]
+    fractions: list[float]
+
+
 def _cut_strip(
-    scan: SceneScan,
-    row: int,
-    data: np.ndarray,
-    valid: np.ndarray,
-    size: int,
-    stride: int,
-    limit: float,
-    spool: BinaryIO,
-    seed: int,
-) -> None:
-    """Tiles of one tile row: drop those over the nodata limit, spool and count the rest."""
-    # (bands, size, cols, size) -> (cols, bands, size, size): every tile of this row, as views.
-    tiles = sliding_window_view(data, size, axis=2)[:, :, ::stride].transpose(2, 0, 1, 3)
-    masks = sliding_window_view(valid, size, axis=1)[:, ::stride].transpose(1, 0, 2)
-    fractions = 1.0 - masks.mean(axis=(1, 2))
+    scan: SceneScan, row: int, data: np.ndarray, valid: np.ndarray, size: int, stride: int, limit: float
+) -> _Cut | None:
+    """Tiles of one tile row under the nodata limit (None when there is none); the others are counted as dropped."""
+    starts = np.arange(0, data.shape[2] - size + 1, stride)
+    # valid pixels per tile from running column counts: the same fractions as each window's mean, in O(width)
+    running = np.concatenate([[0], np.cumsum(np.count_nonzero(valid, axis=0))])
+    fractions = 1.0 - (running[starts + size] - running[starts]) / (size * size)
     keep = (fractions <= limit) & (fractions < 1.0)
     scan.dropped_nodata += int((~keep).sum())
     if not keep.any():
-        return
-    kept_tiles, kept_masks = np.ascontiguousarray(tiles[keep]), np.ascontiguousarray(masks[keep])
-    spool.write(memoryview(kept_tiles))
-    spool.write(memoryview(np.packbits(kept_masks, axis=None)))
-    cols = [int(c) for c in np.flatnonzero(keep) * stride]
-    scan.strips.append((row, cols, [float(f) for f in fractions[keep]]))
-    scan.tile_count += len(cols)
-    all_valid = bool(kept_masks.all())
-    # Seeded by scene and row, so float samples do not depend on how the scene was split into parts.
-    rng = np.random.default_rng((seed, row))
-    for band, stats in enumerate(scan.stats):
-        values = kept_tiles[:, band]
-        stats.update(values.ravel() if all_valid else values[kept_masks], rng)
+        return None
+    # (bands, size, cols, size) -> (cols, bands, size, size): every tile of this row, as views; the kept ones copied
+    tiles = sliding_window_view(data, size, axis=2)[:, :, ::stride].transpose(2, 0, 1, 3)
+    masks = sliding_window_view(valid, size, axis=1)[:, ::stride].transpose(1, 0, 2)
+    cols = [int(c) for c in starts[keep]]
+    return _Cut(row, tiles[keep], masks[keep], cols, [float(f) for f in fractions[keep]])
+
+
+class _Spooler:
+    """Writes each kept tile row to the part's spool (raw values, packed masks, metadata JSON) and records what
+    pass 2 and the shard layout need: the rows' tiles, each sample's length and its JSON's length."""
+
+    def __init__(self, scan: SceneScan, config: IngestConfig, spool: BinaryIO) -> None:
+        self.scan, self.spool, self.size = scan, spool, config.tile_size
+        self.prefix, self.transform = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"]
+        self.tile_bytes = _tile_encoder(scan, config).encoded_size
+        self.mask_bytes = _mask_encoder(config).encoded_size
+
+    def add(self, cut: _Cut) -> None:
+        scan, size = self.scan, self.size
+        self.spool.write(memoryview(np.ascontiguousarray(cut.tiles)))
+        self.spool.write(memoryview(np.packbits(cut.masks, axis=None)))
+        metas = [
+            tile_metadata_json(self.prefix, self.transform, cut.row, col, size, fraction)
+            for col, fraction in zip(cut.cols, cut.fractions, strict=True)
+        ]
+        self.spool.write(b"".join(metas))
+        for col, meta in zip(cut.cols, metas, strict=True):
+            key = tile_key(scan.spec.scene_id, cut.row, col)
+            scan.sample_lengths.append(
+                member_size(f"{key}.tile.npy", self.tile_bytes)
+                + member_size(f"{key}.mask.npy", self.mask_bytes)
+                + member_size(f"{key}.json", len(meta))
+            )
+            scan.json_lengths.append(len(meta))
+        scan.strips.append((cut.row, cut.cols, cut.fractions))
+        scan.tile_count += len(cut.cols)
+
+
+def _add_statistics(stats: list[BandStatistics], cut: _Cut, seed: int) -> None:
+    """One tile row's kept valid pixels into each band's statistics. Sampled (float) values are drawn with a
+    generator seeded by scene and row, so the sample does not depend on how the scene was split into parts; exact
+    histograms need none. (One row at a time: numpy's count of a whole read's values is slower than its parts.)"""
+    rng = None if counts_exactly(cut.tiles.dtype) else np.random.default_rng((seed, cut.row))
+    all_valid = bool(cut.masks.all())
+    for band, band_stats in enumerate(stats):
+        pixels = cut.tiles[:, band]
+        band_stats.update(pixels.ravel() if all_valid else pixels[cut.masks], rng)
 
 
 def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir: str) -> None:
@@ -165,14 +204,17 @@ def _scan(reader: SceneReader, config: IngestConfig, scan: SceneScan, spool_dir:
     row_bytes = reader.width * len(reader.band_names) * np.dtype(reader.dtype).itemsize
     per_read = max(1, READ_BUDGET_BYTES // (row_bytes * max(stride, 1)))  # tile rows per windowed read
     with open(scan.spool_path, "wb") as spool:
+        spooler = _Spooler(scan, config, spool)
         for first in range(0, len(tile_rows), per_read):
             group = tile_rows[first : first + per_read]
             top = group[0]
             block, block_valid = reader.read_strip(top, group[-1] + size - top)
             for row in group:
                 data, valid = block[:, row - top : row - top + size], block_valid[row - top : row - top + size]
-                _cut_strip(scan, row, data, valid, size, stride, limit, spool, seed)
-    scan.sample_lengths = sample_lengths(scan, config)
+                cut = _cut_strip(scan, row, data, valid, size, stride, limit)
+                if cut is not None:
+                    spooler.add(cut)
+                    _add_statistics(scan.stats, cut, seed)
 
 
 def merge_parts(parts: list[SceneScan], config: IngestConfig) -> SceneScan:
@@ -228,24 +270,6 @@ def tile_metadata_json(prefix: str, transform: list[float], row: int, col: int, 
     ).encode()
 
 
-def sample_lengths(scan: SceneScan, config: IngestConfig) -> list[int]:
-    """Each kept tile's encoded sample length in bytes, in spool order, from the scan alone (no pixels): what lays
-    the shards out before pass 2 encodes a single tile."""
-    tile_bytes, mask_bytes = _tile_encoder(scan, config).encoded_size, _mask_encoder(config).encoded_size
-    prefix, transform, size = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"], config.tile_size
-    lengths = []
-    for row, cols, fractions in scan.strips:
-        for col, fraction in zip(cols, fractions, strict=True):
-            key = tile_key(scan.spec.scene_id, row, col)
-            meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
-            lengths.append(
-                member_size(f"{key}.tile.npy", tile_bytes)
-                + member_size(f"{key}.mask.npy", mask_bytes)
-                + member_size(f"{key}.json", len(meta))
-            )
-    return lengths
-
-
 def _tile_encoder(scan: SceneScan, config: IngestConfig) -> NpyEncoder:
     return NpyEncoder(np.dtype(config.tile_dtype), (len(scan.bands), config.tile_size, config.tile_size))
 
@@ -260,35 +284,62 @@ def _encoded_samples(scan: SceneScan, norm: Normalization, config: IngestConfig)
     raw_dtype, tile_dtype = np.dtype(scan.dtype), np.dtype(config.tile_dtype)
     tile_npy, mask_npy = _tile_encoder(scan, config), _mask_encoder(config)
     pixels = size * size
-    prefix, transform = _scene_json_prefix(scan, config.tile_dtype), scan.meta["transform"]
+    json_lengths = iter(scan.json_lengths)
     with open(scan.spool_path, "rb") as spool:
-        for row, cols, fractions in scan.strips:
+        for row, cols, _ in scan.strips:
             count = len(cols)
             raw = np.frombuffer(spool.read(count * bands * pixels * raw_dtype.itemsize), dtype=raw_dtype)
             packed = np.frombuffer(spool.read((count * pixels + 7) // 8), dtype=np.uint8)
+            lengths = list(itertools.islice(json_lengths, count))
+            metas = memoryview(spool.read(sum(lengths)))
             masks = np.unpackbits(packed, count=count * pixels).astype(bool).reshape(count, size, size)
             tiles = norm.apply(raw.reshape(count, bands, size, size), masks, tile_dtype)
-            for col, fraction, tile, mask in zip(cols, fractions, tiles, masks, strict=True):
-                meta = tile_metadata_json(prefix, transform, row, col, size, fraction)
+            offset = 0
+            for col, length, tile, mask in zip(cols, lengths, tiles, masks, strict=True):
                 yield encode_sample(
                     tile_key(scan.spec.scene_id, row, col),
-                    {"tile.npy": tile_npy.encode(tile), "mask.npy": mask_npy.encode(mask), "json": meta},
+                    {
+                        "tile.npy": tile_npy.encode(tile),
+                        "mask.npy": mask_npy.encode(mask),
+                        "json": metas[offset : offset + length],
+                    },
                 )
+                offset += length
 
 
 def encode_scene(scan: SceneScan, norm: Normalization, config: IngestConfig) -> None:
     """Pass 2 over one scene part: normalize its spooled tiles and write their samples where `scan.placements`
-    says, straight into the staged shards."""
+    says, straight into the staged shards, a batch of samples per system call (other workers write other parts of
+    the same shard, and every write takes the file's lock)."""
     samples = _encoded_samples(scan, norm, config)
     for place in scan.placements:
-        written = 0
-        with open(place.path, "r+b") as shard:
-            shard.seek(place.offset)
-            for sample in itertools.islice(samples, place.count):
-                shard.write(sample)
-                written += len(sample)
-        if written != place.length:
+        fd = os.open(place.path, os.O_WRONLY)
+        try:
+            offset, end, remaining = place.offset, place.offset + place.length, place.count
+            while batch := list(itertools.islice(samples, min(remaining, _SAMPLES_PER_WRITE))):
+                offset = _write_at(fd, batch, offset)
+                remaining -= len(batch)
+        finally:
+            os.close(fd)
+        if offset != end:
             raise RuntimeError(
-                f"{scan.spec.scene_id}: encoded {written} bytes where the shard layout planned {place.length} "
-                "(sample_lengths and the encoder disagree)"
+                f"{scan.spec.scene_id}: encoded {offset - place.offset} bytes where the shard layout planned "
+                f"{place.length} (the sample lengths of pass 1 and the encoder disagree)"
             )
+
+
+_SAMPLES_PER_WRITE = 64  # ~2 MB of 64 px samples; within the kernel's limit of 1,024 buffers a call
+
+
+def _write_at(fd: int, buffers: list[bytes], offset: int) -> int:
+    """Write `buffers` back to back from `offset` (retrying short writes); returns the offset after them."""
+    pending = [memoryview(b) for b in buffers]
+    while pending:
+        written = os.pwritev(fd, pending, offset)
+        offset += written
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if pending and written:
+            pending[0] = pending[0][written:]
+    return offset
