@@ -2,7 +2,7 @@
 
 The task runner is the flow's: threads in-process by default; `task_runner_for("dask")` (prefect-dask) runs the
 scene tasks on a Dask cluster for large backfills, without code changes (spool files then need a shared
-`TMPDIR`, since pass 2 reads what pass 1 spooled).
+`TMPDIR`, since pass 2 reads what pass 1 spooled and writes into shards staged there or in a local output folder).
 """
 
 from __future__ import annotations
