@@ -54,8 +54,10 @@ class SceneScan:
     # One entry per strip with kept tiles, in spool order: (row, columns, nodata fractions).
     strips: list[tuple[int, list[int], list[float]]] = field(default_factory=list)
     stats: list[BandStatistics] = field(default_factory=list)
-    sample_lengths: list[int] = field(default_factory=list)  # each kept tile's encoded size, in spool order
-    json_lengths: list[int] = field(default_factory=list)  # each kept tile's metadata JSON size, in spool order
+    # Each kept tile's encoded sample size and metadata JSON size, in spool order. The first follows from the second
+    # and the keys, but is summed up here, in the workers, so the main process only lays the shards out.
+    sample_lengths: list[int] = field(default_factory=list)
+    json_lengths: list[int] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)  # where pass 2 writes the samples (set by ingest)
 
     @property
