@@ -566,10 +566,6 @@ def preview(
     typer.echo(f"wrote {out} ({len(png):,} bytes)")
 
 
-if __name__ == "__main__":
-    app()
-
-
 class ConfigFormat(StrEnum):
     yaml = "yaml"
     json = "json"
@@ -610,3 +606,7 @@ def config_init(
         _fail(f"{path}: exists; pass --force to replace it", 2)
     _write_file(path, DEFAULT_CONFIG_PATH.read_bytes(), "config file")
     typer.echo(f"wrote {path}: edit it, then run with --config {path} (or ATLAS_CONFIG={path})")
+
+
+if __name__ == "__main__":
+    app()

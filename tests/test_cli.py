@@ -4,6 +4,8 @@ and user errors as messages with an exit code, never tracebacks."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import yaml
 from typer.testing import CliRunner
@@ -62,6 +64,18 @@ def test_config_init_writes_a_commented_starter_that_loads(tmp_path):
     again = runner.invoke(app, ["config", "init", str(path)])
     assert again.exit_code == 2 and "exists; pass --force" in again.output
     assert runner.invoke(app, ["config", "init", str(path), "--force"]).exit_code == 0
+
+
+def test_every_command_runs_as_a_module_too(tmp_path):
+    """`python -m atlas_gan.cli` (what torchrun launches) knows the commands defined last, `config show` included."""
+    result = subprocess.run(
+        [sys.executable, "-m", "atlas_gan.cli", "config", "show", "--format", "json", "--set", "train.steps=7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["train"]["steps"] == 7
 
 
 def test_choices_are_checked_by_the_parser():
