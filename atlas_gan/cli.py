@@ -205,8 +205,11 @@ def evaluate(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n_real=5000."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """FID, KID and Inception Score of a checkpoint's EMA generator against its dataset (TF-Inception weights);
-    for a translation (pix2pix), PSNR/SSIM/L1/SAM on the held-out split beside the linear-regression baseline.
+    """Score a checkpoint's EMA generator: FID, KID, Inception Score; PSNR/SSIM/SAM for translations.
+
+    Unconditional and conditional generators: FID, KID and Inception Score against the dataset (TF-Inception
+    weights). A translation (pix2pix) or upscaling (esrgan): PSNR/SSIM/L1/SAM on the held-out split beside its
+    baseline (linear regression, bicubic).
 
     Real-tile statistics are cached beside the dataset, so later evaluations only embed generated images. Compare
     FIDs only at equal N and equal protocol (the result records weights sha256, N, resize method and bands). When
@@ -343,8 +346,10 @@ def sample(
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = _TRACKING_OVERRIDES,
 ) -> None:
-    """Generate tiles from a registered generator (or a checkpoint): a PNG grid and/or Cloud-Optimized GeoTIFFs
-    with band names and provenance tags, or an animated latent walk (--walk)."""
+    """Generate tiles from a registered generator (or a checkpoint): a PNG grid, GeoTIFFs or a latent walk.
+
+    A PNG grid (--out) and/or Cloud-Optimized GeoTIFFs (--geotiff FOLDER) with band names and provenance tags, or an
+    animated latent walk (--walk)."""
     from atlas_gan.sampling import grid_png, write_geotiffs
 
     wanted = [b.strip() for b in bands.split(",")] if bands else None
@@ -503,11 +508,12 @@ def export(
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP + " Says where MLflow is (tracking.uri)."),
     overrides: list[str] = _TRACKING_OVERRIDES,
 ) -> None:
-    """Export the (EMA) generator to ONNX or TorchScript: inputs `latents` (n, latent_dim) float32 (and `labels`
-    (n,) int64 for a conditional model), output `images` (n, bands, size, size) in [-1, 1], any batch size. A
-    translation (pix2pix) takes `images` (n, input bands, h, w) and gives `translated` (n, bands, h, w), with h
-    and w any multiples of its training size.
-    The file carries the bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
+    """Export the (EMA) generator to ONNX or TorchScript, with its bands and normalization.
+
+    Inputs `latents` (n, latent_dim) float32 (and `labels` (n,) int64 for a conditional model), output `images`
+    (n, bands, size, size) in [-1, 1], any batch size. A translation (pix2pix) takes `images` (n, input bands, h, w)
+    and gives `translated` (n, bands, h, w), with h and w any multiples of its training size. The file carries the
+    bands, label vocabulary and normalization as metadata (atlas_gan.export)."""
     from atlas_gan.export import export_generator
     from atlas_gan.models.base import ModelSpec
     from atlas_gan.runtime.generator import META_KEYS
@@ -550,8 +556,10 @@ def preview(
     bands: str = typer.Option(None, "--bands", help="Display bands as R,G,B (or one for grey), e.g. B4,B3,B2."),
     columns: int = typer.Option(8, "--columns", min=1, max=256, help="Tiles per row."),
 ) -> None:
-    """Write a PNG grid of tiles from an ingested dataset, to look at what the GAN will learn from; or, with --map,
-    the map of where they came from (the dataset's tile-index.parquet, readable by GeoPandas/DuckDB)."""
+    """Draw an ingested dataset's tiles as a PNG grid, or (--map) where they lie.
+
+    The grid shows what the GAN will learn from; the map, scene outlines and tile density from the dataset's
+    tile-index.parquet (readable by GeoPandas/DuckDB)."""
     from atlas_gan.preview import write_preview
     from atlas_gan.storage import storage_for
     from atlas_gan.tile_index import dataset_map
@@ -577,8 +585,9 @@ def config_show(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.steps=2000."),
     fmt: ConfigFormat = typer.Option(ConfigFormat.yaml, "--format", "-f", help="yaml (with its sources) or json."),
 ) -> None:
-    """Print the configuration a command would run with: the file (--config, else $ATLAS_CONFIG, else the packaged
-    default), then $ATLAS_OVERRIDES, then --set; every value validated and every default filled in."""
+    """Print the configuration a command would run with, every value validated and every default filled in.
+
+    The file (--config, else $ATLAS_CONFIG, else the packaged default), then $ATLAS_OVERRIDES, then --set."""
     import yaml
 
     from atlas_gan.config import config_origin, config_to_dict
@@ -598,8 +607,9 @@ def config_init(
     path: Path = typer.Argument(..., help="File to write, e.g. atlas.yaml."),
     force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
 ) -> None:
-    """Write a commented starter config (the packaged default, every key explained) to edit and pass with
-    --config PATH or ATLAS_CONFIG=PATH."""
+    """Write a commented starter config to edit (the packaged default, every key explained).
+
+    Then run with --config PATH or ATLAS_CONFIG=PATH."""
     from atlas_gan.config import DEFAULT_CONFIG_PATH
 
     if path.exists() and not force:

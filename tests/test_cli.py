@@ -78,6 +78,19 @@ def test_every_command_runs_as_a_module_too(tmp_path):
     assert json.loads(result.stdout)["train"]["steps"] == 7
 
 
+def test_every_command_has_a_one_line_summary():
+    """Typer's rich help keeps the line breaks of a command's first paragraph in the command list: one line each."""
+    import inspect
+
+    import typer.main
+
+    group = typer.main.get_group(app)
+    commands = [*group.commands.values(), *group.commands["config"].commands.values()]
+    for command in commands:
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+        assert summary and "\n" not in summary and len(summary) <= 105, (command.name, summary)
+
+
 def test_choices_are_checked_by_the_parser():
     result = runner.invoke(app, ["export", "-m", "x.pt", "--out", "x.onnx", "--format", "zip"])
     assert result.exit_code == 2 and "'zip' is not one of 'onnx', 'torchscript'" in flat(result.output)
