@@ -347,9 +347,6 @@ class FastGANOptions(_AdversarialOptions):
     reconstruction_weight: float = Field(
         1.0, ge=0, le=100, description="weight of D's reconstruction loss on real images; 0 = plain hinge GAN"
     )
-    minibatch_std: bool = Field(
-        False, description="D's last layer also sees the feature spread across groups of 4 images (its batch's variety)"
-    )
 
 
 def _distinct_bands(value: list[str | int]) -> list[str | int]:
@@ -496,7 +493,6 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "accumulate": ("biggan", "gradient accumulation"),
     "path_length_weight": ("stylegan2", "style space for path-length regularization"),
     "reconstruction_weight": ("fastgan", "self-supervised reconstruction in D"),
-    "minibatch_std": ("fastgan", "choice of a minibatch-spread input to D's logits"),
     "input_bands": ("pix2pix and esrgan", "input image"),
     "target_bands": ("pix2pix and esrgan", "target image"),
     "l1_weight": ("pix2pix", "L1 loss to a target"),

@@ -216,24 +216,3 @@ def test_two_ranks_train_fastgan_in_sync(train_data_64, tmp_path):
     assert log[0]["model"] == "fastgan" and log[0]["world_size"] == 2
     assert all(r["loss_reconstruction"] > 0 for r in log if "loss_reconstruction" in r)
     assert all(isinstance(r["lecam_gap"], float) for r in log if "loss_d" in r)
-
-
-@pytest.mark.parametrize("minibatch_std", [False, True])
-def test_minibatch_std_lets_d_see_a_batch_s_variety(minibatch_std):
-    """In eval mode (batch norm on running statistics) an image's score depends on the other images of its group
-    only through the minibatch spread input."""
-    torch.manual_seed(0)
-    spec = ModelSpec(bands=3, image_size=64, latent_dim=16, g_width=4, d_width=4, minibatch_std=minibatch_std)
-    D = FastGANDiscriminator(spec).eval()
-    varied = torch.rand(4, 3, 64, 64) * 2 - 1
-    alone = varied[:1].expand(4, -1, -1, -1)
-    with torch.no_grad():
-        in_varied, in_copies = D(varied)[0], D(alone)[0]
-    assert torch.isclose(in_varied, in_copies).item() != minibatch_std
-
-
-def test_minibatch_std_is_a_fastgan_option():
-    config = load_config(None, ["train.model=fastgan", "train.model.minibatch_std=true"])
-    assert config.train.model.minibatch_std
-    with pytest.raises(ValueError, match="minibatch_std"):
-        load_config(None, ["train.model=dcgan", "train.model.minibatch_std=true"])

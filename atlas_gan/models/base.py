@@ -32,7 +32,6 @@ class ModelSpec:
     scale: int = 1  # super-resolution: G reads image_size / scale px and draws image_size px
     growth: int = 0  # ESRGAN's dense-block growth channels
     discriminator: str = "vgg"  # ESRGAN's D: "vgg" (the paper's) or "unet" (Real-ESRGAN's); checkpoints before it: vgg
-    minibatch_std: bool = False  # FastGAN's D: its logits also see the features' spread across images
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:

@@ -17,9 +17,7 @@ Discriminator:
   leaky ReLU, 3x3 convolution, batch norm, leaky ReLU) and a pooled path (2x2 average pool, 1x1 convolution, batch
   norm, leaky ReLU). SLE here too, from the first feature maps to the ones 8x smaller.
 - Logits: a 1x1 then a 4x4 convolution on the 8x8 features: a 5x5 map of patch logits per image (its mean is the
-  image's score). Conditional: plus the projection of the pooled features onto a label embedding. Optional
-  (`minibatch_std`, not the paper's): the 4x4 convolution also reads PGGAN's minibatch standard deviation of the
-  8x8 features, so D can tell a batch of too-similar images from a real one.
+  image's score). Conditional: plus the projection of the pooled features onto a label embedding.
 - Self-supervision (`reconstruct`): two small decoders (up blocks from an 8x8 map) reconstruct, from D's features
   of a real image, (a) the whole image and (b) a random quarter of it from the matching quarter of the 16x16
   features, both at half the image size (at most 128 px). Minimizing the reconstruction error on real images makes D
@@ -40,7 +38,6 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from atlas_gan.models.base import ModelSpec, check_labels
-from atlas_gan.models.layers import MinibatchStd
 from atlas_gan.models.upsampling import upsample_conv3x3
 
 MIN_IMAGE_SIZE = 64
@@ -225,13 +222,8 @@ class FastGANDiscriminator(nn.Module):
             }
         )
         c8 = channels(width, size, 8)
-        # with minibatch_std the last convolution also sees the 8 px features' spread across images: after the batch
-        # norm, which would normalize a batch's spread away (reals and fakes pass D separately)
         self.logits = nn.Sequential(
-            _conv(c8, c8 // 2, 1),
-            nn.BatchNorm2d(c8 // 2),
-            nn.LeakyReLU(0.2),
-            _conv(c8 // 2 + int(spec.minibatch_std), 1, 4, bias=True),
+            _conv(c8, c8 // 2, 1), nn.BatchNorm2d(c8 // 2), nn.LeakyReLU(0.2), _conv(c8 // 2, 1, 4, bias=True)
         )
         self.embed = spectral_norm(nn.Embedding(spec.num_classes, c8)) if spec.conditional else None
         self.reconstruction_size = min(128, size // 2)
@@ -253,10 +245,7 @@ class FastGANDiscriminator(nn.Module):
     def score(self, features: dict[int, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
         """One logit per image: the mean of the patch logits (plus the label projection)."""
         last = features[8]
-        head = self.logits[:-1](last)
-        if self.spec.minibatch_std:
-            head = torch.cat([head, MinibatchStd.spread(last)], dim=1)
-        logits = self.logits[-1](head).flatten(1).mean(dim=1)
+        logits = self.logits(last).flatten(1).mean(dim=1)
         if self.embed is None:
             return logits
         return logits + (self.embed(labels).to(last.dtype) * last.sum(dim=(2, 3))).sum(dim=1)

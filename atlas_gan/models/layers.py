@@ -89,15 +89,11 @@ class MinibatchStd(nn.Module):
     see a batch's lack of variety (mode collapse). The group shrinks to a divisor of the batch size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.spread(x)], dim=1)
-
-    @staticmethod
-    def spread(x: torch.Tensor) -> torch.Tensor:
-        """The appended map alone: (n, 1, h, w), each image's group's mean feature spread, in `x`'s dtype."""
         n, c, h, w = x.shape
         group = min(MBSTD_GROUP, n)
         while n % group:
             group -= 1
         y = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(group, -1, c, h, w)  # bf16 -> fp32
         y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (n / group, c, h, w)
-        return y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1).repeat(group, 1, h, w).to(x.dtype)
+        y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], dim=1)

@@ -62,10 +62,7 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
         )
     family = get_family(options.family)
     return ModelSpec(
-        *shape,
-        num_classes=num_classes,
-        attention_resolution=attention_resolution(family, options, image_size),
-        minibatch_std=getattr(options, "minibatch_std", False),
+        *shape, num_classes=num_classes, attention_resolution=attention_resolution(family, options, image_size)
     )
 
 
