@@ -228,8 +228,10 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Run the train-gan flow here, without a deployment or server.")
     parser.add_argument("--config", help="YAML config (default: ATLAS_CONFIG, else the packaged default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--nproc-per-node", type=int, default=1)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="training processes (GPUs) on this machine")
     parser.add_argument("--force", action="store_true", help="train even when nothing new was ingested")
     args = parser.parse_args()
     outcome = train_gan(args.config, args.overrides, nproc_per_node=args.nproc_per_node, force=args.force)
