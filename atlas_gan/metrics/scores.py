@@ -1,7 +1,11 @@
 """FID, KID and Inception Score from features / class probabilities, in float64.
 
-FID uses tr(sqrt(Σ1 Σ2)) = Σ sqrt(eig(√Σ1 Σ2 √Σ1)): the middle matrix is symmetric positive semi-definite, so
-`eigh` applies and tiny negative eigenvalues from rounding are clipped to zero instead of becoming complex.
+FID needs tr(sqrt(Σ1 Σ2)). With fewer samples than feature dimensions (N ≤ 2048: every evaluation during training,
+the benchmarks' N = 718) each covariance is FᵀF for its centred, scaled features F (N x d), and the eigenvalues of
+Σ1 Σ2 are the squared singular values of F1 F2ᵀ: the trace is that small matrix's nuclear norm, exact and ~20x
+faster than two 2048 x 2048 eigendecompositions. Otherwise tr(sqrt(Σ1 Σ2)) = Σ sqrt(eig(√Σ1 Σ2 √Σ1)): the middle
+matrix is symmetric positive semi-definite, so `eigh` applies and tiny negative eigenvalues from rounding are
+clipped to zero instead of becoming complex.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ class FeatureStats:
     mu: torch.Tensor  # (d,) float64
     sigma: torch.Tensor  # (d, d) float64
     n: int
+    factor: torch.Tensor | None = None  # (n, d) with sigma = factorᵀ factor, kept when n <= d
 
     @classmethod
     def of(cls, features: torch.Tensor) -> FeatureStats:
         x = features.detach().to(torch.float64)
-        if x.shape[0] < 2:
-            raise ValueError(f"statistics need at least 2 samples, got {x.shape[0]}")
-        return cls(x.mean(0), torch.cov(x.T), x.shape[0])
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"statistics need at least 2 samples, got {n}")
+        mu = x.mean(0)
+        factor = (x - mu) / (n - 1) ** 0.5
+        return cls(mu, factor.T @ factor, n, factor if n <= d else None)
 
 
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -35,10 +43,13 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """||μa - μb||² + tr(Σa + Σb - 2 sqrt(Σa Σb))."""
-    root_a = _sqrt_psd(a.sigma)
-    middle = root_a @ b.sigma @ root_a
-    middle = (middle + middle.T) / 2  # symmetric up to rounding; make it exactly so for eigh
-    trace_sqrt = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum()
+    if a.factor is not None and b.factor is not None:
+        trace_sqrt = torch.linalg.svdvals(a.factor @ b.factor.T).sum()
+    else:
+        root_a = _sqrt_psd(a.sigma)
+        middle = root_a @ b.sigma @ root_a
+        middle = (middle + middle.T) / 2  # symmetric up to rounding; make it exactly so for eigh
+        trace_sqrt = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum()
     diff = a.mu - b.mu
     return float(diff @ diff + torch.trace(a.sigma) + torch.trace(b.sigma) - 2 * trace_sqrt)
 
