@@ -4,11 +4,15 @@ scored against the real tiles with the floor, precision and recall, its grid dra
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -37,3 +41,18 @@ def test_scores_the_reference_and_a_family_at_every_mark(shared_data: Path, tmp_
     }
     assert rows["reference"][3] == "1.00" and float(rows["fastgan"][3]) > 0  # FID end / the reference's
     assert "real vs real floor at the same N: FID" in done.stdout
+
+
+def test_a_variant_splits_at_the_next_key_so_list_values_keep_their_commas() -> None:
+    spec = importlib.util.spec_from_file_location("bench_variants", REPO / "bench" / "variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    text = "fastgan-cutout:train.diffaugment=[color,translation,cutout],train.lr_d=0.0004"
+    assert variants.parse_variant(text) == (
+        "fastgan-cutout",
+        ["train.diffaugment=[color,translation,cutout]", "train.lr_d=0.0004"],
+    )
+    assert variants.parse_variant('ada:train.ada={"speed_kimg": 20}') == ("ada", ['train.ada={"speed_kimg": 20}'])
+    for bad in ("no-overrides", "x:novalue", "bad name:train.lr_d=1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME:KEY=VALUE"):
+            variants.parse_variant(bad)
