@@ -2,10 +2,10 @@
 
 FID needs tr(sqrt(Σ1 Σ2)). With fewer samples than feature dimensions (N ≤ 2048: every evaluation during training,
 the benchmarks' N = 718) each covariance is FᵀF for its centred, scaled features F (N x d), and the eigenvalues of
-Σ1 Σ2 are the squared singular values of F1 F2ᵀ: the trace is that small matrix's nuclear norm, exact and ~20x
-faster than two 2048 x 2048 eigendecompositions. Otherwise tr(sqrt(Σ1 Σ2)) = Σ sqrt(eig(√Σ1 Σ2 √Σ1)): the middle
-matrix is symmetric positive semi-definite, so `eigh` applies and tiny negative eigenvalues from rounding are
-clipped to zero instead of becoming complex.
+Σ1 Σ2 are the squared singular values of F1 F2ᵀ: the trace is that small matrix's nuclear norm, exact and 27x
+(N = 718) to ~140x (N = 16) faster than two 2048 x 2048 eigendecompositions. Otherwise tr(sqrt(Σ1 Σ2)) =
+Σ sqrt(eig(√Σ1 Σ2 √Σ1)): the middle matrix is symmetric positive semi-definite, so `eigh` applies and tiny negative
+eigenvalues from rounding are clipped to zero instead of becoming complex.
 """
 
 from __future__ import annotations
