@@ -42,9 +42,10 @@ def test_fid_of_a_set_with_itself_is_zero():
 def test_fewer_samples_than_dimensions_take_the_low_rank_path_to_the_same_fid():
     torch.manual_seed(0)
     a, b = torch.randn(40, 256) * 2.0, torch.randn(25, 256) + 0.5  # N <= d: covariances of rank N - 1
-    low_rank = frechet_distance(FeatureStats.of(a), FeatureStats.of(b))
-    full = [FeatureStats(s.mu, s.sigma, s.n) for s in (FeatureStats.of(a), FeatureStats.of(b))]
-    assert FeatureStats.of(a).factor is not None and FeatureStats.of(torch.randn(300, 64)).factor is None
+    factored = [FeatureStats.of(a), FeatureStats.of(b)]
+    low_rank = frechet_distance(*factored)
+    full = [FeatureStats(s.mu, s.covariance(), s.n) for s in factored]
+    assert factored[0].factor is not None and FeatureStats.of(torch.randn(300, 64)).factor is None
     # the full path adds the square roots of rounding noise in the null space (~1e-8 relative); the factor has none
     assert low_rank == pytest.approx(frechet_distance(*full), rel=1e-7)
 

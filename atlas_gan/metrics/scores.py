@@ -18,12 +18,13 @@ import torch
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Mean and covariance of a feature set (what FID needs, and what the reference cache stores)."""
+    """Mean and covariance of a feature set: what FID needs. With n <= d the covariance stays factored
+    (sigma = factorᵀ factor) and the d x d matrix is formed only if the full path asks for it."""
 
     mu: torch.Tensor  # (d,) float64
-    sigma: torch.Tensor  # (d, d) float64
+    sigma: torch.Tensor | None  # (d, d) float64; None when `factor` holds it
     n: int
-    factor: torch.Tensor | None = None  # (n, d) with sigma = factorᵀ factor, kept when n <= d
+    factor: torch.Tensor | None = None  # (n, d): the centred features / sqrt(n - 1)
 
     @classmethod
     def of(cls, features: torch.Tensor) -> FeatureStats:
@@ -33,7 +34,13 @@ class FeatureStats:
             raise ValueError(f"statistics need at least 2 samples, got {n}")
         mu = x.mean(0)
         factor = (x - mu) / (n - 1) ** 0.5
-        return cls(mu, factor.T @ factor, n, factor if n <= d else None)
+        return cls(mu, None, n, factor) if n <= d else cls(mu, factor.T @ factor, n)
+
+    def covariance(self) -> torch.Tensor:
+        return self.sigma if self.sigma is not None else self.factor.T @ self.factor
+
+    def covariance_trace(self) -> torch.Tensor:
+        return torch.trace(self.sigma) if self.sigma is not None else self.factor.square().sum()
 
 
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -46,12 +53,12 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     if a.factor is not None and b.factor is not None:
         trace_sqrt = torch.linalg.svdvals(a.factor @ b.factor.T).sum()
     else:
-        root_a = _sqrt_psd(a.sigma)
-        middle = root_a @ b.sigma @ root_a
+        root_a = _sqrt_psd(a.covariance())
+        middle = root_a @ b.covariance() @ root_a
         middle = (middle + middle.T) / 2  # symmetric up to rounding; make it exactly so for eigh
         trace_sqrt = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum()
     diff = a.mu - b.mu
-    return float(diff @ diff + torch.trace(a.sigma) + torch.trace(b.sigma) - 2 * trace_sqrt)
+    return float(diff @ diff + a.covariance_trace() + b.covariance_trace() - 2 * trace_sqrt)
 
 
 def kernel_inception_distance(
