@@ -57,6 +57,7 @@ def _check_triplet(value: list[str | int]) -> list[str | int]:
 # Field types whose checks every section shares.
 Url = Annotated[str, AfterValidator(_check_url)]
 BandTriplet = Annotated[list[str | int], AfterValidator(_check_triplet)]
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment decay
 
 
 class StorageConfig(_Strict):
@@ -559,6 +560,9 @@ class TrainConfig(_Strict):
     steps: int = Field(10_000, ge=1, description="generator updates to train for (resumed runs count from their step)")
     lr_g: float | None = Field(None, gt=0, le=1, description="null: the family's default")
     lr_d: float | None = Field(None, gt=0, le=1, description="null: the family's default")
+    adam_betas: tuple[Beta, Beta] | None = Field(
+        None, description="Adam's (beta1, beta2) for G and D, each in [0, 1); null: the family's default"
+    )
     ema_half_life_kimg: float = Field(
         10.0, ge=0, description="EMA of G weights, half-life in thousands of images; 0 off"
     )

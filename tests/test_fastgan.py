@@ -216,3 +216,11 @@ def test_two_ranks_train_fastgan_in_sync(train_data_64, tmp_path):
     assert log[0]["model"] == "fastgan" and log[0]["world_size"] == 2
     assert all(r["loss_reconstruction"] > 0 for r in log if "loss_reconstruction" in r)
     assert all(isinstance(r["lecam_gap"], float) for r in log if "loss_d" in r)
+
+
+def test_configured_adam_betas_reach_both_optimizers(train_data_64, tmp_path):
+    config = small_config(train_data_64, tmp_path / "run", "train.steps=1", "train.adam_betas=[0.2, 0.9]", *FASTGAN)
+    optimizers = Trainer(config, distributed.setup(), progress=False).recipe.optimizers
+    assert optimizers["G"].param_groups[0]["betas"] == (0.2, 0.9)
+    lazy = 16 / 17  # D's lazy R1 every 16 steps rescales its betas (StyleGAN2)
+    assert optimizers["D"].param_groups[0]["betas"] == pytest.approx((0.2**lazy, 0.9**lazy))

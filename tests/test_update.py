@@ -76,3 +76,13 @@ def test_weight_clipping_updates_are_checked_on_the_host_even_when_deferred():
     network, optimizer = _network_and_optimizer()
     update = Update(distributed.setup(), deferred=True)
     assert not update(_loss(network, poison=True), network, optimizer, after_step=lambda: None)
+
+
+def test_configured_betas_replace_the_familys_and_are_rescaled_for_lazy_regularization():
+    layer = nn.Linear(2, 2)
+    assert make_optimizer(DEFAULTS, layer.parameters(), 1e-3).param_groups[0]["betas"] == (0.5, 0.99)
+    group = make_optimizer(DEFAULTS, layer.parameters(), 1e-3, lazy_interval=16, betas=(0.0, 0.9)).param_groups[0]
+    assert group["betas"] == pytest.approx((0.0, 0.9 ** (16 / 17)))
+    wgan = AdversarialDefaults(loss="wasserstein", lr_g=5e-5, lr_d=5e-5, betas=(0.5, 0.999), optimizer="rmsprop")
+    with pytest.raises(ValueError, match="train.adam_betas.*RMSprop"):
+        make_optimizer(wgan, layer.parameters(), 1e-3, betas=(0.0, 0.99))

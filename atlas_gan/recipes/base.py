@@ -125,17 +125,23 @@ def frozen(network: nn.Module) -> Iterator[None]:
 
 
 def make_optimizer(
-    defaults: AdversarialDefaults, parameters: Iterator[nn.Parameter], lr: float, lazy_interval: int = 0
+    defaults: AdversarialDefaults,
+    parameters: Iterator[nn.Parameter],
+    lr: float,
+    lazy_interval: int = 0,
+    betas: tuple[float, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """The family's optimizer. `lazy_interval` > 0: a regularizer runs every that many steps as an extra term of
-    the loss, so (as in StyleGAN2) lr and Adam's betas are scaled to keep the combined update's size."""
+    """The family's optimizer; `betas` (`train.adam_betas`) replace the family's Adam betas. `lazy_interval` > 0: a
+    regularizer runs every that many steps as an extra term of the loss, so (as in StyleGAN2) lr and Adam's betas
+    are scaled to keep the combined update's size."""
+    if defaults.optimizer == "rmsprop":
+        if betas is not None:
+            raise ValueError("train.adam_betas: this family trains with RMSprop, which has no betas; leave it null")
+        return torch.optim.RMSprop(parameters, lr=lr)
+    betas = betas or defaults.betas
     if lazy_interval:
         ratio = lazy_interval / (lazy_interval + 1)
-        lr, betas = lr * ratio, (defaults.betas[0] ** ratio, defaults.betas[1] ** ratio)
-    else:
-        betas = defaults.betas
-    if defaults.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
+        lr, betas = lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
     parameters = list(parameters)
     # the fused kernel: fewer launches per step, and it can skip a step on the device (see `Update`)
     fused = bool(parameters) and parameters[0].device.type in FUSED_ADAM_DEVICES
@@ -173,12 +179,12 @@ class Recipe:
         lazy: tuple[int, int] = (0, 0),
     ) -> None:
         """`self.G` and `self.D` on the device, each with the family's optimizer at the configured (else the
-        family's) learning rate; `lazy`: G's and D's lazy-regularization intervals (see `make_optimizer`)."""
+        family's) learning rate and betas; `lazy`: G's and D's lazy-regularization intervals (see `make_optimizer`)."""
         self.G, self.D = self.place(generator), self.place(discriminator)
         self.networks = {"G": self.G, "D": self.D}
         self.optimizers = {
-            "G": make_optimizer(defaults, self.G.parameters(), cfg.lr_g or defaults.lr_g, lazy[0]),
-            "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy[1]),
+            "G": make_optimizer(defaults, self.G.parameters(), cfg.lr_g or defaults.lr_g, lazy[0], cfg.adam_betas),
+            "D": make_optimizer(defaults, self.D.parameters(), cfg.lr_d or defaults.lr_d, lazy[1], cfg.adam_betas),
         }
 
     # ---- what subclasses implement -----------------------------------------------------------------------------

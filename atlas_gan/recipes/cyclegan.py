@@ -109,9 +109,11 @@ class CycleGANRecipe(Recipe):
         self.discriminators = nn.ModuleDict({"D_A": self.D_A, "D_B": self.D_B})
         self.base_lr = {"generators": cfg.lr_g or self.defaults.lr_g, "discriminators": cfg.lr_d or self.defaults.lr_d}
         self.optimizers = {
-            "generators": make_optimizer(self.defaults, self.generators.parameters(), self.base_lr["generators"]),
+            "generators": make_optimizer(
+                self.defaults, self.generators.parameters(), self.base_lr["generators"], betas=cfg.adam_betas
+            ),
             "discriminators": make_optimizer(
-                self.defaults, self.discriminators.parameters(), self.base_lr["discriminators"]
+                self.defaults, self.discriminators.parameters(), self.base_lr["discriminators"], betas=cfg.adam_betas
             ),
         }
         self.pools = {"D_A": HistoryPool(options.pool_size), "D_B": HistoryPool(options.pool_size)}
