@@ -75,13 +75,17 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
         floors = [r.get("floor_fid") for r in evaluations]
         if all(f is not None for f in floors):
             fid_axes.plot(eval_kimg, floors, linestyle="--", color="tab:gray", label="real-vs-real floor")
+        n = evaluations[-1].get("n_fake")
+        _finish(fid_axes, f"FID against the real tiles (N={n})", "FID", True)
         kids = [r.get("kid") for r in evaluations]
         if all(k is not None for k in kids):
             kid_axes = fid_axes.twinx()
-            kid_axes.plot(eval_kimg, kids, marker="s", color="tab:blue", linewidth=0.8, label="KID")
+            kid_axes.plot(eval_kimg, kids, marker="s", color="tab:blue", linewidth=0.8, label="KID (right axis)")
             kid_axes.set_ylabel("KID", color="tab:blue")
-        n = evaluations[-1].get("n_fake")
-        _finish(fid_axes, f"FID against the real tiles (N={n})", "FID", True)
+            # one legend for both axes: a KID line ending on the FID floor's height must not read as FID at the floor
+            fid_handles, fid_labels = fid_axes.get_legend_handles_labels()
+            kid_handles, kid_labels = kid_axes.get_legend_handles_labels()
+            fid_axes.legend(fid_handles + kid_handles, fid_labels + kid_labels, fontsize="small", loc="best")
     else:
         _finish(fid_axes, "FID: no evaluation yet (train.evaluate_every)", "FID", False)
 
