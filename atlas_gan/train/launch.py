@@ -21,6 +21,23 @@ from atlas_gan.config import AtlasConfig, config_to_dict
 
 _WORKER_ERROR = re.compile(r"(^|\]:)rank \d+: |^\w*(Error|Exception): ")
 
+# libgomp (torch's OpenMP on Linux) lets a thread spin 300,000 times waiting for work before it sleeps. Two CPU
+# trainings on one machine (a schedule and a new-imagery trigger on one worker) then spend each other's cores
+# spinning: FastGAN 64 px on 2 cores ran 12 img/s each beside another against 63-66 alone. With 1,000 spins: 30
+# img/s each, and 64 alone. A value the user set wins.
+THREADING_DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment for training processes: this one, plus the THREADING_DEFAULTS it does not set."""
+    return {**THREADING_DEFAULTS, **os.environ}
+
+
+def apply_threading_defaults() -> None:
+    """THREADING_DEFAULTS for training in this process; libgomp reads them when torch loads, so call it first."""
+    for key, value in THREADING_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
 
 class LaunchFailed(RuntimeError):
     """torchrun exited non-zero; the message carries the exit code and the tail of the log."""
@@ -67,9 +84,10 @@ def write_config_file(config: AtlasConfig, folder: str | Path) -> Path:
 def run_streaming(
     command: Sequence[str], on_line: Callable[[str], None], tail_lines: int = 200, env: dict[str, str] | None = None
 ) -> LaunchResult:
-    """Run `command`, handing each output line (stdout and stderr merged) to `on_line` as it comes."""
+    """Run `command` (a training process: `worker_environment()` plus `env`), handing each output line (stdout and
+    stderr merged) to `on_line` as it comes."""
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env = {**worker_environment(), **(env or {}), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
         list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=child_env
     ) as process:
