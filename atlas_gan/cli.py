@@ -181,19 +181,18 @@ def train(
     import subprocess
     import tempfile
 
-    from atlas_gan.train.launch import apply_threading_defaults, torchrun_command, worker_environment, write_config_file
+    from atlas_gan.train.launch import apply_threading_defaults, torchrun_command, write_config_file
 
     with _exit_codes():
         cfg = resolve_config(config, overrides)  # fail fast, before any process starts
+    apply_threading_defaults()  # before torch loads here, and inherited by torchrun's workers
     if nproc_per_node == 1:
-        apply_threading_defaults()  # before torch loads
         from atlas_gan.train.__main__ import main as train_main
 
         args = ([f"--config={config}"] if config else []) + [f"--set={o}" for o in overrides]
         raise typer.Exit(train_main(args + (["--quiet"] if quiet else [])))
     with tempfile.TemporaryDirectory(prefix="atlas-train-") as folder:  # every rank reads the resolved config
-        command = torchrun_command(write_config_file(cfg, folder), nproc_per_node, quiet=quiet)
-        code = subprocess.call(command, env=worker_environment())
+        code = subprocess.call(torchrun_command(write_config_file(cfg, folder), nproc_per_node, quiet=quiet))
     raise typer.Exit(code)
 
 
