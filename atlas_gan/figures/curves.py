@@ -76,9 +76,10 @@ def training_curves_png(records: list[dict[str, Any]], title: str, width_px: int
         if all(f is not None for f in floors):
             fid_axes.plot(eval_kimg, floors, linestyle="--", color="tab:gray", label="real-vs-real floor")
         n = evaluations[-1].get("n_fake")
-        _finish(fid_axes, f"FID against the real tiles (N={n})", "FID", True)
         kids = [r.get("kid") for r in evaluations]
-        if all(k is not None for k in kids):
+        with_kid = all(k is not None for k in kids)
+        _finish(fid_axes, f"FID against the real tiles (N={n})", "FID", legend=not with_kid)
+        if with_kid:
             kid_axes = fid_axes.twinx()
             kid_axes.plot(eval_kimg, kids, marker="s", color="tab:blue", linewidth=0.8, label="KID (right axis)")
             kid_axes.set_ylabel("KID", color="tab:blue")
