@@ -262,7 +262,8 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
 
 def test_esrgan_trains_scores_and_resumes_across_the_phase_change(train_data, tmp_path):
     """x4 on the Pucallpa tiles: scored on the held-out split beside bicubic (and, from the GAN phase on, the
-    pixel-loss model), and a run resumed in the pixel phase ends exactly where an uninterrupted one does."""
+    pixel-loss model); a run resumed in the pixel phase, across the change and again in the GAN phase restores its
+    phase, the kept pixel-phase G, its networks and its optimizers exactly."""
     ctx = distributed.setup()
     straight_dir = tmp_path / "straight"
     trainer = Trainer(esrgan_config(train_data, straight_dir, "train.steps=6", "train.evaluate_every=3"), ctx)
