@@ -8,9 +8,10 @@ invocation.
 
 Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
 trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
-(the same pixel phase for half the steps, then the GAN phase from it). Both are scored on the held-out tiles,
-degraded as in training (area downsampling by --scale, plus --blur/--noise), beside bicubic upscaling and the GAN
-run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units, FID/KID on the first three bands.
+(the same pixel phase for half the steps, then the GAN phase resumed from its checkpoint, as each --variant's is).
+Both are scored on the held-out tiles, degraded as in training (area downsampling by --scale, plus --blur/--noise),
+beside bicubic upscaling and the GAN run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units,
+FID/KID on the first three bands.
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
 tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`; finally upscales the central
 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png` beside
@@ -147,15 +148,18 @@ def main() -> None:
             "evaluate.batch_size=100",
             "tracking.enabled=false",
         ]
-        gan_config = load_config(
-            None, [*common, f"train.run_dir={args.out / 'esrgan'}", f"train.model.pixel_steps={args.steps // 2}"]
-        )
+        esrgan = [*common, f"train.run_dir={args.out / 'esrgan'}", f"train.model.pixel_steps={args.steps // 2}"]
+        gan_config = load_config(None, esrgan)
         pixel_config = load_config(
             None, [*common, f"train.run_dir={args.out / 'pixel'}", f"train.model.pixel_steps={args.steps}"]
         )
         report = ingest(gan_config, progress=False)
         print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
-        gan_checkpoint, gan_minutes = train(gan_config)
+        # the pixel phase as a run of its own, then the GAN phase resumed from its checkpoint, as every --variant's
+        # is: a resume restarts the data epoch, so only thus does a variant differ from ESRGAN by its settings alone
+        _, pixel_phase_minutes = train(load_config(None, [*esrgan, f"train.steps={args.steps // 2}"]))
+        gan_checkpoint, gan_phase_minutes = train(gan_config)
+        gan_minutes = pixel_phase_minutes + gan_phase_minutes
         pixel_checkpoint, pixel_minutes = train(pixel_config)
         store = LocalStorage()
         generator, meta = load_generator(store, gan_checkpoint)
