@@ -263,7 +263,8 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
 def test_esrgan_trains_scores_and_resumes_across_the_phase_change(train_data, tmp_path):
     """x4 on the Pucallpa tiles: scored on the held-out split beside bicubic (and, from the GAN phase on, the
     pixel-loss model); a run resumed in the pixel phase, across the change and again in the GAN phase restores its
-    phase, the kept pixel-phase G, its networks and its optimizers exactly."""
+    phase, the kept pixel-phase G, its networks and its optimizers exactly, and ends with the straight run's
+    weights."""
     ctx = distributed.setup()
     straight_dir = tmp_path / "straight"
     trainer = Trainer(esrgan_config(train_data, straight_dir, "train.steps=6", "train.evaluate_every=3"), ctx)
@@ -305,6 +306,10 @@ def test_esrgan_trains_scores_and_resumes_across_the_phase_change(train_data, tm
     assert resumed.recipe.optimizers["D"].state_dict()["state"][0]["step"] == 1  # D trains in the GAN phase only
     assert resumed.recipe.optimizers["G"].state_dict()["state"][0]["step"] == 4
     assert resumed.run()["step"] == 6
+    ended = load_checkpoint(LocalStorage(), str(resumed_dir / "checkpoints" / "step-00000006.pt"))
+    straight = load_checkpoint(LocalStorage(), checkpoint)
+    for name, weights in straight["networks"].items():  # twice resumed, the run still ends where the straight one did
+        assert all(torch.equal(v, ended["networks"][name][k]) for k, v in weights.items()), name
 
 
 def test_upscale_a_whole_scene_keeps_its_extent_without_seams(train_data, geotiff, tmp_path):

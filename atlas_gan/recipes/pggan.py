@@ -129,9 +129,15 @@ class PGGANRecipe(AdversarialRecipe):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "active_level": self.active_level}
 
+    def rank_state_dict(self) -> dict[str, Any]:
+        """The parent's, with the loader tiles drawn but not used yet: a resumed run trains on them first, as an
+        uninterrupted one would."""
+        return {**(super().rank_state_dict() or {}), "unused_tiles": [part.cpu() for part in self._buffer]}
+
     def load_state_dict(self, shared: dict[str, Any], own: dict[str, Any] | None) -> None:
         super().load_state_dict(shared, own)
         self.active_level = shared.get("active_level")
+        self._buffer = list((own or {}).get("unused_tiles", []))
 
     def log_values(self) -> dict[str, float | None]:
         level, alpha = self.G.growth()

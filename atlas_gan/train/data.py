@@ -4,7 +4,9 @@ Every rank and every DataLoader worker is one *consumer*. Each epoch the shard l
 depends only on (seed, epoch), so all consumers agree on it; then each consumer takes every n-th shard. When a
 dataset has fewer shards than consumers (small datasets, many GPUs), every consumer reads all shards and keeps
 every n-th sample instead, so no rank ever waits on an empty split. The stream is endless: after the last shard it
-moves to the next epoch, and it starts at `start_epoch` when a run resumes.
+moves to the next epoch. Each consumer's stream is a function of (seed, epoch, consumer) alone, and every sample
+carries its consumer and its place in that consumer's epoch, so a resumed run can start each consumer exactly where
+the checkpoint left it (`atlas_gan/train/data_resume.py`) instead of at the start of an epoch.
 
 Tiles arrive normalized by ingest (the 2nd..98th percentile of each band spans 0..1); the trainer sees
 `clip(2 * tile - 1, -1, 1)`, the range of the generator's tanh. Nodata pixels (0 in the tile) become -1.
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from atlas_gan.config import AugmentConfig, StorageConfig
 from atlas_gan.samples import NpyDecoder, TarFormatError, read_members
 from atlas_gan.storage import storage_for
+from atlas_gan.train.data_resume import DataPosition, DataResume
 
 
 def augment(tile: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
@@ -84,7 +87,13 @@ class TileStream(IterableDataset):
         storage: StorageConfig | None = None,
         scene_labels: dict[str, int] | None = None,
         exclude: frozenset[str] = frozenset(),
+        starts: dict[int, tuple[int, int]] | None = None,
+        rotation: int = 0,
     ) -> None:
+        """`starts`: consumer -> (epoch, samples of its stream from that epoch's start to pass over), for a resumed
+        run; other consumers start at `start_epoch`. `rotation`: loader worker w plays the rank's consumer
+        (w + rotation) mod workers, so that the first batch a resumed DataLoader hands out (worker 0's) comes from
+        the consumer whose turn it was."""
         super().__init__()
         if not shard_urls:
             raise ValueError("the dataset has no shards: run `atlas-gan ingest` first")
@@ -95,11 +104,12 @@ class TileStream(IterableDataset):
         self.storage = storage
         self.scene_labels = scene_labels
         self.exclude = exclude  # tile keys training never sees (the validation split and its buffer)
+        self.starts, self.rotation = dict(starts or {}), rotation
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+        return self.rank * workers + (worker + self.rotation) % workers, self.world_size * workers
 
     def _samples(self, urls: list[str]) -> Iterator[dict[str, Any]]:
         """Each sample's tile (and its metadata when training is conditional), shard by shard. The shards are
@@ -133,7 +143,8 @@ class TileStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         me, consumers = self._consumer()
-        for epoch in itertools.count(self.start_epoch):
+        first_epoch, skip = self.starts.get(me, (self.start_epoch, 0))
+        for epoch in itertools.count(first_epoch):
             order = list(self.shard_urls)
             random.Random(f"{self.seed}-{epoch}").shuffle(order)
             rng = np.random.default_rng((self.seed, epoch, me))
@@ -142,9 +153,13 @@ class TileStream(IterableDataset):
             else:
                 samples = itertools.islice(self._samples(order), me, None, consumers)
             empty = True
-            for sample in self._shuffled(samples, rng, epoch):
+            for index, (tile, label) in enumerate(self._shuffled(samples, rng)):
                 empty = False
-                yield sample
+                if skip:  # drawn, not converted: passing over a consumed epoch costs its decoding only
+                    skip -= 1
+                    continue
+                image = torch.from_numpy(to_training_range(tile, self.image_size))
+                yield {"image": image, "label": label, "epoch": epoch, "consumer": me, "index": index}
             if empty:  # every later epoch would be empty too: fail instead of looping forever
                 raise ValueError(
                     f"no training tiles reach data consumer {me + 1} of {consumers} ({self.world_size} rank(s) x "
@@ -158,23 +173,23 @@ class TileStream(IterableDataset):
         return self.scene_labels.get(sample["json"]["scene_id"])
 
     def _shuffled(
-        self, samples: Iterator[dict[str, Any]], rng: np.random.Generator, epoch: int
-    ) -> Iterator[dict[str, Any]]:
+        self, samples: Iterator[dict[str, Any]], rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, int]]:
+        """(augmented tile, label) in the order of a shuffle buffer flushed at the end of the epoch."""
         buffer: list[tuple[np.ndarray, int]] = []
         for sample in samples:
             label = self._label(sample)
             if label is None:
                 continue  # a scene left out of conditional training (condition.unlabeled=drop)
-            item = (to_training_range(augment(sample["tile.npy"], rng, self.augment_config), self.image_size), label)
+            item = (augment(sample["tile.npy"], rng, self.augment_config), label)
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(item)
                 continue
             i = int(rng.integers(len(buffer)))
             buffer[i], item = item, buffer[i]
-            yield {"image": torch.from_numpy(item[0]), "label": item[1], "epoch": epoch}
-        order = rng.permutation(len(buffer))
-        for i in order:
-            yield {"image": torch.from_numpy(buffer[i][0]), "label": buffer[i][1], "epoch": epoch}
+            yield item
+        for i in rng.permutation(len(buffer)):
+            yield buffer[i]
 
 
 def read_tiles(
@@ -202,32 +217,58 @@ LOADER_GROUP = 4  # batches a loader worker collates and sends at once (see Grou
 
 
 class GroupedBatches:
-    """Batches of `batch_size` from a DataLoader whose batches are `group` times larger, split into views.
+    """Batches of `batch_size` from a DataLoader whose batches are `group` times larger, split into views, with
+    where each data consumer stands (`position`, what a checkpoint saves for an exact resume).
 
     Each batch a worker process sends costs the training process host time to receive (shared-memory handles,
     unpickling, pinning) whatever its size: about 2 ms per batch of 64 tiles here, which on a GPU is time the host
     does not spend launching kernels. Sending 4 batches at once cut it to 0.7 ms per batch. The views of a pinned
-    batch are pinned too, so their copies to the GPU stay asynchronous."""
+    batch are pinned too, so their copies to the GPU stay asynchronous.
 
-    def __init__(self, loader: DataLoader, batch_size: int) -> None:
-        self.loader, self.batch_size = loader, batch_size
+    A DataLoader hands out its workers' batches in turn, and each comes from one consumer, so a position is, per
+    consumer, the (epoch, index) of the first sample of the last batch it sent and how many of its views were taken,
+    plus which consumer sent last (see `data_resume.plan_resume`). `discard`: views to drop from a consumer's first
+    batch (a resumed run restarts a half-taken batch at its beginning, so that the batches after it line up)."""
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        batch_size: int,
+        group: int,
+        workers: int,
+        position: DataPosition | None = None,
+        discard: dict[int, int] | None = None,
+    ) -> None:
+        self.loader, self.batch_size, self.group, self.workers = loader, batch_size, group, workers
+        known = position.consumers if position else {}
+        self.position = DataPosition(batch_size, group, workers, dict(known), position.last if position else None)
+        self._discard = dict(discard or {})
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for group in self.loader:
+            consumer = int(group["consumer"][0])
             parts = {key: value.split(self.batch_size) for key, value in group.items()}
-            for i in range(len(group["image"]) // self.batch_size):
+            taken = self._discard.pop(consumer, 0)
+            place = [int(group["epoch"][0]), int(group["index"][0]), taken]
+            self.position.consumers[consumer], self.position.last = place, consumer
+            for i in range(taken, len(group["image"]) // self.batch_size):
+                place[2] = i + 1  # counted as it is handed over: a checkpoint after this view resumes after it
                 yield {key: values[i] for key, values in parts.items()}
 
 
 def make_loader(
-    stream: TileStream, batch_size: int, num_workers: int, pin_memory: bool, group: int | None = None
+    stream: TileStream,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    group: int | None = None,
+    resume: DataResume | None = None,
 ) -> GroupedBatches:
     """Endless batches of `batch_size` from `stream`. `group`: batches each worker sends at a time; None: LOADER_GROUP
     when feeding a GPU (`pin_memory`), whose kernel launches compete for the host, else 1 (on the CPU a group only
-    delays the first batch: the tests' short runs took 1.2x longer)."""
-    if group is None:
-        group = LOADER_GROUP if pin_memory else 1
-    group = group if num_workers > 0 else 1
+    delays the first batch: the tests' short runs took 1.2x longer). `resume`: where the stream was told to start
+    (its half-taken batch to trim, the position to carry on)."""
+    group = loader_group(num_workers, pin_memory, group)
     loader = DataLoader(
         stream,
         batch_size=batch_size * group,
@@ -236,5 +277,18 @@ def make_loader(
         persistent_workers=num_workers > 0,
         drop_last=True,
         prefetch_factor=max(2, 4 // group) if num_workers > 0 else None,  # per worker: 4 batches, 8 when grouped
+        # its own generator: starting an iterator draws a seed for the workers, which must not come from (and move)
+        # the training RNG, or a resumed run, starting its loader later, would continue on other random numbers;
+        # the stream's randomness has seeds of its own
+        generator=torch.Generator(),
     )
-    return GroupedBatches(loader, batch_size)
+    if resume is None:
+        return GroupedBatches(loader, batch_size, group, max(num_workers, 1))
+    return GroupedBatches(loader, batch_size, group, max(num_workers, 1), resume.position, resume.discard)
+
+
+def loader_group(num_workers: int, pin_memory: bool, group: int | None = None) -> int:
+    """Batches a worker collates at once (see make_loader)."""
+    if num_workers == 0:
+        return 1
+    return (LOADER_GROUP if pin_memory else 1) if group is None else group

@@ -46,8 +46,9 @@ from atlas_gan.runtime.signature import IMAGE
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.split import TileSplit, dataset_split, validation_fraction
 from atlas_gan.storage import Storage, join_url, storage_for
-from atlas_gan.train.data import GroupedBatches, TileStream, make_loader, read_tiles
+from atlas_gan.train.data import GroupedBatches, TileStream, loader_group, make_loader, read_tiles
 from atlas_gan.train.data_defaults import DataDefault, apply_data_defaults, pick_data_defaults
+from atlas_gan.train.data_resume import DataPosition, DataResume, plan_resume
 from atlas_gan.train.ema import EMA
 from atlas_gan.train.hooks import TrainHooks
 from atlas_gan.train.run_log import RunLog
@@ -137,6 +138,8 @@ class Trainer:
         self.state = Progress()
         self.rollbacks = 0
         self.resumed_from: int | None = None
+        self._data_resume: DataResume | None = None  # where the data starts again (resume), None: at `epoch`
+        self._loader: GroupedBatches | None = None  # run()'s, whose position checkpoints save
         torch.manual_seed(cfg.seed * 1000 + ctx.rank)  # per-rank randomness; replaced by the checkpoint's on resume
         self.examples = self._examples(cfg.sample_count)  # held-out tiles, for generators that read images
         self.fixed_inputs = self.recipe.fixed_inputs(cfg.sample_count, cfg.seed, self.examples)
@@ -252,13 +255,18 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------------------------
 
     def _payload(
-        self, rng_states: list[object], epochs: list[object], recipe_ranks: list[object] | None
+        self,
+        rng_states: list[object],
+        epochs: list[object],
+        data_positions: list[object],
+        recipe_ranks: list[object] | None,
     ) -> dict[str, Any]:
         recipe = self.recipe
         return {
             "step": self.step,
             "images_seen": self.images_seen,
             "epochs": epochs,
+            "data_positions": data_positions,  # each rank's place in its data, for an exact resume
             "world_size": self.ctx.world_size,
             "rng": rng_states,
             "recipe": recipe.name,
@@ -290,11 +298,13 @@ class Trainer:
         self._calibrate_ema()  # the saved EMA generator samples as it was evaluated
         rng_states = dist_utils.gather_objects(rng_state(), self.ctx)
         epochs = dist_utils.gather_objects(self.epoch, self.ctx)
+        position = self._data_position()
+        data_positions = dist_utils.gather_objects(position.to_dict() if position else None, self.ctx)
         own = self.recipe.rank_state_dict()
         recipe_ranks = dist_utils.gather_objects(own, self.ctx) if own is not None else None
         url = checkpoint_url(self.config.train.run_dir, self.step)
         if self.ctx.is_main:
-            save_checkpoint(self.store, url, self._payload(rng_states, epochs, recipe_ranks))
+            save_checkpoint(self.store, url, self._payload(rng_states, epochs, data_positions, recipe_ranks))
             prune_checkpoints(self.store, self.config.train.run_dir, self.config.train.keep_checkpoints)
             if self.run_log is not None:
                 self.run_log.flush()
@@ -340,6 +350,7 @@ class Trainer:
         self.state.step, self.state.images_seen = state["step"], state["images_seen"]
         self.rollbacks = state["rollbacks"]
         self.state.epoch = int(state["epochs"][self.ctx.rank] if same_world else min(state["epochs"]))
+        self._data_resume = self._plan_data_resume(state, same_world)
         if same_world:
             restore_rng_state(state["rng"][self.ctx.rank])
         elif self.ctx.is_main:
@@ -352,9 +363,45 @@ class Trainer:
         self.resumed_from = step
         return True
 
-    def training_loader(self) -> GroupedBatches:
-        """This rank's batches of training tiles, from the current epoch on, as `run` reads them."""
+    def _data_position(self) -> DataPosition | None:
+        """This rank's place in its data: the running loader's, else the one resumed from (None: neither)."""
+        if self._loader is not None:
+            return self._loader.position
+        return self._data_resume.position if self._data_resume else None
+
+    def _plan_data_resume(self, state: dict[str, Any], same_world: bool) -> DataResume | None:
+        """Where this rank's data continues from the checkpoint `state`; None: at the start of the newest epoch
+        it drew from (checkpoints before data positions, or another rank count or loader shape). Logged, except on a
+        rollback, where the running loader goes on."""
         cfg, ctx = self.config.train, self.ctx
+        saved = (state.get("data_positions") or [None] * state["world_size"])[ctx.rank] if same_world else None
+        plan = None
+        if saved is not None:
+            pin = ctx.device.type == "cuda"
+            workers, group = max(cfg.num_workers, 1), loader_group(cfg.num_workers, pin)
+            plan = plan_resume(DataPosition.from_dict(saved), ctx.rank, cfg.batch_size, group, workers)
+        if not ctx.is_main or self._loader is not None:  # a rollback: the running loader goes on
+            return plan
+        if plan is not None:
+            log.info(
+                "resuming step %d: the data continues where it stopped (each loader stream passes over what it "
+                "had drawn of its current epoch first)",
+                state["step"],
+            )
+        else:
+            log.info(
+                "resuming step %d: the data restarts at the start of epoch %d (the checkpoint has no data position "
+                "for these ranks, loader workers and batch size), so the run leaves an uninterrupted one's path",
+                state["step"],
+                self.epoch,
+            )
+        return plan
+
+    def training_loader(self) -> GroupedBatches:
+        """This rank's batches of training tiles, as `run` reads them: where the checkpoint resumed from left them
+        (else from the start of the current epoch)."""
+        cfg, ctx = self.config.train, self.ctx
+        resume = self._data_resume
         stream = TileStream(
             shard_urls(self.manifest, self.config.dataset_url),
             ctx.rank,
@@ -367,8 +414,10 @@ class Trainer:
             storage=self.config.storage,
             scene_labels=self.scene_labels,
             exclude=self.split.excluded if self.split else frozenset(),
+            starts=resume.starts if resume else None,
+            rotation=resume.rotation if resume else 0,
         )
-        return make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda")
+        return make_loader(stream, cfg.batch_size, cfg.num_workers, ctx.device.type == "cuda", resume=resume)
 
     # ---- one step ------------------------------------------------------------------------------------------------
 
@@ -511,7 +560,7 @@ class Trainer:
                     log.info("%s = %s: %s", pick.key, pick.value, pick.reason)
             for hook in self.hooks:
                 hook.on_start(self)
-        loader = self.training_loader()
+        loader = self._loader = self.training_loader()
         batches = self._tracking_epochs(loader)
         bar = tqdm(
             total=cfg.steps,
