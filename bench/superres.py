@@ -155,8 +155,8 @@ def main() -> None:
         )
         report = ingest(gan_config, progress=False)
         print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
-        # the pixel phase as a run of its own, then the GAN phase resumed from its checkpoint, as every --variant's
-        # is: a resume restarts the data epoch, so only thus does a variant differ from ESRGAN by its settings alone
+        # the pixel phase as a run of its own, then the GAN phase resumed from its checkpoint, which every --variant
+        # shares (a resume is exact: ESRGAN's figures are those of the same run straight through)
         _, pixel_phase_minutes = train(load_config(None, [*esrgan, f"train.steps={args.steps // 2}"]))
         gan_checkpoint, gan_phase_minutes = train(gan_config)
         gan_minutes = pixel_phase_minutes + gan_phase_minutes
