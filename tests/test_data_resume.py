@@ -25,7 +25,7 @@ from tests.test_train import small_config
 BATCH, KEPT = 4, 42  # an epoch of 42 tiles: 10.5 batches, so batches straddle epochs
 
 
-def _stream_factory(train_data):
+def _stream_factory(train_data, start_epoch=0):
     """TileStreams over KEPT of the dataset's tiles (the rest excluded), augmented as in training."""
     urls = shard_urls(read_manifest(LocalStorage(), str(train_data)), str(train_data))
     keys, _ = read_tiles(urls, None, 32, None, 10_000)
@@ -33,7 +33,10 @@ def _stream_factory(train_data):
     excluded = frozenset(keys) - kept
 
     def stream(**resume):
-        return TileStream(urls, 0, 1, image_size=32, seed=3, shuffle_buffer=16, exclude=excluded, **resume)
+        start = resume.pop("start_epoch", start_epoch)
+        return TileStream(
+            urls, 0, 1, image_size=32, seed=3, start_epoch=start, shuffle_buffer=16, exclude=excluded, **resume
+        )
 
     return stream
 
@@ -42,17 +45,20 @@ def _draw(loader, count):
     return list(itertools.islice(iter(loader), count))
 
 
-@pytest.mark.parametrize(("workers", "group", "cuts"), [(0, 1, (3, 11)), (2, 1, (5,)), (2, 2, (5, 8))])
-def test_a_resumed_loader_hands_out_what_an_uninterrupted_one_would(train_data, workers, group, cuts):
-    """Cut after `cut` batches (5 with groups of 2: a group half taken), resume from the saved position."""
-    stream = _stream_factory(train_data)
+@pytest.mark.parametrize(
+    ("workers", "group", "cuts", "origin"), [(0, 1, (3, 11), 0), (2, 1, (5,), 0), (2, 2, (5, 8), 0), (2, 1, (1,), 2)]
+)
+def test_a_resumed_loader_hands_out_what_an_uninterrupted_one_would(train_data, workers, group, cuts, origin):
+    """Cut after `cut` batches (5 with groups of 2: a group half taken; 1 with 2 workers: one has sent nothing, and
+    must start at the epoch its run started at), resume from the saved position."""
+    stream = _stream_factory(train_data, origin)
     total = 32  # ~3 epochs
     straight = _draw(make_loader(stream(), BATCH, workers, False, group=group), total)
     first_epoch = {
         (int(consumer), int(index))
         for batch in straight
         for consumer, epoch, index in zip(batch["consumer"], batch["epoch"], batch["index"], strict=True)
-        if epoch == 0
+        if epoch == origin
     }
     assert len(first_epoch) == KEPT  # each consumer's share of the epoch, whole
     for cut in cuts:
@@ -61,7 +67,8 @@ def test_a_resumed_loader_hands_out_what_an_uninterrupted_one_would(train_data, 
         saved = DataPosition.from_dict(first.position.to_dict())  # as a checkpoint stores it
         plan = plan_resume(saved, 0, BATCH, group, max(workers, 1))
         assert plan is not None
-        second = make_loader(stream(starts=plan.starts, rotation=plan.rotation), BATCH, workers, False, group, plan)
+        resumed = stream(starts=plan.starts, rotation=plan.rotation, start_epoch=plan.position.origin)
+        second = make_loader(resumed, BATCH, workers, False, group, plan)
         tail = _draw(second, total - cut)
         for i, (a, b) in enumerate(zip(straight, head + tail, strict=True)):
             assert all(torch.equal(a[key], b[key]) for key in a), f"cut at {cut}: batch {i} differs"

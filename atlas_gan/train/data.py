@@ -238,12 +238,13 @@ class GroupedBatches:
         batch_size: int,
         group: int,
         workers: int,
-        position: DataPosition | None = None,
+        position: DataPosition,
         discard: dict[int, int] | None = None,
     ) -> None:
         self.loader, self.batch_size, self.group, self.workers = loader, batch_size, group, workers
-        known = position.consumers if position else {}
-        self.position = DataPosition(batch_size, group, workers, dict(known), position.last if position else None)
+        self.position = DataPosition(
+            batch_size, group, workers, dict(position.consumers), position.last, position.origin
+        )
         self._discard = dict(discard or {})
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -286,9 +287,11 @@ def make_loader(
         generator=torch.Generator(),
         collate_fn=pack_tiles,
     )
+    workers = max(num_workers, 1)
     if resume is None:
-        return GroupedBatches(loader, batch_size, group, max(num_workers, 1))
-    return GroupedBatches(loader, batch_size, group, max(num_workers, 1), resume.position, resume.discard)
+        fresh = DataPosition(batch_size, group, workers, origin=stream.start_epoch)
+        return GroupedBatches(loader, batch_size, group, workers, fresh)
+    return GroupedBatches(loader, batch_size, group, workers, resume.position, resume.discard)
 
 
 def pack_tiles(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -22,13 +22,15 @@ from typing import Any
 @dataclass
 class DataPosition:
     """One rank's place in its data; `consumers`: consumer -> [epoch, index of the first sample of its last batch,
-    views of that batch taken]; `last`: the consumer whose batch came last (None before the first)."""
+    views of that batch taken]; `last`: the consumer whose batch came last (None before the first); `origin`: the
+    epoch where consumers that have sent nothing yet start."""
 
     batch_size: int
     group: int
     workers: int
     consumers: dict[int, list[int]] = field(default_factory=dict)
     last: int | None = None
+    origin: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for a checkpoint (read back with `torch.load(weights_only=True)`)."""
@@ -38,20 +40,21 @@ class DataPosition:
             "workers": self.workers,
             "consumers": {consumer: list(place) for consumer, place in self.consumers.items()},
             "last": self.last,
+            "origin": self.origin,
         }
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> DataPosition:
         consumers = {int(consumer): [int(v) for v in place] for consumer, place in saved["consumers"].items()}
-        last = saved["last"]
-        return cls(int(saved["batch_size"]), int(saved["group"]), int(saved["workers"]), consumers, last)
+        sizes = int(saved["batch_size"]), int(saved["group"]), int(saved["workers"])
+        return cls(*sizes, consumers, saved["last"], int(saved.get("origin", 0)))
 
 
 @dataclass(frozen=True)
 class DataResume:
     """How to start a rank's data again: `starts` (consumer -> (epoch, samples of its stream from that epoch's start
-    to pass over)) and `rotation` for the stream, `discard` (consumer -> views of its first batch to drop) and the
-    position to carry on for the loader."""
+    to pass over); the others start at `position.origin`) and `rotation` for the stream, `discard` (consumer -> views
+    of its first batch to drop) and the position to carry on for the loader."""
 
     starts: dict[int, tuple[int, int]]
     rotation: int

@@ -408,7 +408,7 @@ class Trainer:
             ctx.world_size,
             image_size=self.spec.image_size,
             seed=cfg.seed,
-            start_epoch=self.epoch,
+            start_epoch=resume.position.origin if resume else self.epoch,
             shuffle_buffer=cfg.shuffle_buffer,
             augment_config=cfg.augment,
             storage=self.config.storage,
