@@ -371,10 +371,12 @@ class Trainer:
 
     def _plan_data_resume(self, state: dict[str, Any], same_world: bool) -> DataResume | None:
         """Where this rank's data continues from the checkpoint `state`; None: at the start of the newest epoch
-        it drew from (checkpoints before data positions, or another rank count or loader shape). Logged, except on a
-        rollback, where the running loader goes on."""
+        it drew from (checkpoints before data positions, another rank count or loader shape, a dataset that has
+        changed since). Logged, except on a rollback, where the running loader goes on."""
         cfg, ctx = self.config.train, self.ctx
-        saved = (state.get("data_positions") or [None] * state["world_size"])[ctx.rank] if same_world else None
+        same_data = state.get("dataset_checksum") == self.manifest.get("checksum")  # new shards: other streams
+        positions = state.get("data_positions") or [None] * state["world_size"]
+        saved = positions[ctx.rank] if same_world and same_data else None
         plan = None
         if saved is not None:
             pin = ctx.device.type == "cuda"
@@ -391,7 +393,8 @@ class Trainer:
         else:
             log.info(
                 "resuming step %d: the data restarts at the start of epoch %d (the checkpoint has no data position "
-                "for these ranks, loader workers and batch size), so the run leaves an uninterrupted one's path",
+                "for these ranks, loader workers, batch size and dataset), so the run leaves an uninterrupted one's "
+                "path",
                 state["step"],
                 self.epoch,
             )
