@@ -124,3 +124,15 @@ def test_training_resumed_midway_ends_bit_identical_to_an_uninterrupted_run(fami
                 same = torch.equal(value, b[part][name][key]) if torch.is_tensor(value) else value == b[part][name][key]
                 assert same, f"{part}.{name}.{key}"
     assert a["data_positions"] == b["data_positions"]
+
+
+def test_a_checkpoint_without_a_usable_position_restarts_the_epoch(train_data, tmp_path):
+    """Positions are replayed only onto the data and loader shape they were taken from."""
+    ctx = distributed.setup()
+    trainer = Trainer(small_config(train_data, tmp_path / "run", "train.steps=2"), ctx, progress=False)
+    trainer.run()
+    state = load_checkpoint(LocalStorage(), str(tmp_path / "run" / "checkpoints" / "step-00000002.pt"))
+    assert trainer._plan_data_resume(state, same_world=True) is not None
+    assert trainer._plan_data_resume(state, same_world=False) is None  # another rank count
+    assert trainer._plan_data_resume({**state, "dataset_checksum": "other"}, same_world=True) is None  # new shards
+    assert trainer._plan_data_resume({**state, "data_positions": None}, same_world=True) is None  # an old checkpoint
