@@ -20,6 +20,7 @@ import itertools
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -232,19 +233,10 @@ class GroupedBatches:
     plus which consumer sent last (see `data_resume.plan_resume`). `discard`: views to drop from a consumer's first
     batch (a resumed run restarts a half-taken batch at its beginning, so that the batches after it line up)."""
 
-    def __init__(
-        self,
-        loader: DataLoader,
-        batch_size: int,
-        group: int,
-        workers: int,
-        position: DataPosition,
-        discard: dict[int, int] | None = None,
-    ) -> None:
-        self.loader, self.batch_size, self.group, self.workers = loader, batch_size, group, workers
-        self.position = DataPosition(
-            batch_size, group, workers, dict(position.consumers), position.last, position.origin
-        )
+    def __init__(self, loader: DataLoader, position: DataPosition, discard: dict[int, int] | None = None) -> None:
+        """`position`: where the streams start (its batch size and grouping are the loader's), carried on here."""
+        self.loader, self.batch_size = loader, position.batch_size
+        self.position = replace(position, consumers=dict(position.consumers))
         self._discard = dict(discard or {})
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -287,11 +279,10 @@ def make_loader(
         generator=torch.Generator(),
         collate_fn=pack_tiles,
     )
-    workers = max(num_workers, 1)
     if resume is None:
-        fresh = DataPosition(batch_size, group, workers, origin=stream.start_epoch)
-        return GroupedBatches(loader, batch_size, group, workers, fresh)
-    return GroupedBatches(loader, batch_size, group, workers, resume.position, resume.discard)
+        fresh = DataPosition(batch_size, group, max(num_workers, 1), origin=stream.start_epoch)
+        return GroupedBatches(loader, fresh)
+    return GroupedBatches(loader, resume.position, resume.discard)
 
 
 def pack_tiles(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
