@@ -63,7 +63,9 @@ class Normalization:
         tables = _lookup_tables(self.offsets.tobytes(), self.scales.tobytes(), raw.dtype.str, dtype.str)
         out = np.empty(raw.shape, dtype)
         for band, table in enumerate(tables):
-            np.take(table, _table_index(raw[..., band, :, :]), out=out[..., band, :, :])
+            # mode="clip": every index is in the table, and the default ("raise") buffers `out` through a copy when
+            # it is strided (one band of a tile stack is): 2.2x slower
+            np.take(table, _table_index(raw[..., band, :, :]), out=out[..., band, :, :], mode="clip")
         if not valid.all():
             out = np.where(np.expand_dims(valid, -3), out, out.dtype.type(0))
         return out

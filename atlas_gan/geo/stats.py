@@ -42,7 +42,7 @@ class BandStatistics:
             if self.histogram is None:
                 self.histogram = np.zeros(_HIST_BINS, np.int64)
             if values.dtype.kind == "u":
-                counts = np.bincount(values, minlength=1 << (8 * values.dtype.itemsize))
+                counts = np.bincount(values)  # up to the largest value only: no 512 kB of zeros to add per call
                 self.histogram[-_HIST_MIN : -_HIST_MIN + counts.size] += counts
             else:
                 self.histogram += np.bincount(values.astype(np.int32) - _HIST_MIN, minlength=_HIST_BINS)
