@@ -15,7 +15,7 @@ This holds when the rank count, loader workers, batch size and grouping are the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -34,14 +34,7 @@ class DataPosition:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for a checkpoint (read back with `torch.load(weights_only=True)`)."""
-        return {
-            "batch_size": self.batch_size,
-            "group": self.group,
-            "workers": self.workers,
-            "consumers": {consumer: list(place) for consumer, place in self.consumers.items()},
-            "last": self.last,
-            "origin": self.origin,
-        }
+        return asdict(self)  # deep copies: the saved lists never alias the live position
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> DataPosition:
