@@ -558,6 +558,13 @@ class TrainConfig(_Strict):
     d_width: int = Field(64, ge=4, le=1024, description="discriminator channels at the first layer")
     batch_size: int = Field(64, ge=1, le=65536, description="per rank")
     steps: int = Field(10_000, ge=1, description="generator updates to train for (resumed runs count from their step)")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        le=525_600,
+        description="wall-clock budget of one training invocation (evaluations included): the first step past it "
+        "becomes the last (logged, sampled, evaluated and checkpointed as such); null: `steps` alone",
+    )
     lr_g: float | None = Field(None, gt=0, le=1, description="null: the family's default")
     lr_d: float | None = Field(None, gt=0, le=1, description="null: the family's default")
     adam_betas: tuple[Beta, Beta] | None = Field(

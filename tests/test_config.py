@@ -34,6 +34,7 @@ def test_overrides_are_parsed_as_yaml():
         ("ingest.bands=[0]", "ingest.bands", "1-based"),
         ("storage.endpoint_url=localhost:9000", "storage.endpoint_url", "http(s)://host"),
         ("ingest.resampling=sharpest", "ingest.resampling", "Input should be"),
+        ("train.max_minutes=0", "train.max_minutes", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(override, path, reason):

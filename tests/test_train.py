@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +210,30 @@ def test_a_hook_can_end_the_run_early_and_the_last_step_is_still_logged_and_save
     assert load_generator(LocalStorage(), summary["checkpoint"])[1]["step"] == 3
     events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if "loss_g" in e] == [1, 2, 3]
+
+
+class SlowSteps(TrainHooks):
+    """Every step takes at least `seconds` of wall clock."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_step_start(self, trainer):
+        time.sleep(self.seconds)
+
+
+def test_a_time_budget_ends_the_run_at_the_first_step_past_it(train_data, tmp_path):
+    budget = 0.001  # minutes: 60 ms, less than the one step that sleeps 70 ms
+    config = small_config(train_data, tmp_path / "run", "train.steps=50", f"train.max_minutes={budget}")
+    summary = Trainer(config, distributed.setup(), hooks=[SlowSteps(0.07)], progress=False).run()
+    assert summary["step"] == 1 and load_generator(LocalStorage(), summary["checkpoint"])[1]["step"] == 1
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    spent = [e for e in events if e.get("event") == "time_budget_spent"]
+    assert len(spent) == 1 and spent[0]["step"] == 1 and spent[0]["max_minutes"] == budget
+    assert [e["step"] for e in events if "loss_g" in e] == [1] and events[-1]["event"] == "end"
+    # a budget that is not reached changes nothing: the run ends at train.steps
+    roomy = small_config(train_data, tmp_path / "roomy", "train.steps=2", "train.max_minutes=60")
+    assert Trainer(roomy, distributed.setup(), progress=False).run()["step"] == 2
 
 
 class ArbitraryObject:

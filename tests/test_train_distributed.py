@@ -56,6 +56,15 @@ def test_two_ranks_stay_in_sync(train_data, tmp_path):
     assert all(np.isfinite(e["loss_d"]) and np.isfinite(e["loss_g"]) for e in log if "loss_d" in e)
 
 
+def test_two_ranks_end_together_when_the_time_budget_is_spent(train_data, tmp_path):
+    """Asked only at log steps under DDP (every 2nd step here), one all-reduce agreeing: both ranks end at step 2."""
+    extra = ["train.max_minutes=0.0001", "train.log_every=2"]
+    log = train_two_ranks(tmp_path / "run", train_data, 50, extra)
+    end = log[-1]
+    assert end["event"] == "end" and end["step"] == 2 and end["ranks_in_sync"] is True
+    assert [e["step"] for e in log if e.get("event") == "time_budget_spent"] == [2]
+
+
 def test_two_nodes_rendezvous_on_loopback_through_the_handoff(train_data, tmp_path, monkeypatch):
     """Node 0 is what the train-gan flow runs (launch_training publishes config + rendezvous); node 1 is what the
     other pods of infra/k8s run (atlas_gan.train.join waits for the handoff, then joins)."""

@@ -155,6 +155,7 @@ class Trainer:
         self._bad_run = torch.zeros((), device=device)
         self._skipped_steps = torch.zeros((), device=device)
         self._stop_requested = False  # request_stop(): end after the step in progress, before `steps`
+        self._started = time.perf_counter()  # set again when run() starts: `train.max_minutes` counts from there
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
@@ -521,8 +522,33 @@ class Trainer:
         rank must request it at the same step."""
         self._stop_requested = True
 
+    def _budget_spent(self) -> bool:
+        """Whether `train.max_minutes` have passed since `run` started, the same answer on every rank: alone, asked
+        after every step; under DDP only at log steps (the ranks synchronize there anyway), where one all-reduce
+        makes the slowest rank's clock decide."""
+        budget = self.config.train.max_minutes
+        if budget is None:
+            return False
+        if self.ctx.enabled and self.step % self.config.train.log_every != 0:
+            return False
+        spent = time.perf_counter() - self._started >= budget * 60
+        if self.ctx.enabled:
+            flag = torch.tensor([float(spent)], device=self.ctx.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            spent = bool(flag.item())
+        if spent and self.ctx.is_main:
+            log.info(
+                "train.max_minutes (%g) spent at step %d of %d: this step is the last",
+                budget,
+                self.step,
+                self.config.train.steps,
+            )
+            self.log_event({"event": "time_budget_spent", "step": self.step, "max_minutes": budget})
+        return spent
+
     def run(self) -> dict[str, Any]:
         cfg, ctx = self.config.train, self.ctx
+        self._started = time.perf_counter()
         if ctx.is_main:
             self.run_log = RunLog(self.store, cfg.run_dir)
             self.store.write_bytes(
@@ -591,6 +617,8 @@ class Trainer:
             bad_steps = 0
             add_losses(sums, counts, losses)
             bar.update()
+            if self.step < cfg.steps and self._budget_spent():
+                self._stop_requested = True
             last = self.step == cfg.steps or self._stop_requested
             at_checkpoint = self.step % cfg.checkpoint_every == 0 or last
             checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
