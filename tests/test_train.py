@@ -227,13 +227,15 @@ def test_a_time_budget_ends_the_run_at_the_first_step_past_it(train_data, tmp_pa
     config = small_config(train_data, tmp_path / "run", "train.steps=50", f"train.max_minutes={budget}")
     summary = Trainer(config, distributed.setup(), hooks=[SlowSteps(0.07)], progress=False).run()
     assert summary["step"] == 1 and load_generator(LocalStorage(), summary["checkpoint"])[1]["step"] == 1
+    assert summary["stopped_by_time_budget"] is True
     events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     spent = [e for e in events if e.get("event") == "time_budget_spent"]
     assert len(spent) == 1 and spent[0]["step"] == 1 and spent[0]["max_minutes"] == budget
     assert [e["step"] for e in events if "loss_g" in e] == [1] and events[-1]["event"] == "end"
     # a budget that is not reached changes nothing: the run ends at train.steps
     roomy = small_config(train_data, tmp_path / "roomy", "train.steps=2", "train.max_minutes=60")
-    assert Trainer(roomy, distributed.setup(), progress=False).run()["step"] == 2
+    roomy_summary = Trainer(roomy, distributed.setup(), progress=False).run()
+    assert roomy_summary["step"] == 2 and roomy_summary["stopped_by_time_budget"] is False
 
 
 class ArbitraryObject:

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     distributed.teardown(ctx)
     if ctx.is_main:
+        budget = config.train.max_minutes
+        spent = f" (train.max_minutes {budget:g} spent)" if summary["stopped_by_time_budget"] else ""
         print(
-            f"trained to step {summary['step']} ({summary['images_seen']} images); "
+            f"trained to step {summary['step']} of {config.train.steps}{spent} ({summary['images_seen']} images); "
             f"ranks in sync: {summary['ranks_in_sync']}; checkpoint: {summary['checkpoint']}"
         )
     return 0

@@ -156,6 +156,7 @@ class Trainer:
         self._skipped_steps = torch.zeros((), device=device)
         self._stop_requested = False  # request_stop(): end after the step in progress, before `steps`
         self._started = time.perf_counter()  # set again when run() starts: `train.max_minutes` counts from there
+        self._budget_stopped = False  # the run ended on `train.max_minutes`, before `train.steps`
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
@@ -618,7 +619,7 @@ class Trainer:
             add_losses(sums, counts, losses)
             bar.update()
             if self.step < cfg.steps and self._budget_spent():
-                self._stop_requested = True
+                self._stop_requested = self._budget_stopped = True
             last = self.step == cfg.steps or self._stop_requested
             at_checkpoint = self.step % cfg.checkpoint_every == 0 or last
             checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
@@ -699,6 +700,7 @@ class Trainer:
             "checkpoint": checkpoint_url(self.config.train.run_dir, self.step),
             "rank_fingerprints": fingerprints,
             "ranks_in_sync": len(set(fingerprints)) == 1,
+            "stopped_by_time_budget": self._budget_stopped,
         }
         if self.ctx.is_main:
             self.log_event(summary)
