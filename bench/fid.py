@@ -14,7 +14,6 @@ Not a test: no thresholds.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import warnings
@@ -22,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from shared_data import SHARED_DATA
 from torch import nn
 
 from atlas_gan.config import load_config
@@ -54,7 +54,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--speed-n", type=int, default=32, help="images for the extraction-speed comparison")
     parser.add_argument("--batch", type=int, default=16)

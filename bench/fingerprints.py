@@ -17,12 +17,12 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from shared_data import SHARED_DATA
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
@@ -107,7 +107,7 @@ def run(data: Path, work: Path, name: str, steps: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", type=Path, help="write the fingerprints as JSON here")
     parser.add_argument("--compare", type=Path, help="fingerprints recorded earlier: say which runs differ")

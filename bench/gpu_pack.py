@@ -15,7 +15,6 @@ Runs where rasterio is installed (here); prints what it wrote and the total size
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import rasterio
 import torch
 from rasterio.windows import Window
+from shared_data import SHARED_DATA
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
@@ -66,7 +66,7 @@ def folder_bytes(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".gpu-pack"))
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--sizes", default="64,128,256", help="comma-separated tile sizes")
     parser.add_argument("--crop", type=int, default=768, help="side of the scene crop, px")
     parser.add_argument("--no-inception", dest="inception", action="store_false", help="pack the shards only")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from shared_data import SHARED_DATA
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
@@ -123,7 +124,7 @@ def best_of(repeats: int, run) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--copies", type=int, default=4, help="scene copies for the marginal figures; 1: none")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from shared_data import SHARED_DATA
 
 from atlas_gan.config import load_config
 from atlas_gan.ingest import ingest
@@ -62,7 +63,7 @@ def host_ms_per_batch(batches: Iterator[dict[str, Any]], count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--tiles", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])

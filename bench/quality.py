@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from shared_data import SHARED_DATA
 from torch import nn
 from train_step import RefDiscriminator, RefGenerator, weights_init
 from variants import parse_variant
@@ -388,7 +389,7 @@ def seed_summary(results: list[RunResult], ref: RunResult | None) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--source", default="landsat8-parana", help="a folder of ../shared/data/geotiff")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--size", type=int, default=64)

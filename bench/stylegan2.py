@@ -19,11 +19,11 @@ halving per doubling above). Not a test: no thresholds.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import torch
+from shared_data import SHARED_DATA
 from train_step import InMemoryFeed, images_per_second
 
 from atlas_gan.config import load_config
@@ -77,7 +77,7 @@ def trainer_step(data_dir: Path, run_dir: Path, model: str, args: argparse.Names
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default=None, help="comma-separated image sizes; default 64 on CPU, 128,256 on GPU")
     parser.add_argument("--batch", type=int, default=32)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import SHARED_DATA
 from variants import parse_variant
 
 from atlas_gan.config import AtlasConfig, load_config
@@ -94,7 +95,7 @@ def comparison_figure(columns: dict[str, torch.Tensor], bands: list[str], title:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--scenes", default="landsat8-parana", help="folder under <data>/geotiff")
     parser.add_argument("--tile", type=int, default=64, help="high-resolution tile size (the truth)")
     parser.add_argument("--scale", type=int, default=4, choices=(2, 4))

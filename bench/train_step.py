@@ -12,13 +12,13 @@ images/s for both and the ratio; each is the best of --repeats timed runs after 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from shared_data import SHARED_DATA
 from torch import nn
 
 from atlas_gan.config import load_config
@@ -169,7 +169,7 @@ def images_per_second(step, batches: list[torch.Tensor], steps: int, repeats: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ATLAS_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import SHARED_DATA
 
 from atlas_gan.config import load_config
 from atlas_gan.figures.canvas import new_figure, png_bytes
@@ -72,7 +73,7 @@ def scene_figure(source: Path, translated: Path, input_indexes: list[int], targe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--scenes", default="landsat-pucallpa", help="folder under <data>/geotiff")
     parser.add_argument("--inputs", nargs="+", type=int, default=[3, 4], help="1-based input bands")
     parser.add_argument("--targets", nargs="+", type=int, default=[2], help="1-based target bands")
