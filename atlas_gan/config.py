@@ -562,8 +562,9 @@ class TrainConfig(_Strict):
         None,
         gt=0,
         le=525_600,
-        description="wall-clock budget of one training invocation (evaluations included): the first step past it "
-        "becomes the last (logged, sampled, evaluated and checkpointed as such); null: `steps` alone",
+        description="wall-clock budget of the run (evaluations included; carried across resumes in the checkpoint): "
+        "the first step past it becomes the last (logged, sampled, evaluated and checkpointed as such); null: `steps` "
+        "alone",
     )
     lr_g: float | None = Field(None, gt=0, le=1, description="null: the family's default")
     lr_d: float | None = Field(None, gt=0, le=1, description="null: the family's default")

@@ -234,8 +234,12 @@ def test_a_time_budget_ends_the_run_at_the_first_step_past_it(train_data, tmp_pa
     assert [e["step"] for e in events if "loss_g" in e] == [1] and events[-1]["event"] == "end"
     # a budget that is not reached changes nothing: the run ends at train.steps
     roomy = small_config(train_data, tmp_path / "roomy", "train.steps=2", "train.max_minutes=60")
-    roomy_summary = Trainer(roomy, distributed.setup(), progress=False).run()
+    roomy_summary = Trainer(roomy, distributed.setup(), hooks=[SlowSteps(0.07)], progress=False).run()
     assert roomy_summary["step"] == 2 and roomy_summary["stopped_by_time_budget"] is False
+    assert load_checkpoint(LocalStorage(), roomy_summary["checkpoint"])["train_seconds"] >= 0.14
+    # the budget is the run's: resumed with 120 ms, the 140+ ms already trained make the first new step the last
+    resumed = small_config(train_data, tmp_path / "roomy", "train.steps=50", "train.max_minutes=0.002")
+    assert Trainer(resumed, distributed.setup(), progress=False).run()["step"] == 3
 
 
 class ArbitraryObject:

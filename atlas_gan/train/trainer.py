@@ -155,7 +155,9 @@ class Trainer:
         self._bad_run = torch.zeros((), device=device)
         self._skipped_steps = torch.zeros((), device=device)
         self._stop_requested = False  # request_stop(): end after the step in progress, before `steps`
-        self._started = time.perf_counter()  # set again when run() starts: `train.max_minutes` counts from there
+        self._started = time.perf_counter()  # set again when run() starts
+        self._resumed_seconds = 0.0  # training time of the invocations before, from the checkpoint resumed
+        self._seconds_before = 0.0  # the same, fixed when run() starts (rollbacks do not move it)
         self._budget_stopped = False  # the run ended on `train.max_minutes`, before `train.steps`
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
@@ -287,6 +289,7 @@ class Trainer:
             "recipe_state": recipe.state_dict(),
             "recipe_ranks": recipe_ranks,  # each rank's own recipe state, for an exact resume
             "rollbacks": self.rollbacks,
+            "train_seconds": self.train_seconds,
             "config": config_to_dict(self.config),
         }
 
@@ -351,6 +354,7 @@ class Trainer:
         recipe.load_state_dict(state.get("recipe_state") or {}, own)
         self.state.step, self.state.images_seen = state["step"], state["images_seen"]
         self.rollbacks = state["rollbacks"]
+        self._resumed_seconds = float(state.get("train_seconds", 0.0))  # 0 for checkpoints from before it was kept
         self.state.epoch = int(state["epochs"][self.ctx.rank] if same_world else min(state["epochs"]))
         self._data_resume = self._plan_data_resume(state, same_world)
         if same_world:
@@ -523,16 +527,22 @@ class Trainer:
         rank must request it at the same step."""
         self._stop_requested = True
 
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained, evaluations included: the invocations before (up to the
+        checkpoint resumed from; time after a crashed invocation's last checkpoint is not counted) and this one."""
+        return self._seconds_before + time.perf_counter() - self._started
+
     def _budget_spent(self) -> bool:
-        """Whether `train.max_minutes` have passed since `run` started, the same answer on every rank: alone, asked
-        after every step; under DDP only at log steps (the ranks synchronize there anyway), where one all-reduce
-        makes the slowest rank's clock decide."""
+        """Whether the run has trained `train.max_minutes`, the same answer on every rank: alone, asked after every
+        step; under DDP only at log steps (the ranks synchronize there anyway), where one all-reduce makes the
+        slowest rank's clock decide."""
         budget = self.config.train.max_minutes
         if budget is None:
             return False
         if self.ctx.enabled and self.step % self.config.train.log_every != 0:
             return False
-        spent = time.perf_counter() - self._started >= budget * 60
+        spent = self.train_seconds >= budget * 60
         if self.ctx.enabled:
             flag = torch.tensor([float(spent)], device=self.ctx.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -549,7 +559,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, ctx = self.config.train, self.ctx
-        self._started = time.perf_counter()
+        self._started, self._seconds_before = time.perf_counter(), self._resumed_seconds
         if ctx.is_main:
             self.run_log = RunLog(self.store, cfg.run_dir)
             self.store.write_bytes(
