@@ -286,6 +286,21 @@ def test_resumed_training_continues_the_same_mlflow_run(train_data, tmp_path):
     assert run.data.params["train.steps"] == "2"  # params are immutable: the change is a tag
     assert run.data.tags["atlas.changed_on_resume.train.steps"].startswith("2 -> 4")
     assert run.data.tags["atlas.resumed_at_step"] == "2" and run.info.status == "FINISHED"
+    assert "atlas.stopped_by" not in run.data.tags  # it ended at train.steps
+
+
+def test_a_run_the_time_budget_ended_says_so_in_mlflow(train_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the embedded store under tracking.store_dir
+    config = tracked_config(
+        train_data, tmp_path / "run", tmp_path / "mlflow", "train.steps=50", "train.max_minutes=0.0001"
+    )
+    config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"uri": None})})
+    # 6 ms: the first step (which starts the loader) already takes longer
+    Trainer(config, distributed.setup(), hooks=[MLflowHook()], progress=False).run()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(read_run_id(config))
+    assert run.data.tags["atlas.stopped_by"] == "train.max_minutes (0.0001) at step 1 of 50"
+    assert run.info.status == "FINISHED"
 
 
 def test_tracking_never_stops_training(train_data, tmp_path, monkeypatch, caplog):

@@ -249,6 +249,10 @@ class MLflowHook(TrainHooks):
     def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self._pending:
             self._send_metrics(summary["step"], {})
+        if summary.get("stopped_by_time_budget") and self.run_id is not None:
+            train = trainer.config.train
+            why = f"train.max_minutes ({train.max_minutes:g}) at step {summary['step']} of {train.steps}"
+            self._attempt("tagging the early end", lambda: self.client.set_tag(self.run_id, "atlas.stopped_by", why))
         self.finish("FINISHED")
 
     def finish(self, status: str) -> None:
