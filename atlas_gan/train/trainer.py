@@ -155,9 +155,8 @@ class Trainer:
         self._bad_run = torch.zeros((), device=device)
         self._skipped_steps = torch.zeros((), device=device)
         self._stop_requested = False  # request_stop(): end after the step in progress, before `steps`
-        self._started = time.perf_counter()  # set again when run() starts
         self._resumed_seconds = 0.0  # training time of the invocations before, from the checkpoint resumed
-        self._seconds_before = 0.0  # the same, fixed when run() starts (rollbacks do not move it)
+        self._clock_zero = time.perf_counter()  # when the run would have started; run() sets it from the above
         self._budget_stopped = False  # the run ended on `train.max_minutes`, before `train.steps`
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
         self.run_log: RunLog | None = None  # rank 0, from run()
@@ -531,7 +530,7 @@ class Trainer:
     def train_seconds(self) -> float:
         """Wall-clock seconds this run has trained, evaluations included: the invocations before (up to the
         checkpoint resumed from; time after a crashed invocation's last checkpoint is not counted) and this one."""
-        return self._seconds_before + time.perf_counter() - self._started
+        return time.perf_counter() - self._clock_zero
 
     def _budget_spent(self) -> bool:
         """Whether the run has trained `train.max_minutes`, the same answer on every rank: alone, asked after every
@@ -559,7 +558,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, ctx = self.config.train, self.ctx
-        self._started, self._seconds_before = time.perf_counter(), self._resumed_seconds
+        self._clock_zero = time.perf_counter() - self._resumed_seconds  # fixed here: rollbacks do not move it
         if ctx.is_main:
             self.run_log = RunLog(self.store, cfg.run_dir)
             self.store.write_bytes(
