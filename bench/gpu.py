@@ -346,15 +346,19 @@ def main() -> None:
         modes = [mode for mode in MODES if args.modes is None or mode in args.modes]
         plan = [(case, mode) for case in cases for mode in modes if "compile" not in mode]
         last_eager = len(plan) - 1
+        smoke_ran: dict[tuple[str, str], int] = {}  # (family, mode) -> the size it ran at
         plan += [(case, mode) for case in cases for mode in modes if "compile" in mode]
         for i, (case, mode) in enumerate(plan):
             skip = compile_skip(args, time.perf_counter() - started) if "compile" in mode else None
             if args.smoke and mode in SMOKE_FIRST_CASE_ONLY and case != cases[0]:
                 skip = "--smoke: the first case covers this mode (bf16 on a CPU without bf16 units is slow)"
+            elif args.smoke and mode != "fp32" and (case.name, mode) in smoke_ran:
+                skip = f"--smoke: {smoke_ran[(case.name, mode)]} px covers this family's mode (bf16 on a CPU is slow)"
             if skip:
                 record = {"family": case.name, "size": case.size, "mode": mode, "skipped": skip}
             else:
                 record = guarded(case, mode, measure_training, args, work, case, mode)
+                smoke_ran.setdefault((case.name, mode), case.size)
             report.add("training", record)
             print_training(record)
             if mode == LOADER_MODE and "images_per_s" in record:
