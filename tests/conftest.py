@@ -23,6 +23,17 @@ PREFECT_SANDBOX = tempfile.mkdtemp(prefix="atlas-tests-prefect-")
 os.environ["PREFECT_HOME"] = PREFECT_SANDBOX
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules marked `slow` first, longest first, each module's tests together and in order: `make test`'s
+    workers take one file at a time, so the long files start at once and the short ones fill in at the end."""
+    seconds: dict[Path, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        own = float(marker.kwargs.get("seconds", 60)) if marker else 0.0
+        seconds[item.path] = max(seconds.get(item.path, 0.0), own)
+    items.sort(key=lambda item: -seconds[item.path])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_sandbox(tmp_path_factory: pytest.TempPathFactory):
     """MLflow and Prefect never write outside temp dirs in tests: training runs track into a session sqlite store

@@ -23,6 +23,8 @@ from atlas_gan.storage import LocalStorage
 from atlas_gan.train.figures_hook import FiguresHook
 from atlas_gan.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow(seconds=100)
+
 CYCLEGAN = [
     "train.model.family=cyclegan",
     "train.model.domain_a=[1985, 1990]",

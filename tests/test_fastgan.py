@@ -21,6 +21,8 @@ from atlas_gan.train.data_defaults import pick_data_defaults
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import small_config
 
+pytestmark = pytest.mark.slow(seconds=120)
+
 FASTGAN = ["train.model=fastgan", "train.latent_dim=32"]
 
 

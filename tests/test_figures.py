@@ -25,6 +25,8 @@ from atlas_gan.train.trainer import Trainer
 from tests.test_tile_index import SOURCES
 from tests.test_train import SMALL
 
+pytestmark = pytest.mark.slow(seconds=55)
+
 
 class SeenFigures(TrainHooks):
     def __init__(self) -> None:

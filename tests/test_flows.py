@@ -30,6 +30,8 @@ from tests.conftest import REPO
 from tests.test_tracking import EVAL
 from tests.test_train import SMALL
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 # ---- pieces -------------------------------------------------------------------------------------------------------
 
 

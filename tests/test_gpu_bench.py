@@ -23,6 +23,8 @@ RUN_WITHOUT = (
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
 
+pytestmark = pytest.mark.slow(seconds=90)
+
 
 def run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHONPATH": str(REPO)}

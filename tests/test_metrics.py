@@ -30,6 +30,8 @@ from atlas_gan.storage import LocalStorage
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import SMALL
 
+pytestmark = pytest.mark.slow(seconds=55)
+
 # ---- analytic --------------------------------------------------------------------------------------------------
 
 

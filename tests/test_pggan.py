@@ -24,6 +24,8 @@ from atlas_gan.sampling import load_sampler
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import small_config
 
+pytestmark = pytest.mark.slow(seconds=45)
+
 FAST = ["train.model=pggan", "train.model.stable_kimg=0.016", "train.model.fade_kimg=0.016"]
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow(seconds=70)
+
 
 def test_scores_the_reference_and_a_family_at_every_mark(shared_data: Path, tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "quality.json"

@@ -23,7 +23,7 @@ from tests.servers import LOOPBACK, free_port
 from tests.test_tracking import EVAL
 from tests.test_train import SMALL
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=230)]
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 

@@ -30,6 +30,8 @@ from atlas_gan.train.trainer import Trainer
 from tests.test_tracking import tracked_config, train_tracked
 from tests.test_train import small_config
 
+pytestmark = pytest.mark.slow(seconds=40)
+
 TINY = ModelSpec(bands=4, image_size=64, latent_dim=32, g_width=8, d_width=8)
 STYLEGAN2 = [
     "train.model=stylegan2",

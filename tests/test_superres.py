@@ -37,6 +37,8 @@ from atlas_gan.train.data_defaults import apply_data_defaults, pick_data_default
 from atlas_gan.train.figures_hook import FiguresHook
 from atlas_gan.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow(seconds=160)
+
 ESRGAN = [
     "train.model.family=esrgan",
     "train.model.scale=4",  # 32 px tiles from 8 px inputs

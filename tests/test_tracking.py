@@ -40,6 +40,8 @@ from atlas_gan.train.trainer import Trainer
 from tests.servers import MlflowServer, free_port
 from tests.test_train import SMALL
 
+pytestmark = pytest.mark.slow(seconds=175)
+
 SECRET = "atlas-secret-must-never-be-logged"
 EVAL = [
     "evaluate.n=16",

@@ -19,7 +19,7 @@ from tests.test_conditional import CONDITIONAL
 from tests.test_stylegan2 import STYLEGAN2
 from tests.test_train import SMALL
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=220)]
 
 
 def torchrun(*launcher_args, run_dir, data, steps, extra=()):

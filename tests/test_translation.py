@@ -33,6 +33,8 @@ from atlas_gan.train.figures_hook import FiguresHook
 from atlas_gan.train.trainer import Trainer
 from atlas_gan.translate import SceneTranslator, blend_window, translate_scene
 
+pytestmark = pytest.mark.slow(seconds=105)
+
 PIX2PIX = [
     "train.model.family=pix2pix",
     "train.model.input_bands=[3, 4]",  # Pucallpa: red, green
