@@ -47,7 +47,12 @@ def train_two_ranks(run_dir, data, steps, extra):
 
 
 def test_two_ranks_stay_in_sync(train_data, tmp_path):
-    log = train_two_ranks(tmp_path / "run", train_data, 4, ["train.model=wgan-gp"])
+    run_dir = tmp_path / "run"
+    extra = ["train.model=wgan-gp"]
+    command = torchrun("--standalone", "--nproc-per-node=2", run_dir=run_dir, data=train_data, steps=4, extra=extra)
+    output = finish(command)  # the workers leave through os._exit: what they printed must still arrive
+    assert "trained to step 4 of 4 (320 images); ranks in sync: True" in output
+    log = events(run_dir)
     end = log[-1]
     assert end["event"] == "end" and end["step"] == 4 and end["ranks_in_sync"] is True
     assert len(end["rank_fingerprints"]) == 2

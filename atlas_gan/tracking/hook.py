@@ -4,6 +4,8 @@ and scene list as artifacts.
 
 Tracking never stops training: when MLflow is unreachable the hook warns once, keeps the metrics it could not send
 and sends them with the next call that gets through (log.jsonl in the run directory holds every record anyway).
+Every call waits for the server, even with MLFLOW_ENABLE_ASYNC_LOGGING set: a torchrun worker ends through
+`os._exit` (see `distributed.exit_worker`), which would drop a queue.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class MLflowHook(TrainHooks):
 
     # ---- resilience ------------------------------------------------------------------------------------------------
 
+    def _set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value, synchronous=True)
+
     def _attempt(self, what: str, action) -> bool:
         try:
             action()
@@ -129,7 +134,7 @@ class MLflowHook(TrainHooks):
 
         def send() -> None:
             for start in range(0, len(pending), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
+                self.client.log_batch(self.run_id, metrics=pending[start : start + 1000], synchronous=True)
 
         if self._attempt("logging metrics", send):
             self._pending = []
@@ -186,8 +191,8 @@ class MLflowHook(TrainHooks):
             tags["atlas.resumed_at_step"] = str(trainer.step)
         param_items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(param_items), 100):
-            self.client.log_batch(self.run_id, params=param_items[start : start + 100])
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.client.log_batch(self.run_id, params=param_items[start : start + 100], synchronous=True)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
     def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if record.get("event") == "evaluate":
@@ -212,7 +217,7 @@ class MLflowHook(TrainHooks):
         if self.run_id is not None:
             self._attempt(
                 "tagging the metric protocol",
-                lambda: [self.client.set_tag(self.run_id, k, v) for k, v in protocol.items()],
+                lambda: [self._set_tag(k, v) for k, v in protocol.items()],
             )
 
     def on_samples(self, trainer: Trainer, urls: list[str]) -> None:
@@ -244,7 +249,7 @@ class MLflowHook(TrainHooks):
 
     def on_checkpoint(self, trainer: Trainer, url: str) -> None:
         if self.run_id is not None:
-            self._attempt("tagging the checkpoint", lambda: self.client.set_tag(self.run_id, "atlas.checkpoint", url))
+            self._attempt("tagging the checkpoint", lambda: self._set_tag("atlas.checkpoint", url))
 
     def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self._pending:
@@ -252,7 +257,7 @@ class MLflowHook(TrainHooks):
         if summary.get("stopped_by_time_budget") and self.run_id is not None:
             train = trainer.config.train
             why = f"train.max_minutes ({train.max_minutes:g}) at step {summary['step']} of {train.steps}"
-            self._attempt("tagging the early end", lambda: self.client.set_tag(self.run_id, "atlas.stopped_by", why))
+            self._attempt("tagging the early end", lambda: self._set_tag("atlas.stopped_by", why))
         self.finish("FINISHED")
 
     def finish(self, status: str) -> None:

@@ -58,14 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {ctx.rank}: {exc}", file=sys.stderr)
         if tracker is not None:
             tracker.finish("FAILED")
-        distributed.teardown(ctx, together=False)
-        return 1
+        return leave(ctx, 1, together=False)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
         distributed.teardown(ctx, together=False)
         raise
-    distributed.teardown(ctx)
     if ctx.is_main:
         budget = config.train.max_minutes
         spent = f" (train.max_minutes {budget:g} spent)" if summary["stopped_by_time_budget"] else ""
@@ -73,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             f"trained to step {summary['step']} of {config.train.steps}{spent} ({summary['images_seen']} images); "
             f"ranks in sync: {summary['ranks_in_sync']}; checkpoint: {summary['checkpoint']}"
         )
-    return 0
+    return leave(ctx, 0, together=True)
+
+
+def leave(ctx: distributed.DistributedContext, code: int, together: bool) -> int:
+    """A torchrun worker ends here (see `distributed.exit_worker`); a single process returns its exit code."""
+    if ctx.enabled:
+        distributed.exit_worker(ctx, code, together=together)
+    return code
 
 
 if __name__ == "__main__":
