@@ -58,13 +58,11 @@ demo: $(VENV)/.installed-demo
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/atlas-gan sample --model models:/atlas-gan-satellite@champion -n 9 \
 		--bands B04,B03,B02 --walk $(DEMO_DIR)/champion-walk.gif --set tracking.store_dir=$(DEMO_DIR)/mlflow
 
-# TEST_WORKERS=2 runs the suite on two processes (pytest-xdist), one test file per worker at a time so a file's
-# server fixtures start once, the files marked slow first (tests/conftest.py orders them; --no-loadscope-reorder
-# keeps that order): 16.0 min against 22.7 in one process on the AVX2-only machine kind. The default stays one
-# process: under two, one of four full runs lost a 2-rank torchrun test to a rank aborting as gloo shut down
-# ("terminate called without an active exception"), not seen in one process in the recent CI runs.
+# The suite runs on two processes (pytest-xdist), one test file per worker at a time so a file's server fixtures
+# start once, the files marked slow first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order):
+# 16 min against 22.7 in one process on the AVX2-only machine kind. TEST_WORKERS=0 runs it in one process.
 # With workers, GOMP_SPINCOUNT: OpenMP threads that spin for long while they wait steal the other worker's core.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 TEST_SPIN := $(if $(filter 0,$(TEST_WORKERS)),,GOMP_SPINCOUNT=$${GOMP_SPINCOUNT:-1000})
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench infra
