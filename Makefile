@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean gpu-pack
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,15 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench infra
 	ATLAS_SHARED_DATA=$(SHARED_DATA) $(TEST_SPIN) \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# What `bench/gpu.py` needs on the GPU machine, which has no package index, GDAL or Inception file (README, "The GPU
+# path"): .gpu-pack/ (shards and fp16 Inception weights, ~54 MiB) and .whl/ (the cp312 wheels it lacks, ~3 MiB).
+gpu-pack: $(VENV)/.installed-test
+	ATLAS_SHARED_DATA=$(SHARED_DATA) $(BIN)/python bench/gpu_pack.py --out .gpu-pack
+	rm -rf .whl
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --dest .whl 'pydantic>=2.6'
+	du -sh .gpu-pack .whl
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check atlas_gan flows tests bench infra
