@@ -599,7 +599,9 @@ class TrainConfig(_Strict):
     )
     nan_patience: int = Field(3, ge=1, le=1000, description="non-finite steps in a row before rolling back")
     max_rollbacks: int = Field(3, ge=0, le=100, description="rollbacks to the last checkpoint before giving up")
-    keep_checkpoints: int = Field(3, ge=1, le=1000, description="newest checkpoints kept in run_dir")
+    keep_checkpoints: int = Field(
+        3, ge=1, le=1000, description="newest checkpoints kept in run_dir, besides the best evaluated"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -662,6 +664,11 @@ class EvaluateConfig(_Strict):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description="auto: bf16 on GPU; FID is reported fp32")
     seed: int = Field(0, ge=0)
+    register: Literal["best", "last"] = Field(
+        "best",
+        description="the checkpoint a training flow registers: best = the lowest FID of those training evaluated "
+        "(train.evaluate_every; their checkpoints are kept), last = the newest",
+    )
 
 
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")

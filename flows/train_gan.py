@@ -21,7 +21,7 @@ from pydantic import Field
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics import main_scores
-from atlas_gan.metrics.evaluate import evaluate_checkpoint, latest_checkpoint, stored_checkpoint_evaluation
+from atlas_gan.metrics.evaluate import checkpoint_to_register, evaluate_checkpoint, stored_checkpoint_evaluation
 from atlas_gan.metrics.manifold import precision_recall_text
 from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.metrics.unpaired import unpaired_summary
@@ -112,7 +112,7 @@ def train(
 
     launch_training(config, on_line, nproc_per_node, nnodes, rdzv_endpoint, max_restarts, handoff_url)
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
-    return latest_checkpoint(config)
+    return checkpoint_to_register(config)
 
 
 @task(name="evaluate", timeout_seconds=4 * 3600, **SERVER_RETRIES)

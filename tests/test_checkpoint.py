@@ -1,17 +1,21 @@
-"""Checkpoint formats: a file written before the training recipes (format 1) still loads, resumes and samples."""
+"""Checkpoint formats: a file written before the training recipes (format 1) still loads, resumes and samples;
+which checkpoints a run keeps, and which one it registers."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from atlas_gan.metrics.evaluate import checkpoint_to_register, scored_checkpoints
 from atlas_gan.runtime import distributed
-from atlas_gan.runtime.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from atlas_gan.runtime.checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_checkpoint, save_checkpoint
 from atlas_gan.runtime.generator import load_generator
+from atlas_gan.shards import read_manifest
 from atlas_gan.storage import LocalStorage, StorageError
 from atlas_gan.train.trainer import Trainer
 from tests.test_train import small_config
@@ -78,3 +82,25 @@ def test_a_newer_format_is_refused_by_name(tmp_path):
     torch.save(data, url)
     with pytest.raises(StorageError, match="format version 3 is newer than this atlas-gan reads"):
         load_checkpoint(LocalStorage(), url)
+
+
+def test_pruning_keeps_the_best_evaluated_checkpoint_and_the_flow_registers_it(train_data, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = ["train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=1"]
+    config = small_config(train_data, run_dir, *settings)
+    trainer = Trainer(config, distributed.setup())
+    trainer.best_step = 1  # what the evaluation hook sets when step 1 scored the lowest FID
+    trainer.run()
+    assert [step for step, _ in list_checkpoints(LocalStorage(), str(run_dir))] == [1, 3]  # 2 pruned, 1 kept
+
+    checksum = read_manifest(LocalStorage(), str(train_data))["checksum"]
+    (run_dir / "eval").mkdir()
+    for step, fid in ((1, 210.0), (3, 240.0)):  # as EvaluationHook stores them
+        result = {"fid": fid, "n_fake": config.evaluate.n, "dataset_checksum": checksum, "sample_recall": 0.0}
+        (run_dir / "eval" / f"step-{step:08d}.json").write_text(json.dumps(result))
+    assert [(fid, step) for fid, step, _ in scored_checkpoints(config)] == [(210.0, 1), (240.0, 3)]
+    assert checkpoint_to_register(config).endswith("step-00000001.pt")
+    last = small_config(train_data, run_dir, *settings, "evaluate.register=last")
+    assert checkpoint_to_register(last).endswith("step-00000003.pt")
+    other_n = small_config(train_data, run_dir, *settings, "evaluate.n=77")  # scored under another protocol
+    assert checkpoint_to_register(other_n).endswith("step-00000003.pt")

@@ -155,19 +155,24 @@ def test_train_gan_flow_ingests_trains_registers_then_skips(harness, geotiff, tm
     source = tmp_path / "incoming"
     source.mkdir()
     shutil.copy(geotiff / "landsat-pucallpa" / "landsat_1985.tif", source)
-    overrides = _flow_overrides(source, tmp_path)
+    overrides = [*_flow_overrides(source, tmp_path), "train.keep_checkpoints=1"]
     first = train_gan(overrides=overrides)
     assert first["added_scenes"] == ["landsat_1985"] and first["skipped"] is None
     assert first["registration"]["alias"] == "champion" and first["fid"] > 0
     assert first["sample_grid"].endswith("-rgb.png") and Path(first["sample_grid"]).exists()
     assert Path(first["run_dir"]).parent == tmp_path / "runs"
 
-    # an FID curve by default (fid_points): evaluated during training, the last point reused as the final score
+    # an FID curve by default (fid_points): evaluated during training; the checkpoint of the lowest FID is kept
+    # (keep_checkpoints 1 prunes the others) and registered, its evaluation reused as the version's score
     history = MlflowClient(overrides_uri(overrides)).get_metric_history(first["registration"]["run_id"], "fid")
-    assert [m.step for m in history] == [1, 2, 2]  # two training evaluations, then the registered version's score
-    assert history[1].value == pytest.approx(first["fid"])  # the final evaluation is the one training made
+    assert [m.step for m in history[:2]] == [1, 2]  # two training evaluations, then the registered version's score
+    best = min(history[:2], key=lambda m: (m.value, -m.step))
+    assert history[2].step == best.step and history[2].value == pytest.approx(best.value) == first["fid"]
+    assert first["checkpoint"].endswith(f"step-{best.step:08d}.pt") and Path(first["checkpoint"]).exists()
+    kept = sorted(p.name for p in (Path(first["run_dir"]) / "checkpoints").glob("*.pt"))
+    assert kept == sorted({f"step-{best.step:08d}.pt", "step-00000002.pt"})
     recall = MlflowClient(overrides_uri(overrides)).get_metric_history(first["registration"]["run_id"], "sample_recall")
-    assert [m.step for m in recall] == [1, 2, 2] and recall[-1].value == pytest.approx(first["sample_recall"])
+    assert [m.step for m in recall] == [1, 2, best.step] and recall[-1].value == pytest.approx(first["sample_recall"])
     artifacts = asyncio.run(latest_artifacts())
     assert artifacts["train-progress"].data == 100.0  # the progress artifact followed training to the end
     report = artifacts["train-gan-report"].data

@@ -201,6 +201,33 @@ def stored_evaluation(config: AtlasConfig, step: int, checksum: str) -> dict[str
     return {**result, "written_to": url}
 
 
+def scored_checkpoints(config: AtlasConfig) -> list[tuple[float, int, str]]:
+    """(FID, step, url) of the run's checkpoints that training evaluated (stored as `stored_evaluation` reads
+    them), oldest first."""
+    store = storage_for(config.train.run_dir, config.storage)
+    found = list_checkpoints(store, config.train.run_dir)
+    dataset = config.dataset_url
+    manifest = read_manifest(storage_for(dataset, config.storage), dataset) if found else None
+    if manifest is None:
+        return []
+    scored = []
+    for step, url in found:
+        result = stored_evaluation(config, step, manifest["checksum"])
+        if result is not None and result.get("fid") is not None:
+            scored.append((float(result["fid"]), step, url))
+    return scored
+
+
+def checkpoint_to_register(config: AtlasConfig) -> str:
+    """The checkpoint a training run offers the registry: with `evaluate.register` best, the one whose evaluation
+    during training scored the lowest FID (the newest of equals); else, or with none scored, the newest."""
+    newest = latest_checkpoint(config)
+    if config.evaluate.register == "last":
+        return newest
+    scored = scored_checkpoints(config)
+    return min(scored, key=lambda s: (s[0], -s[1]))[2] if scored else newest
+
+
 def stored_checkpoint_evaluation(config: AtlasConfig, checkpoint: str) -> dict[str, Any] | None:
     """The evaluation training already made of `checkpoint` (`train.evaluate_every` landing on its step), when it
     was made at evaluate.n against the current dataset; None otherwise."""

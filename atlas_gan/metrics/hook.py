@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from atlas_gan.metrics import main_scores
-from atlas_gan.metrics.evaluate import evaluate_generator, image_evaluator
+from atlas_gan.metrics.evaluate import evaluate_generator, image_evaluator, scored_checkpoints
 from atlas_gan.metrics.translation import TranslationEvaluator, evaluation_record
 from atlas_gan.metrics.unpaired import UnpairedEvaluator, unpaired_record
 from atlas_gan.metrics.weights import resolve_weights
@@ -16,12 +16,15 @@ from atlas_gan.train.trainer import Trainer
 
 
 class EvaluationHook(TrainHooks):
-    """FID/KID (IS with a classifier head) into log.jsonl and run_dir/eval/; other hooks see them via on_log."""
+    """FID/KID (IS with a classifier head) into log.jsonl and run_dir/eval/; other hooks see them via on_log.
+    Rank 0 tells the trainer which evaluated checkpoint scored the lowest FID (`Trainer.best_step`), so pruning
+    keeps it for the registry (`evaluate.register`)."""
 
     def __init__(self, n: int | None = None) -> None:
         self.n = n
         self.results: list[dict[str, Any]] = []
         self.translation: TranslationEvaluator | UnpairedEvaluator | None = None  # rank 0, image-to-image
+        self.best: tuple[float, int] | None = None  # rank 0: (FID, step) of the best evaluated checkpoint
 
     def on_start(self, trainer: Trainer) -> None:
         if trainer.recipe.signature == IMAGE:
@@ -29,6 +32,14 @@ class EvaluationHook(TrainHooks):
                 self.translation = image_evaluator(trainer.config, trainer.generator_meta(), self.n, trainer.ctx.device)
             return
         resolve_weights(trainer.config.evaluate.inception_weights)  # no weights: fail now, not mid-run
+        if trainer.ctx.is_main:  # a resumed run: the checkpoints scored before it
+            for fid, step, _ in scored_checkpoints(trainer.config):
+                self._note_score(trainer, fid, step)
+
+    def _note_score(self, trainer: Trainer, fid: float | None, step: int) -> None:
+        if fid is not None and (self.best is None or fid <= self.best[0]):
+            self.best = (fid, step)
+            trainer.best_step = step
 
     def on_evaluate(self, trainer: Trainer) -> None:
         if trainer.recipe.signature == IMAGE:
@@ -41,6 +52,7 @@ class EvaluationHook(TrainHooks):
             return
         self.results.append(result)
         main = main_scores(result)
+        self._note_score(trainer, result.get("fid"), trainer.step)
         record = {
             "event": "evaluate",
             "step": trainer.step,

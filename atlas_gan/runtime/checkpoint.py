@@ -106,6 +106,8 @@ def upgrade_checkpoint(payload: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def prune_checkpoints(store: Storage, run_dir: str, keep: int) -> None:
-    for _, url in list_checkpoints(store, run_dir)[:-keep]:
-        store.delete(url)
+def prune_checkpoints(store: Storage, run_dir: str, keep: int, also_keep: int | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints and the one of step `also_keep` (the best scored)."""
+    for step, url in list_checkpoints(store, run_dir)[:-keep]:
+        if step != also_keep:
+            store.delete(url)

@@ -159,6 +159,7 @@ class Trainer:
         self._clock_zero = time.perf_counter()  # when the run would have started; run() sets it from the above
         self._budget_stopped = False  # the run ended on `train.max_minutes`, before `train.steps`
         self._calibrated_at: int | None = None  # the step the EMA generator was last made ready to sample at
+        self.best_step: int | None = None  # rank 0: the evaluated checkpoint a hook scored best; pruning keeps it
         self.run_log: RunLog | None = None  # rank 0, from run()
         self.resume(saved)
         del saved
@@ -309,7 +310,7 @@ class Trainer:
         url = checkpoint_url(self.config.train.run_dir, self.step)
         if self.ctx.is_main:
             save_checkpoint(self.store, url, self._payload(rng_states, epochs, data_positions, recipe_ranks))
-            prune_checkpoints(self.store, self.config.train.run_dir, self.config.train.keep_checkpoints)
+            prune_checkpoints(self.store, self.config.train.run_dir, self.config.train.keep_checkpoints, self.best_step)
             if self.run_log is not None:
                 self.run_log.flush()
             for hook in self.hooks:
@@ -630,7 +631,9 @@ class Trainer:
             if self.step < cfg.steps and self._budget_spent():
                 self._stop_requested = self._budget_stopped = True
             last = self.step == cfg.steps or self._stop_requested
-            at_checkpoint = self.step % cfg.checkpoint_every == 0 or last
+            evaluating = bool(cfg.evaluate_every) and (self.step % cfg.evaluate_every == 0 or last)
+            # an evaluated generator is checkpointed too, so the best scored can be registered (evaluate.register)
+            at_checkpoint = self.step % cfg.checkpoint_every == 0 or last or evaluating
             checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
             if checked and not self._deferred_checks_pass(at_checkpoint):
                 sums, counts = {}, {}
@@ -644,7 +647,7 @@ class Trainer:
                 urls = self.write_samples()
                 for hook in self.hooks:
                     hook.on_samples(self, urls)
-            if cfg.evaluate_every and (self.step % cfg.evaluate_every == 0 or last):
+            if evaluating:
                 evaluation_started = time.perf_counter()
                 for hook in self.hooks:
                     hook.on_evaluate(self)
