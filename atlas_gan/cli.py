@@ -270,7 +270,12 @@ def evaluate(
 
 @app.command(epilog=_EXIT_CODES_HELP)
 def register(
-    checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint URL; default: the newest in train.run_dir."),
+    checkpoint: str = typer.Option(
+        None,
+        "--checkpoint",
+        help="Checkpoint URL; default: train.run_dir's checkpoint of lowest FID among those training evaluated, "
+        "else the newest (evaluate.register_checkpoint=last: the newest).",
+    ),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set evaluate.n=5000."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

@@ -664,10 +664,10 @@ class EvaluateConfig(_Strict):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description="auto: bf16 on GPU; FID is reported fp32")
     seed: int = Field(0, ge=0)
-    register: Literal["best", "last"] = Field(
+    register_checkpoint: Literal["best", "last"] = Field(
         "best",
-        description="the checkpoint a training flow registers: best = the lowest FID of those training evaluated "
-        "(train.evaluate_every; their checkpoints are kept), last = the newest",
+        description="the checkpoint the train-gan flow and `atlas-gan register` pick: best = the lowest FID of those "
+        "training evaluated (train.evaluate_every; their checkpoints are kept), last = the newest",
     )
 
 

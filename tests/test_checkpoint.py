@@ -100,7 +100,7 @@ def test_pruning_keeps_the_best_evaluated_checkpoint_and_the_flow_registers_it(t
         (run_dir / "eval" / f"step-{step:08d}.json").write_text(json.dumps(result))
     assert [(fid, step) for fid, step, _ in scored_checkpoints(config)] == [(210.0, 1), (240.0, 3)]
     assert checkpoint_to_register(config).endswith("step-00000001.pt")
-    last = small_config(train_data, run_dir, *settings, "evaluate.register=last")
+    last = small_config(train_data, run_dir, *settings, "evaluate.register_checkpoint=last")
     assert checkpoint_to_register(last).endswith("step-00000003.pt")
     other_n = small_config(train_data, run_dir, *settings, "evaluate.n=77")  # scored under another protocol
     assert checkpoint_to_register(other_n).endswith("step-00000003.pt")

@@ -219,10 +219,10 @@ def scored_checkpoints(config: AtlasConfig) -> list[tuple[float, int, str]]:
 
 
 def checkpoint_to_register(config: AtlasConfig) -> str:
-    """The checkpoint a training run offers the registry: with `evaluate.register` best, the one whose evaluation
-    during training scored the lowest FID (the newest of equals); else, or with none scored, the newest."""
+    """The checkpoint a training run offers the registry: with `evaluate.register_checkpoint` best, the one whose
+    evaluation during training scored the lowest FID (the newest of equals); else, or with none scored, the newest."""
     newest = latest_checkpoint(config)
-    if config.evaluate.register == "last":
+    if config.evaluate.register_checkpoint == "last":
         return newest
     scored = scored_checkpoints(config)
     return min(scored, key=lambda s: (s[0], -s[1]))[2] if scored else newest

@@ -18,7 +18,7 @@ from atlas_gan.train.trainer import Trainer
 class EvaluationHook(TrainHooks):
     """FID/KID (IS with a classifier head) into log.jsonl and run_dir/eval/; other hooks see them via on_log.
     Rank 0 tells the trainer which evaluated checkpoint scored the lowest FID (`Trainer.best_step`), so pruning
-    keeps it for the registry (`evaluate.register`)."""
+    keeps it for the registry (`evaluate.register_checkpoint`)."""
 
     def __init__(self, n: int | None = None) -> None:
         self.n = n

@@ -27,7 +27,12 @@ import torch
 
 from atlas_gan.config import AtlasConfig
 from atlas_gan.metrics import main_scores
-from atlas_gan.metrics.evaluate import evaluate_checkpoint, evaluate_generator, latest_checkpoint, stored_evaluation
+from atlas_gan.metrics.evaluate import (
+    checkpoint_to_register,
+    evaluate_checkpoint,
+    evaluate_generator,
+    stored_evaluation,
+)
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.generator import load_generator
@@ -312,7 +317,7 @@ def register_generator(
     """Register a checkpoint's EMA generator and decide champion/challenger (single process)."""
     if not progress:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    checkpoint = checkpoint or latest_checkpoint(config)
+    checkpoint = checkpoint or checkpoint_to_register(config)
     generator, meta = load_generator(storage_for(checkpoint, config.storage), checkpoint)
     manifest = read_manifest(storage_for(config.dataset_url, config.storage), config.dataset_url)
     if manifest is None:

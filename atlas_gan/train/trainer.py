@@ -632,7 +632,8 @@ class Trainer:
                 self._stop_requested = self._budget_stopped = True
             last = self.step == cfg.steps or self._stop_requested
             evaluating = bool(cfg.evaluate_every) and (self.step % cfg.evaluate_every == 0 or last)
-            # an evaluated generator is checkpointed too, so the best scored can be registered (evaluate.register)
+            # an evaluated generator is checkpointed too, so the best scored can be registered
+            # (evaluate.register_checkpoint)
             at_checkpoint = self.step % cfg.checkpoint_every == 0 or last or evaluating
             checked = self.update.deferred and (at_checkpoint or self.step % cfg.log_every == 0)
             if checked and not self._deferred_checks_pass(at_checkpoint):
