@@ -60,7 +60,7 @@ demo: $(VENV)/.installed-demo
 
 # The suite runs on two processes (pytest-xdist), one test file per worker at a time so a file's server fixtures
 # start once, the files marked slow first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order):
-# 16 min against 22.7 in one process on the AVX2-only machine kind. TEST_WORKERS=0 runs it in one process.
+# 13-14 min against 21-23 in one process on the AVX2-only machine kind. TEST_WORKERS=0 runs it in one process.
 # With workers, GOMP_SPINCOUNT: OpenMP threads that spin for long while they wait steal the other worker's core.
 TEST_WORKERS ?= 2
 TEST_SPIN := $(if $(filter 0,$(TEST_WORKERS)),,GOMP_SPINCOUNT=$${GOMP_SPINCOUNT:-1000})
