@@ -24,9 +24,9 @@ os.environ["PREFECT_HOME"] = PREFECT_SANDBOX
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules marked `slow` first, longest first, each module's tests together and in order: with
-    `TEST_WORKERS=2 make test` each worker takes one file at a time, so the long files start at once and the short
-    ones fill in at the end. In one process the order stays pytest's own."""
+    """The modules marked `slow` first, longest first, each module's tests together and in order: under `make
+    test`'s xdist workers each takes one file at a time, so the long files start at once and the short ones fill in
+    at the end. In one process (`TEST_WORKERS=0`) the order stays pytest's own."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     seconds: dict[Path, float] = {}

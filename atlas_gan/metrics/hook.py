@@ -24,7 +24,7 @@ class EvaluationHook(TrainHooks):
         self.n = n
         self.results: list[dict[str, Any]] = []
         self.translation: TranslationEvaluator | UnpairedEvaluator | None = None  # rank 0, image-to-image
-        self.best: tuple[float, int] | None = None  # rank 0: (FID, step) of the best evaluated checkpoint
+        self.best_fid: float | None = None  # rank 0: the lowest FID so far (its step: `Trainer.best_step`)
 
     def on_start(self, trainer: Trainer) -> None:
         if trainer.recipe.signature == IMAGE:
@@ -37,8 +37,8 @@ class EvaluationHook(TrainHooks):
                 self._note_score(trainer, fid, step)
 
     def _note_score(self, trainer: Trainer, fid: float | None, step: int) -> None:
-        if fid is not None and (self.best is None or fid <= self.best[0]):
-            self.best = (fid, step)
+        if fid is not None and (self.best_fid is None or fid <= self.best_fid):
+            self.best_fid = fid
             trainer.best_step = step
 
     def on_evaluate(self, trainer: Trainer) -> None:
