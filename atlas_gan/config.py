@@ -444,7 +444,16 @@ class SuperResOptions(_TranslationOptions):
     gan_weight: float = Field(0.1, ge=0, le=1e3, description="weight of the relativistic-average GAN loss")
     sam_weight: float = Field(0.1, ge=0, le=1e3, description="weight of the spectral-angle loss (radians), both phases")
     perceptual_weight: float = Field(
-        1.0, ge=0, le=1e3, description="weight of the VGG19 feature loss; set to 0 when no VGG19 weights are found"
+        1.0,
+        ge=0,
+        le=1e3,
+        description="weight of the perceptual loss; with perceptual_network=vgg19 set to 0 when no VGG19 weights "
+        "are found",
+    )
+    perceptual_network: Literal["vgg19", "random"] = Field(
+        "vgg19",
+        description="features of the perceptual loss: vgg19 (ImageNet weights, the display triplet; ESRGAN's) or "
+        "random (a never-trained VGG-style network on every band, Liu et al. 2021; no weights needed)",
     )
     feature_weight: float = Field(
         0.0,
@@ -472,6 +481,14 @@ class SuperResOptions(_TranslationOptions):
         "B3_pair, B2_pair]), one per target band, area-downsampled by scale as G's input (degradation unused); "
         "null: the target bands degraded",
     )
+
+    @model_validator(mode="after")
+    def _weights_for_vgg_only(self) -> SuperResOptions:
+        if self.vgg_weights is not None and self.perceptual_network != "vgg19":
+            raise ValueError(
+                f"vgg_weights is set but perceptual_network is {self.perceptual_network!r}: the weights are for vgg19"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pairs_match(self) -> SuperResOptions:

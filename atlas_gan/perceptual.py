@@ -1,5 +1,6 @@
 """ESRGAN's perceptual loss: L1 between VGG19 features (conv5_4, before its activation) of the upscaled and the true
-tile, on three of its bands (the display triplet; one band repeated as grey) scaled like ImageNet photographs.
+tile, on three of its bands (the display triplet; one band repeated as grey) scaled like ImageNet photographs; or,
+needing no weights, the same distance in a randomly weighted VGG-style network on every band (`RandomPerceptualLoss`).
 
 The VGG19 weights are never downloaded. Resolution order: an explicit path (`train.model.vgg_weights`), the
 `ATLAS_VGG_WEIGHTS` environment variable, torchvision's file in torch hub's checkpoint folder
@@ -98,3 +99,59 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             reference = self._embed(target)
         return F.l1_loss(self._embed(pred), reference)
+
+
+# VGG19's stages up to conv4_4 at half width: a random network needs no ImageNet widths, and on a CPU the full ones
+# would cost more than the generator's own step. Features are compared at the end of each stage.
+RANDOM_LAYOUT = ((32, 32), (64, 64), (128, 128, 128, 128), (256, 256, 256, 256))
+RANDOM_SEED = 20210318  # fixed: every rank, every resume and every run draw the same network
+
+
+class RandomPerceptualLoss(nn.Module):
+    """The generic perceptual loss (Liu et al., CVPR 2021): L1 between the features of a randomly weighted,
+    never-trained VGG-style network, averaged over its four stages (the last convolution of each, before its
+    activation). The paper shows that the structure of a deep network, not ImageNet training, is what makes such a
+    loss model the dependencies between neighbouring pixels that L1 alone ignores; a random network also takes any
+    number of bands, so every band of a multispectral tile is compared, not a display triplet.
+
+    Weights are He-normal (std sqrt(2 / fan_in), zero bias) drawn from `RANDOM_SEED` by a private generator, so
+    the training RNG is untouched; frozen and kept in eval mode."""
+
+    def __init__(self, bands: int, seed: int = RANDOM_SEED) -> None:
+        super().__init__()
+        if bands < 1:
+            raise ValueError(f"a perceptual loss needs at least one band, got {bands}")
+        generator = torch.Generator().manual_seed(seed)
+        stages: list[nn.Sequential] = []
+        channels = bands
+        with torch.random.fork_rng(devices=[]):  # Conv2d's own init draws from the global RNG: give it back
+            for index, widths in enumerate(RANDOM_LAYOUT):
+                layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if index else []
+                for position, width in enumerate(widths):
+                    if position:
+                        layers.append(nn.ReLU())
+                    conv = nn.Conv2d(channels, width, 3, padding=1)
+                    with torch.no_grad():
+                        conv.weight.normal_(0.0, (2.0 / (channels * 9)) ** 0.5, generator=generator)
+                        conv.bias.zero_()
+                    layers.append(conv)
+                    channels = width
+                stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> RandomPerceptualLoss:
+        return super().train(False)
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features, x = [], images.float()
+        for index, stage in enumerate(self.stages):
+            x = stage(F.relu(x) if index else x)
+            features.append(x)
+        return features
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reference = self._features(target)
+        distances = [F.l1_loss(a, b) for a, b in zip(self._features(pred), reference, strict=True)]
+        return torch.stack(distances).mean()

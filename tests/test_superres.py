@@ -1,6 +1,6 @@
 """Super-resolution (esrgan): networks at x2/x4 for any band count, the degradation, the two-phase recipe, the VGG
-perceptual loss's resolution, training and scoring on real Landsat tiles, resume across the phase change, whole-scene
-upscaling into a COG, the registry round trip and ONNX export."""
+perceptual loss's resolution and the random-weight one, training and scoring on real Landsat tiles, resume across
+the phase change, whole-scene upscaling into a COG, the registry round trip and ONNX export."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ from atlas_gan.losses import feature_matching_loss, relativistic_average_losses,
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.models.esrgan import RRDBGenerator, UNetDiscriminator, VGGStyleDiscriminator, discriminator
-from atlas_gan.perceptual import ENV_VAR, PerceptualLoss, VGGWeightsNotFound, resolve_vgg_weights, vgg19_features
+from atlas_gan.perceptual import (
+    ENV_VAR,
+    PerceptualLoss,
+    RandomPerceptualLoss,
+    VGGWeightsNotFound,
+    resolve_vgg_weights,
+    vgg19_features,
+)
 from atlas_gan.recipes import Progress, Update, band_roles, build_recipe, model_spec
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
@@ -215,6 +222,39 @@ def test_vgg_weights_are_resolved_locally_or_the_loss_is_off(tmp_path, monkeypat
         PerceptualLoss(tmp_path / "bad.pth", [0, 1, 2])
 
 
+@pytest.mark.parametrize("bands", [1, 3, 4, 12])
+def test_the_random_weight_perceptual_loss_needs_no_weights_and_takes_every_band(bands):
+    """Liu et al. 2021's loss: the same frozen network on every rank and run (drawn without touching the training
+    RNG), zero for identical tiles, larger for a blurred tile than for a slightly noisy one, gradients to G."""
+    state = torch.get_rng_state()
+    loss, again = RandomPerceptualLoss(bands), RandomPerceptualLoss(bands)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(loss.state_dict().values(), again.state_dict().values(), strict=True))
+    assert not any(p.requires_grad for p in loss.parameters()) and not loss.train().training
+    truth = tiles(2, bands, 32) + 0.3 * torch.randn(2, bands, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert loss(truth, truth) == 0
+    noisy = truth + 0.02 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(2))
+    blurred = F.avg_pool2d(truth, 3, stride=1, padding=1, count_include_pad=False)
+    assert loss(blurred, truth) > loss(noisy, truth) > 0
+    pred = blurred.clone().requires_grad_(True)
+    loss(pred, truth).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least one band"):
+        RandomPerceptualLoss(0)
+
+
+def test_a_random_perceptual_network_is_used_without_vgg_weights(tmp_path):
+    config = load_config(None, ["train.model.family=esrgan", "train.model.perceptual_network=random"])
+    picked = {p.key for p in pick_data_defaults(config.train, 100)}
+    assert not picked & {"train.model.perceptual_weight", "train.model.vgg_weights"}  # nothing resolved or turned off
+    roles = band_roles(config.train, ["B4", "B3", "B2", "B8"])
+    recipe = build_recipe(config.train, model_spec(config.train, roles, 32, 0), distributed.setup(), None, None, roles)
+    assert isinstance(recipe.perceptual, RandomPerceptualLoss)
+    assert recipe.perceptual.stages[0][0].in_channels == 4  # every band, not a display triplet
+    with pytest.raises(ConfigError, match="vgg_weights is set but perceptual_network is 'random'"):
+        load_config(None, [*ESRGAN, "train.model.perceptual_network=random", f"train.model.vgg_weights={tmp_path}"])
+
+
 # ---- the recipe -----------------------------------------------------------------------------------------------------
 
 
@@ -225,7 +265,7 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
         train_data,
         tmp_path / "run",
         "train.model.pixel_steps=15",
-        "train.model.perceptual_weight=0",
+        "train.model.perceptual_network=random",
         "train.model.feature_weight=1",
     )
     cfg = config.train
@@ -252,7 +292,7 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
         gan.append(recipe.step(batches, update, progress))
         progress.step += 1
     assert gan[-1]["loss_d"] < gan[0]["loss_d"]
-    assert gan[0]["loss_feature_matching"] > 0
+    assert gan[0]["loss_feature_matching"] > 0 and gan[0]["loss_perceptual"] > 0
     assert all(np.isfinite(list(losses.values())).all() for losses in gan)
     reference = recipe.reference_generators()["pixel"]
     assert not reference.training and recipe.state_dict()["phase"] == "gan"

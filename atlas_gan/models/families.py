@@ -188,7 +188,8 @@ ESRGAN = GANFamily(
     description=(
         "Wang et al. 2018: residual-in-residual dense block G upscaling x2 or x4 by pixel shuffle, spectrally "
         "normalized VGG-style or (Real-ESRGAN's) U-Net D, L1 pre-training then relativistic-average GAN + L1 + "
-        "spectral angle (+ VGG19 perceptual loss where its weights are found); any band count"
+        "spectral angle (+ a perceptual loss: VGG19's where its weights are found, or a random-weight network's); "
+        "any band count"
     ),
 )
 

@@ -10,7 +10,8 @@ not a simulated one. Two phases, decided by the step:
 - GAN phase, starting from that G: D (`discriminator`: the paper's VGG-style or Real-ESRGAN's U-Net, both
   spectrally normalized) minimizes the relativistic-average loss;
   G minimizes `pixel_weight` x L1 + `gan_weight` x the relativistic-average loss + `sam_weight` x spectral angle
-  + `perceptual_weight` x the VGG19 feature loss (only with VGG19 weights on the machine, see `perceptual.py`)
+  + `perceptual_weight` x the perceptual loss (`perceptual_network`: VGG19's features, only with its weights on the
+  machine, or a random-weight network's on every band; see `perceptual.py`)
   + `feature_weight` x the L1 distance between D's activations on G's output and on the truth (feature matching,
   a perceptual loss that needs no pretrained weights).
 At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
@@ -32,7 +33,7 @@ from atlas_gan.config import DegradationConfig, SuperResOptions, TrainConfig
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
 from atlas_gan.losses import feature_matching_loss, relativistic_average_losses, spectral_angle_loss
 from atlas_gan.models.base import GANFamily, ModelSpec
-from atlas_gan.perceptual import PerceptualLoss, resolve_vgg_weights
+from atlas_gan.perceptual import PerceptualLoss, RandomPerceptualLoss, resolve_vgg_weights
 from atlas_gan.preview import band_triplets
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.roles import BandRoles
@@ -63,8 +64,10 @@ class SuperResRecipe(Recipe):
         self.options, self.defaults, self.seed = options, family.training, cfg.seed
         self.adopt_pair(family.generator(spec), family.discriminator(spec), self.defaults, cfg)
         self.lr_g = cfg.lr_g or self.defaults.lr_g
-        self.perceptual: PerceptualLoss | None = None
-        if options.perceptual_weight > 0:
+        self.perceptual: PerceptualLoss | RandomPerceptualLoss | None = None
+        if options.perceptual_weight > 0 and options.perceptual_network == "random":
+            self.perceptual = RandomPerceptualLoss(len(roles.outputs)).to(ctx.device)
+        elif options.perceptual_weight > 0:
             positions = band_triplets(roles.output_names, cfg.rgb_bands)[0][1]
             weights = resolve_vgg_weights(options.vgg_weights)
             self.perceptual = PerceptualLoss(weights, positions).to(ctx.device)

@@ -10,7 +10,7 @@ al. 2020, Zhao et al. 2020). What is picked, from the number of tiles in the dat
 
 - `train.model.vgg_weights` (esrgan, null): the VGG19 weights of the perceptual loss, from `ATLAS_VGG_WEIGHTS` or torch
   hub's checkpoint folder; when there are none, `train.model.perceptual_weight` is set to 0 with the reason
-  "perceptual loss: unavailable (...)". Nothing is downloaded.
+  "perceptual loss: unavailable (...)". Nothing is downloaded. (`perceptual_network: random` needs no weights.)
 
 Each pick comes with its reason; the trainer writes them to `log.jsonl` (event `data_defaults`), into the resolved
 config (so `config.json`, checkpoints and the MLflow params show the value used) and as MLflow tags
@@ -69,7 +69,12 @@ def pick_data_defaults(train: TrainConfig, tiles: int) -> list[DataDefault]:
             reason = f"{tiles} tiles (>= {SMALL_DATASET:,}): enough data for D without augmentation"
             picks.append(DataDefault("train.diffaugment", [], reason))
     options = train.model
-    if isinstance(options, SuperResOptions) and options.perceptual_weight > 0 and options.vgg_weights is None:
+    if (
+        isinstance(options, SuperResOptions)
+        and options.perceptual_weight > 0
+        and options.perceptual_network == "vgg19"
+        and options.vgg_weights is None
+    ):
         picks.append(_perceptual_pick())
     return picks
 
