@@ -4,7 +4,7 @@ invocation.
     python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
                              [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
                              [--gan-weight W] [--feature-weight W] [--discriminator unet|vgg]
-                             [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--out runs/bench-superres]
+                             [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--reuse] [--out runs/bench-superres]
 
 Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
 trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
@@ -17,13 +17,17 @@ tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`
 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png` beside
 bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
 pixel-phase checkpoint with those config overrides (same D: the model spec cannot change), and is scored on the same
-tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone.
+tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone. With
+--reuse, the ESRGAN and pixel-loss runs of an earlier invocation into the same --out with the same settings are
+scored again instead of retrained (CPU training is deterministic, so they are the runs this one would train), and
+only the variants train.
 Not a test: no thresholds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -61,6 +65,30 @@ def train(config: AtlasConfig) -> tuple[str, float]:
     summary = Trainer(config, ctx, hooks=[FiguresHook()], progress=True).run()
     distributed.teardown(ctx)
     return summary["checkpoint"], (time.perf_counter() - started) / 60
+
+
+BASELINE_ARGS = ("scenes", "tile", "scale", "steps", "batch", "width", "blocks", "blur", "noise")
+BASELINE_ARGS += ("gan_weight", "feature_weight", "discriminator")
+BASELINE_FILE = "baseline.json"  # in --out: the settings and minutes of the ESRGAN and pixel-loss runs there
+
+
+def baseline_settings(args: argparse.Namespace) -> dict:
+    return {"data": str(args.data.resolve()), **{key: getattr(args, key) for key in BASELINE_ARGS}}
+
+
+def reusable_minutes(args: argparse.Namespace) -> tuple[float, float]:
+    """The minutes of the ESRGAN and pixel-loss runs an earlier invocation left in --out, if they were trained with
+    this invocation's settings and finished; an error naming what differs otherwise."""
+    marker = args.out / BASELINE_FILE
+    if not marker.is_file():
+        raise SystemExit(f"--reuse: {marker} not found: run once without --reuse into {args.out} first")
+    saved = json.loads(marker.read_text())
+    wanted = baseline_settings(args)
+    differing = sorted(k for k in wanted if saved["settings"].get(k) != wanted[k])
+    if differing:
+        listed = ", ".join(f"{k} {saved['settings'].get(k)!r} there, {wanted[k]!r} now" for k in differing)
+        raise SystemExit(f"--reuse: the runs in {args.out} were trained with other settings ({listed})")
+    return saved["esrgan_minutes"], saved["pixel_minutes"]
 
 
 def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, float]:
@@ -115,14 +143,23 @@ def main() -> None:
         type=parse_variant,
         help="NAME:KEY=VALUE[,KEY=VALUE...]: another GAN phase from ESRGAN's pixel phase (repeatable)",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the ESRGAN and pixel-loss runs already in --out (same settings) instead of training them again",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-superres"))
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: ESRGAN spends half on the pixel phase and half on the GAN phase")
     command = "python bench/superres.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
-    for run in ("esrgan", "pixel", *(f"variant-{name}" for name, _ in args.variant)):
+    reused = reusable_minutes(args) if args.reuse else None
+    baselines = () if reused else ("esrgan", "pixel")
+    for run in (*baselines, *(f"variant-{name}" for name, _ in args.variant)):
         shutil.rmtree(args.out / run, ignore_errors=True)  # fresh runs, no resume
+    if not reused:
+        (args.out / BASELINE_FILE).unlink(missing_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="atlas-bench-superres-") as work:
         common = [
@@ -158,10 +195,19 @@ def main() -> None:
         print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
         # the pixel phase as a run of its own, then the GAN phase resumed from its checkpoint, which every --variant
         # shares (a resume is exact: ESRGAN's figures are those of the same run straight through)
-        _, pixel_phase_minutes = train(load_config(None, [*esrgan, f"train.steps={args.steps // 2}"]))
-        gan_checkpoint, gan_phase_minutes = train(gan_config)
-        gan_minutes = pixel_phase_minutes + gan_phase_minutes
-        pixel_checkpoint, pixel_minutes = train(pixel_config)
+        if reused:
+            gan_minutes, pixel_minutes = reused
+            gan_checkpoint = str(args.out / "esrgan" / "checkpoints" / f"step-{args.steps:08d}.pt")
+            pixel_checkpoint = str(args.out / "pixel" / "checkpoints" / f"step-{args.steps:08d}.pt")
+            print(f"reusing the ESRGAN and pixel-loss runs in {args.out}")
+        else:
+            _, pixel_phase_minutes = train(load_config(None, [*esrgan, f"train.steps={args.steps // 2}"]))
+            gan_checkpoint, gan_phase_minutes = train(gan_config)
+            gan_minutes = pixel_phase_minutes + gan_phase_minutes
+            pixel_checkpoint, pixel_minutes = train(pixel_config)
+            marker = {"settings": baseline_settings(args), "esrgan_minutes": gan_minutes}
+            marker["pixel_minutes"] = pixel_minutes
+            (args.out / BASELINE_FILE).write_text(json.dumps(marker, indent=1))
         store = LocalStorage()
         generator, meta = load_generator(store, gan_checkpoint)
         pixel_model, _ = load_generator(store, pixel_checkpoint)
