@@ -13,9 +13,9 @@ Both are scored on the held-out tiles, degraded as in training (area downsamplin
 beside bicubic upscaling and the GAN run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units,
 FID/KID on the first three bands.
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
-tiles as input | bicubic | pixel-loss | ESRGAN | truth into `<out>/superres.png`; finally upscales the central
-384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png` beside
-bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
+tiles as input | bicubic | pixel-loss | ESRGAN | each variant | truth into `<out>/superres.png`; finally upscales
+the central 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png`
+beside bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
 pixel-phase checkpoint with those config overrides (same D: the model spec cannot change), and is scored on the same
 tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone. With
 --reuse, the ESRGAN and pixel-loss runs of an earlier invocation into the same --out with the same settings are
@@ -221,9 +221,10 @@ def main() -> None:
             name: train_variant(args.out, name, [*common, f"train.model.pixel_steps={args.steps // 2}", *overrides])
             for name, overrides in args.variant
         }
+        variant_generators = {name: load_generator(store, checkpoint)[0] for name, (checkpoint, _) in variants.items()}
         variant_results = {
-            name: evaluator.evaluate(load_generator(store, checkpoint)[0], meta, torch.device("cpu"), write=False)
-            for name, (checkpoint, _) in variants.items()
+            name: evaluator.evaluate(variant, meta, torch.device("cpu"), write=False)
+            for name, variant in variant_generators.items()
         }
         low, truth = evaluator.pairs
         columns = {
@@ -231,6 +232,10 @@ def main() -> None:
             "bicubic": bicubic(low, args.scale),
             "pixel-loss": evaluator.translate(pixel_model, torch.device("cpu")),
             "ESRGAN": evaluator.translate(generator, torch.device("cpu")),
+            **{
+                f"variant {name}": evaluator.translate(variant, torch.device("cpu"))
+                for name, variant in variant_generators.items()
+            },
             "truth": truth,
         }
     print(f"\n$ {command}")
