@@ -455,6 +455,13 @@ class SuperResOptions(_TranslationOptions):
         description="features of the perceptual loss: vgg19 (ImageNet weights, the display triplet; ESRGAN's) or "
         "random (a never-trained VGG-style network on every band, Liu et al. 2021; no weights needed)",
     )
+    texture_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1e3,
+        description="weight of the texture loss: L1 between Gram matrices of small windows of the random perceptual "
+        "network's features (EnhanceNet's); needs perceptual_network=random",
+    )
     feature_weight: float = Field(
         0.0,
         ge=0,
@@ -487,6 +494,11 @@ class SuperResOptions(_TranslationOptions):
         if self.vgg_weights is not None and self.perceptual_network != "vgg19":
             raise ValueError(
                 f"vgg_weights is set but perceptual_network is {self.perceptual_network!r}: the weights are for vgg19"
+            )
+        if self.texture_weight > 0 and self.perceptual_network != "random":
+            raise ValueError(
+                f"texture_weight {self.texture_weight} needs perceptual_network: random (got "
+                f"{self.perceptual_network!r}): the texture loss compares that network's features"
             )
         return self
 

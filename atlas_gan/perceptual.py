@@ -105,6 +105,17 @@ class PerceptualLoss(nn.Module):
 # would cost more than the generator's own step. Features are compared at the end of each stage.
 RANDOM_LAYOUT = ((32, 32), (64, 64), (128, 128, 128, 128), (256, 256, 256, 256))
 RANDOM_SEED = 20210318  # fixed: every rank, every resume and every run draw the same network
+TEXTURE_PATCH = 8  # feature-map px of the windows whose Gram matrices the texture loss compares
+
+
+def gram_matrices(features: torch.Tensor, patch: int = TEXTURE_PATCH) -> torch.Tensor:
+    """The Gram matrices (channel x channel feature correlations, over the window's area) of the non-overlapping
+    `patch` x `patch` windows of a feature map (the whole map when it is smaller): (batch x windows, C, C)."""
+    _, channels, height, width = features.shape
+    rows, cols = min(patch, height), min(patch, width)
+    windows = features.unfold(2, rows, rows).unfold(3, cols, cols)
+    windows = windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels, rows * cols)
+    return windows @ windows.transpose(1, 2) / (rows * cols)
 
 
 class RandomPerceptualLoss(nn.Module):
@@ -115,7 +126,12 @@ class RandomPerceptualLoss(nn.Module):
     number of bands, so every band of a multispectral tile is compared, not a display triplet.
 
     Weights are He-normal (std sqrt(2 / fan_in), zero bias) drawn from `RANDOM_SEED` by a private generator, so
-    the training RNG is untouched; frozen and kept in eval mode."""
+    the training RNG is untouched; frozen and kept in eval mode.
+
+    `distances` also gives a texture loss from the same features: L1 between the Gram matrices of small windows of
+    each stage (EnhanceNet's patch-wise texture loss, Sajjadi et al. 2017), which asks for the truth's local texture
+    statistics rather than its exact pixels; random filters suffice for such statistics (Ustyuzhaninov et al.
+    2017, texture synthesis with random shallow networks)."""
 
     def __init__(self, bands: int, seed: int = RANDOM_SEED) -> None:
         super().__init__()
@@ -150,8 +166,19 @@ class RandomPerceptualLoss(nn.Module):
             features.append(x)
         return features
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def distances(
+        self, pred: torch.Tensor, target: torch.Tensor, texture: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(perceptual, texture): the L1 distances between the stages' features and between their windows' Gram
+        matrices, each averaged over the stages; texture None when not asked for."""
         with torch.no_grad():
             reference = self._features(target)
-        distances = [F.l1_loss(a, b) for a, b in zip(self._features(pred), reference, strict=True)]
-        return torch.stack(distances).mean()
+        features = self._features(pred)
+        perceptual = torch.stack([F.l1_loss(a, b) for a, b in zip(features, reference, strict=True)]).mean()
+        if not texture:
+            return perceptual, None
+        grams = [F.l1_loss(gram_matrices(a), gram_matrices(b)) for a, b in zip(features, reference, strict=True)]
+        return perceptual, torch.stack(grams).mean()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.distances(pred, target, texture=False)[0]

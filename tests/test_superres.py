@@ -30,6 +30,7 @@ from atlas_gan.perceptual import (
     PerceptualLoss,
     RandomPerceptualLoss,
     VGGWeightsNotFound,
+    gram_matrices,
     resolve_vgg_weights,
     vgg19_features,
 )
@@ -243,6 +244,36 @@ def test_the_random_weight_perceptual_loss_needs_no_weights_and_takes_every_band
         RandomPerceptualLoss(0)
 
 
+def test_gram_matrices_are_taken_per_window():
+    features = torch.arange(2 * 16 * 16, dtype=torch.float32).view(1, 2, 16, 16)
+    grams = gram_matrices(features, patch=8)
+    assert grams.shape == (4, 2, 2)  # 2 x 2 windows of 8 px
+    window = features[0, :, 8:, :8].reshape(2, 64)  # the third window: rows 8-15, columns 0-7
+    assert torch.allclose(grams[2], window @ window.T / 64)
+    assert gram_matrices(features[..., :4, :4], patch=8).shape == (1, 2, 2)  # smaller than a window: the whole map
+
+
+@pytest.mark.parametrize("bands", [1, 3, 4, 12])
+def test_the_texture_loss_asks_for_the_truths_texture_not_its_exact_grain(bands):
+    """A tile with the same structure and a fresh draw of the same grain is far closer to the truth in texture than
+    a blurred copy (which keeps every pixel near its place), much more so than in the perceptual distance."""
+    loss = RandomPerceptualLoss(bands)
+    draw = torch.Generator().manual_seed(1)
+    structure = F.interpolate(torch.randn(2, bands, 8, 8, generator=draw), size=32, mode="bilinear")
+    truth = (structure + 0.3 * torch.randn(2, bands, 32, 32, generator=draw)).clamp(-1, 1)
+    regrained = (structure + 0.3 * torch.randn(2, bands, 32, 32, generator=draw)).clamp(-1, 1)
+    blurred = F.avg_pool2d(truth, 3, stride=1, padding=1, count_include_pad=False)
+    (perceptual_regrained, texture_regrained), (perceptual_blurred, texture_blurred) = (
+        loss.distances(regrained, truth),
+        loss.distances(blurred, truth),
+    )
+    assert texture_regrained / texture_blurred < 0.5 * perceptual_regrained / perceptual_blurred
+    assert loss.distances(truth, truth) == (0, 0) and loss.distances(truth, truth, texture=False)[1] is None
+    pred = blurred.clone().requires_grad_(True)
+    loss.distances(pred, truth)[1].backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
 def test_a_random_perceptual_network_is_used_without_vgg_weights(tmp_path):
     config = load_config(None, ["train.model.family=esrgan", "train.model.perceptual_network=random"])
     picked = {p.key for p in pick_data_defaults(config.train, 100)}
@@ -253,6 +284,12 @@ def test_a_random_perceptual_network_is_used_without_vgg_weights(tmp_path):
     assert recipe.perceptual.stages[0][0].in_channels == 4  # every band, not a display triplet
     with pytest.raises(ConfigError, match="vgg_weights is set but perceptual_network is 'random'"):
         load_config(None, [*ESRGAN, "train.model.perceptual_network=random", f"train.model.vgg_weights={tmp_path}"])
+    with pytest.raises(ConfigError, match="texture_weight 1.0 needs perceptual_network: random"):
+        load_config(None, [*ESRGAN, "train.model.texture_weight=1"])
+    texture_only = ["train.model.perceptual_network=random", "train.model.perceptual_weight=0"]
+    config = load_config(None, [*ESRGAN, *texture_only, "train.model.texture_weight=1"])
+    recipe = build_recipe(config.train, model_spec(config.train, roles, 32, 0), distributed.setup(), None, None, roles)
+    assert isinstance(recipe.perceptual, RandomPerceptualLoss)  # the texture loss's network, perceptual term off
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------------------
@@ -266,6 +303,7 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
         tmp_path / "run",
         "train.model.pixel_steps=15",
         "train.model.perceptual_network=random",
+        "train.model.texture_weight=1",
         "train.model.feature_weight=1",
     )
     cfg = config.train
@@ -292,7 +330,7 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
         gan.append(recipe.step(batches, update, progress))
         progress.step += 1
     assert gan[-1]["loss_d"] < gan[0]["loss_d"]
-    assert gan[0]["loss_feature_matching"] > 0 and gan[0]["loss_perceptual"] > 0
+    assert gan[0]["loss_feature_matching"] > 0 and gan[0]["loss_perceptual"] > 0 and gan[0]["loss_texture"] > 0
     assert all(np.isfinite(list(losses.values())).all() for losses in gan)
     reference = recipe.reference_generators()["pixel"]
     assert not reference.training and recipe.state_dict()["phase"] == "gan"

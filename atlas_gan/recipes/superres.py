@@ -12,6 +12,7 @@ not a simulated one. Two phases, decided by the step:
   G minimizes `pixel_weight` x L1 + `gan_weight` x the relativistic-average loss + `sam_weight` x spectral angle
   + `perceptual_weight` x the perceptual loss (`perceptual_network`: VGG19's features, only with its weights on the
   machine, or a random-weight network's on every band; see `perceptual.py`)
+  + `texture_weight` x the random network's texture loss (its features' Gram matrices over small windows)
   + `feature_weight` x the L1 distance between D's activations on G's output and on the truth (feature matching,
   a perceptual loss that needs no pretrained weights).
 At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
@@ -65,7 +66,8 @@ class SuperResRecipe(Recipe):
         self.adopt_pair(family.generator(spec), family.discriminator(spec), self.defaults, cfg)
         self.lr_g = cfg.lr_g or self.defaults.lr_g
         self.perceptual: PerceptualLoss | RandomPerceptualLoss | None = None
-        if options.perceptual_weight > 0 and options.perceptual_network == "random":
+        random_network = options.perceptual_weight > 0 or options.texture_weight > 0
+        if random_network and options.perceptual_network == "random":
             self.perceptual = RandomPerceptualLoss(len(roles.outputs)).to(ctx.device)
         elif options.perceptual_weight > 0:
             positions = band_triplets(roles.output_names, cfg.rgb_bands)[0][1]
@@ -122,6 +124,19 @@ class SuperResRecipe(Recipe):
     def _content_losses(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.l1_loss(fake.float(), real.float()), spectral_angle_loss(fake, real)
 
+    def _feature_losses(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """{log name: (weight, loss)} of the perceptual and texture losses that are on."""
+        options, terms = self.options, {}
+        if isinstance(self.perceptual, RandomPerceptualLoss):
+            perceptual, texture = self.perceptual.distances(fake, real, texture=options.texture_weight > 0)
+            if texture is not None:
+                terms["loss_texture"] = (options.texture_weight, texture)
+        elif self.perceptual is not None:
+            perceptual = self.perceptual(fake, real)
+        if self.perceptual is not None and options.perceptual_weight > 0:
+            terms["loss_perceptual"] = (options.perceptual_weight, perceptual)
+        return terms
+
     def step(self, batches: Iterator[Batch], update: Update, progress: Progress) -> dict[str, torch.Tensor] | None:
         phase = self.phase(progress.step)
         if phase == "gan" and self._phase == "pixel":
@@ -161,10 +176,9 @@ class SuperResRecipe(Recipe):
             loss_features = feature_matching_loss(fake_features, real_features)
             loss_g = loss_g + options.feature_weight * loss_features
             losses["loss_feature_matching"] = loss_features.detach()
-        if self.perceptual is not None:
-            loss_perceptual = self.perceptual(fake, real)
-            loss_g = loss_g + options.perceptual_weight * loss_perceptual
-            losses["loss_perceptual"] = loss_perceptual.detach()
+        for name, (weight, loss) in self._feature_losses(fake, real).items():
+            loss_g = loss_g + weight * loss
+            losses[name] = loss.detach()
         if not update(loss_g, self.G, self.optimizers["G"]):
             return None
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **losses}
