@@ -47,6 +47,7 @@ from atlas_gan.metrics.superres import SuperResEvaluator, bicubic
 from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
+from atlas_gan.runtime.checkpoint import checkpoint_url
 from atlas_gan.runtime.generator import load_generator, load_reference_generators
 from atlas_gan.sampling import load_sampler
 from atlas_gan.storage import LocalStorage
@@ -97,7 +98,7 @@ def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, floa
     config = load_config(None, [*overrides, f"train.run_dir={run_dir}"])
     half = config.train.model.pixel_steps
     (run_dir / "checkpoints").mkdir(parents=True)
-    shutil.copy(out / "esrgan" / "checkpoints" / f"step-{half:08d}.pt", run_dir / "checkpoints")
+    shutil.copy(checkpoint_url(str(out / "esrgan"), half), run_dir / "checkpoints")
     shutil.copy(out / "esrgan" / "split.json", run_dir)
     return train(config)
 
@@ -197,8 +198,8 @@ def main() -> None:
         # shares (a resume is exact: ESRGAN's figures are those of the same run straight through)
         if reused:
             gan_minutes, pixel_minutes = reused
-            gan_checkpoint = str(args.out / "esrgan" / "checkpoints" / f"step-{args.steps:08d}.pt")
-            pixel_checkpoint = str(args.out / "pixel" / "checkpoints" / f"step-{args.steps:08d}.pt")
+            gan_checkpoint = checkpoint_url(str(args.out / "esrgan"), args.steps)
+            pixel_checkpoint = checkpoint_url(str(args.out / "pixel"), args.steps)
             print(f"reusing the ESRGAN and pixel-loss runs in {args.out}")
         else:
             _, pixel_phase_minutes = train(load_config(None, [*esrgan, f"train.steps={args.steps // 2}"]))
