@@ -77,18 +77,46 @@ def baseline_settings(args: argparse.Namespace) -> dict:
     return {"data": str(args.data.resolve()), **{key: getattr(args, key) for key in BASELINE_ARGS}}
 
 
-def reusable_minutes(args: argparse.Namespace) -> tuple[float, float]:
+def training_settings(config: AtlasConfig) -> dict[str, object]:
+    """A run's train section as flat `key.sub: value` pairs, its own folders left out: what --reuse compares, so
+    that a changed default is caught as surely as a changed flag."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    walk("", config.train.model_dump(mode="json", exclude={"run_dir", "data"}))
+    return flat
+
+
+def reusable_minutes(args: argparse.Namespace, runs: dict[str, AtlasConfig]) -> tuple[float, float]:
     """The minutes of the ESRGAN and pixel-loss runs an earlier invocation left in --out, if they were trained with
-    this invocation's settings and finished; an error naming what differs otherwise."""
+    this invocation's settings and configs and finished; an error naming what differs otherwise. Options that did
+    not exist when they were trained are not compared (a new option's default keeps the old behaviour)."""
     marker = args.out / BASELINE_FILE
     if not marker.is_file():
         raise SystemExit(f"--reuse: {marker} not found: run once without --reuse into {args.out} first")
     saved = json.loads(marker.read_text())
     wanted = baseline_settings(args)
-    differing = sorted(k for k in wanted if saved["settings"].get(k) != wanted[k])
+    differing = [
+        f"{k} {saved['settings'].get(k)!r} there, {wanted[k]!r} now"
+        for k in wanted
+        if saved["settings"].get(k) != wanted[k]
+    ]
+    for run, config in runs.items():
+        trained = saved.get("training", {}).get(run, {})
+        now = training_settings(config)
+        differing += [
+            f"{run} {k} {trained[k]!r} there, {now[k]!r} now"
+            for k in sorted(now.keys() & trained.keys())
+            if trained[k] != now[k]
+        ]
     if differing:
-        listed = ", ".join(f"{k} {saved['settings'].get(k)!r} there, {wanted[k]!r} now" for k in differing)
-        raise SystemExit(f"--reuse: the runs in {args.out} were trained with other settings ({listed})")
+        raise SystemExit(f"--reuse: the runs in {args.out} were trained with other settings ({', '.join(differing)})")
     return saved["esrgan_minutes"], saved["pixel_minutes"]
 
 
@@ -155,13 +183,6 @@ def main() -> None:
         parser.error("--steps must be at least 2: ESRGAN spends half on the pixel phase and half on the GAN phase")
     command = "python bench/superres.py " + shlex.join(sys.argv[1:])
     source = args.data / "geotiff" / args.scenes
-    reused = reusable_minutes(args) if args.reuse else None
-    baselines = () if reused else ("esrgan", "pixel")
-    for run in (*baselines, *(f"variant-{name}" for name, _ in args.variant)):
-        shutil.rmtree(args.out / run, ignore_errors=True)  # fresh runs, no resume
-    if not reused:
-        (args.out / BASELINE_FILE).unlink(missing_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="atlas-bench-superres-") as work:
         common = [
             f"ingest.source={source}",
@@ -192,6 +213,14 @@ def main() -> None:
         pixel_config = load_config(
             None, [*common, f"train.run_dir={args.out / 'pixel'}", f"train.model.pixel_steps={args.steps}"]
         )
+        runs = {"esrgan": gan_config, "pixel": pixel_config}
+        reused = reusable_minutes(args, runs) if args.reuse else None
+        baselines = () if reused else ("esrgan", "pixel")
+        for run in (*baselines, *(f"variant-{name}" for name, _ in args.variant)):
+            shutil.rmtree(args.out / run, ignore_errors=True)  # fresh runs, no resume
+        if not reused:
+            (args.out / BASELINE_FILE).unlink(missing_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
         report = ingest(gan_config, progress=False)
         print(f"ingested {report.new_samples} tiles of {args.tile} px from {source}")
         # the pixel phase as a run of its own, then the GAN phase resumed from its checkpoint, which every --variant
@@ -207,7 +236,7 @@ def main() -> None:
             gan_minutes = pixel_phase_minutes + gan_phase_minutes
             pixel_checkpoint, pixel_minutes = train(pixel_config)
             marker = {"settings": baseline_settings(args), "esrgan_minutes": gan_minutes}
-            marker["pixel_minutes"] = pixel_minutes
+            marker |= {"pixel_minutes": pixel_minutes, "training": {k: training_settings(c) for k, c in runs.items()}}
             (args.out / BASELINE_FILE).write_text(json.dumps(marker, indent=1))
         store = LocalStorage()
         generator, meta = load_generator(store, gan_checkpoint)
