@@ -4,7 +4,8 @@ invocation.
     python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
                              [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
                              [--gan-weight W] [--feature-weight W] [--discriminator unet|vgg]
-                             [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--reuse] [--out runs/bench-superres]
+                             [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--interpolate A[,A...]] [--reuse]
+                             [--out runs/bench-superres]
 
 Ingests the scenes as tiles of --tile px (the truth), holds out a spatially blocked 10 % (train.validation), and
 trains twice on the rest for the same number of steps: the pixel-loss model (L1 + spectral angle only) and ESRGAN
@@ -17,7 +18,9 @@ tiles as input | bicubic | pixel-loss | ESRGAN | each variant | truth into `<out
 the central 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png`
 beside bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
 pixel-phase checkpoint with those config overrides (same D: the model spec cannot change), and is scored on the same
-tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone. With
+tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone.
+--interpolate scores ESRGAN and each variant again with their weights mixed with their own pixel phase's (ESRGAN's
+network interpolation), points between the GAN and the pixel-loss model at no training cost. With
 --reuse, the ESRGAN and pixel-loss runs of an earlier invocation into the same --out with the same settings are
 scored again instead of retrained (CPU training is deterministic, so they are the runs this one would train), and
 only the variants train.
@@ -48,7 +51,7 @@ from atlas_gan.metrics.translation import summary_lines
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import checkpoint_url
-from atlas_gan.runtime.generator import load_generator, load_reference_generators
+from atlas_gan.runtime.generator import interpolate_generators, load_generator, load_reference_generators
 from atlas_gan.sampling import load_sampler
 from atlas_gan.storage import LocalStorage
 from atlas_gan.train.figures_hook import FiguresHook
@@ -131,6 +134,19 @@ def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, floa
     return train(config)
 
 
+def interpolated_generator(store: LocalStorage, checkpoint: str, alpha: float) -> torch.nn.Module:
+    """ESRGAN's network interpolation between a GAN run's generator and its own pixel-phase generator."""
+    gan, _ = load_generator(store, checkpoint)
+    return interpolate_generators(gan, load_reference_generators(store, checkpoint)["pixel"], alpha)
+
+
+def alphas(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",")]
+    if not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"interpolation weights must be in [0, 1], got {text}")
+    return values
+
+
 def comparison_figure(columns: dict[str, torch.Tensor], bands: list[str], title: str) -> bytes:
     positions = band_triplets(bands, None)[0][1]
     shared = torch.cat(list(columns.values()))
@@ -171,6 +187,14 @@ def main() -> None:
         default=[],
         type=parse_variant,
         help="NAME:KEY=VALUE[,KEY=VALUE...]: another GAN phase from ESRGAN's pixel phase (repeatable)",
+    )
+    parser.add_argument(
+        "--interpolate",
+        type=alphas,
+        default=[],
+        metavar="A[,A...]",
+        help="also score ESRGAN and each variant network-interpolated (ESRGAN's trade-off of PSNR for realism): "
+        "A x the GAN's weights + (1 - A) x its pixel phase's",
     )
     parser.add_argument(
         "--reuse",
@@ -256,6 +280,14 @@ def main() -> None:
             name: evaluator.evaluate(variant, meta, torch.device("cpu"), write=False)
             for name, variant in variant_generators.items()
         }
+        checkpoints = {"ESRGAN": gan_checkpoint, **{f"variant {n}": c for n, (c, _) in variants.items()}}
+        interpolated = {
+            (name, alpha): evaluator.evaluate(
+                interpolated_generator(store, checkpoint, alpha), meta, torch.device("cpu"), write=False
+            )
+            for name, checkpoint in checkpoints.items()
+            for alpha in args.interpolate
+        }
         low, truth = evaluator.pairs
         columns = {
             f"input (1/{args.scale})": low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2),
@@ -290,12 +322,15 @@ def main() -> None:
 
     print(compare("pixel-loss model (equal steps)", pixel))
     print(compare("bicubic", cubic))
-    for name, scores in variant_results.items():
+
+    def scored(scores: dict) -> str:
         fid = "" if scores["fid"] is None else f", FID {scores['fid']:.1f} (x{scores['fid'] / pixel['fid']:.3f})"
-        print(
-            f"variant {name} (GAN phase {variants[name][1]:.1f} min): PSNR {scores['psnr']:.2f} dB "
-            f"({scores['psnr'] - pixel['psnr']:+.2f} vs the pixel-loss model){fid}"
-        )
+        return f"PSNR {scores['psnr']:.2f} dB ({scores['psnr'] - pixel['psnr']:+.2f} vs the pixel-loss model){fid}"
+
+    for name, scores in variant_results.items():
+        print(f"variant {name} (GAN phase {variants[name][1]:.1f} min): {scored(scores)}")
+    for (name, alpha), scores in interpolated.items():
+        print(f"{name} interpolated, {alpha:g} x its weights + {1 - alpha:g} x its pixel phase's: {scored(scores)}")
     title = (
         f"held-out tiles, x{args.scale}: ESRGAN {args.steps} steps ({args.steps // 2} pixel + "
         f"{args.steps - args.steps // 2} GAN) vs the pixel-loss model {args.steps} steps; "

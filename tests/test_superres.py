@@ -37,7 +37,7 @@ from atlas_gan.perceptual import (
 from atlas_gan.recipes import Progress, Update, band_roles, build_recipe, model_spec
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
-from atlas_gan.runtime.generator import load_generator, load_reference_generators
+from atlas_gan.runtime.generator import interpolate_generators, load_generator, load_reference_generators
 from atlas_gan.shards import read_manifest, shard_urls
 from atlas_gan.storage import LocalStorage
 from atlas_gan.train.data import read_tiles
@@ -105,6 +105,28 @@ def test_networks_upscale_any_band_count(bands, scale):
     assert generator(torch.rand(1, bands, 12, 20)).shape == (1, bands, 12 * scale, 20 * scale)  # any size
     unet = UNetDiscriminator(spec)
     assert unet(high).shape == (2, 1, 32, 32)  # one logit per pixel
+
+
+def test_network_interpolation_mixes_the_weights_of_a_gan_and_its_pixel_phase():
+    """ESRGAN's trade-off: alpha 1 is the GAN, 0 the model it started from, between them a weighted mean of every
+    weight; neither input is changed, and generators of different architectures are refused."""
+    spec = ModelSpec(3, 32, g_width=8, input_bands=3, scale=4, residual_blocks=1, growth=4)
+    torch.manual_seed(0)
+    gan, pixel = RRDBGenerator(spec), RRDBGenerator(spec)
+    before = {k: v.clone() for k, v in gan.state_dict().items()}
+    low = torch.rand(1, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(interpolate_generators(gan, pixel, 1.0)(low), gan.eval()(low))
+        assert torch.equal(interpolate_generators(gan, pixel, 0.0)(low), pixel.eval()(low))
+    mixed = interpolate_generators(gan, pixel, 0.8).state_dict()
+    for key, weight in gan.state_dict().items():
+        assert torch.allclose(mixed[key], 0.8 * weight + 0.2 * pixel.state_dict()[key], atol=1e-6)
+        assert torch.equal(weight, before[key])
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1.5"):
+        interpolate_generators(gan, pixel, 1.5)
+    wider = RRDBGenerator(ModelSpec(3, 32, g_width=16, input_bands=3, scale=4, residual_blocks=1, growth=4))
+    with pytest.raises(ValueError, match="same architecture"):
+        interpolate_generators(gan, wider, 0.5)
 
 
 def test_discriminator_is_chosen_by_the_spec_and_the_upsampling_starts_without_a_checkerboard():
