@@ -66,8 +66,8 @@ class SuperResRecipe(Recipe):
         self.adopt_pair(family.generator(spec), family.discriminator(spec), self.defaults, cfg)
         self.lr_g = cfg.lr_g or self.defaults.lr_g
         self.perceptual: PerceptualLoss | RandomPerceptualLoss | None = None
-        random_network = options.perceptual_weight > 0 or options.texture_weight > 0
-        if random_network and options.perceptual_network == "random":
+        features_wanted = options.perceptual_weight > 0 or options.texture_weight > 0  # texture: random only
+        if features_wanted and options.perceptual_network == "random":
             self.perceptual = RandomPerceptualLoss(len(roles.outputs)).to(ctx.device)
         elif options.perceptual_weight > 0:
             positions = band_triplets(roles.output_names, cfg.rgb_bands)[0][1]
