@@ -54,6 +54,7 @@ from atlas_gan.runtime.checkpoint import checkpoint_url
 from atlas_gan.runtime.generator import interpolate_generators, load_generator, load_reference_generators
 from atlas_gan.sampling import load_sampler
 from atlas_gan.storage import LocalStorage
+from atlas_gan.tracking.store import flatten
 from atlas_gan.train.figures_hook import FiguresHook
 from atlas_gan.train.trainer import Trainer
 from atlas_gan.translate import SceneTranslator, translate_scene
@@ -80,20 +81,10 @@ def baseline_settings(args: argparse.Namespace) -> dict:
     return {"data": str(args.data.resolve()), **{key: getattr(args, key) for key in BASELINE_ARGS}}
 
 
-def training_settings(config: AtlasConfig) -> dict[str, object]:
-    """A run's train section as flat `key.sub: value` pairs, its own folders left out: what --reuse compares, so
-    that a changed default is caught as surely as a changed flag."""
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, inner)
-        else:
-            flat[prefix] = value
-
-    walk("", config.train.model_dump(mode="json", exclude={"run_dir", "data"}))
-    return flat
+def training_settings(config: AtlasConfig) -> dict[str, str]:
+    """A run's train section as flat `key.sub: value` pairs (as its MLflow params), its own folders left out: what
+    --reuse compares, so that a changed default is caught as surely as a changed flag."""
+    return flatten(config.train.model_dump(mode="json", exclude={"run_dir", "data"}))
 
 
 def reusable_minutes(args: argparse.Namespace, runs: dict[str, AtlasConfig]) -> tuple[float, float]:
