@@ -469,6 +469,13 @@ class SuperResOptions(_TranslationOptions):
         description="weight of D feature matching (pix2pixHD's): L1 between D's activations on G's output and on the "
         "truth; a perceptual loss learned on the dataset, no pretrained weights needed",
     )
+    interpolation: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="network interpolation (ESRGAN's): the generator evaluated, registered and served is this x the "
+        "GAN's weights + (1 - this) x the pixel phase's; 1: the GAN as trained, lower trades realism for fidelity",
+    )
     vgg_weights: str | None = Field(
         None,
         description="VGG19 weights file; null: ATLAS_VGG_WEIGHTS, then torch hub's vgg19-dcbb9e9d.pth; never "
@@ -499,6 +506,11 @@ class SuperResOptions(_TranslationOptions):
             raise ValueError(
                 f"texture_weight {self.texture_weight} needs perceptual_network: random (got "
                 f"{self.perceptual_network!r}): the texture loss compares that network's features"
+            )
+        if self.interpolation < 1 and self.pixel_steps == 0:
+            raise ValueError(
+                f"interpolation {self.interpolation} mixes the GAN with its pixel phase, but pixel_steps is 0: "
+                "there is no pixel phase"
             )
         return self
 

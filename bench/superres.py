@@ -127,7 +127,7 @@ def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, floa
 
 def interpolated_generator(store: LocalStorage, checkpoint: str, alpha: float) -> torch.nn.Module:
     """ESRGAN's network interpolation between a GAN run's generator and its own pixel-phase generator."""
-    gan, _ = load_generator(store, checkpoint)
+    gan, _ = load_generator(store, checkpoint, interpolated=False)
     return interpolate_generators(gan, load_reference_generators(store, checkpoint)["pixel"], alpha)
 
 

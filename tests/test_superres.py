@@ -22,6 +22,7 @@ from atlas_gan.config import ConfigError, DegradationConfig, load_config
 from atlas_gan.degrade import batch_seeds, degrade, key_seed
 from atlas_gan.ingest import ingest
 from atlas_gan.losses import feature_matching_loss, relativistic_average_losses, spectral_angle_loss
+from atlas_gan.metrics.evaluate import evaluate_checkpoint
 from atlas_gan.metrics.hook import EvaluationHook
 from atlas_gan.models.base import ModelSpec
 from atlas_gan.models.esrgan import RRDBGenerator, UNetDiscriminator, VGGStyleDiscriminator, discriminator
@@ -412,6 +413,38 @@ def test_esrgan_trains_scores_and_resumes_across_the_phase_change(train_data, tm
     straight = load_checkpoint(LocalStorage(), checkpoint)
     for name, weights in straight["networks"].items():  # twice resumed, the run still ends where the straight one did
         assert all(torch.equal(v, ended["networks"][name][k]) for k, v in weights.items()), name
+
+
+def test_network_interpolation_is_what_is_evaluated_and_loaded(train_data, tmp_path):
+    """`interpolation` 0.5: the generator scored while training, by `evaluate` and by `load_generator` (so the
+    registry, `sample` and `upscale`) is half the GAN's EMA and half the pixel-phase G; `interpolated=False` gives the
+    GAN as trained. It needs a pixel phase, and stays in [0, 1]."""
+    ctx = distributed.setup()
+    run_dir = tmp_path / "run"
+    config = esrgan_config(
+        train_data, run_dir, "train.steps=6", "train.evaluate_every=6", "train.model.interpolation=0.5"
+    )
+    trainer = Trainer(config, ctx, hooks=[EvaluationHook()], progress=False)
+    checkpoint = trainer.run()["checkpoint"]
+    assert load_checkpoint(LocalStorage(), checkpoint)["recipe_state"]["interpolation"] == {
+        "reference": "pixel",
+        "alpha": 0.5,
+    }
+    served, _ = load_generator(LocalStorage(), checkpoint)
+    trained, _ = load_generator(LocalStorage(), checkpoint, interpolated=False)
+    pixel = load_reference_generators(LocalStorage(), checkpoint)["pixel"]
+    mixed = served.state_dict()
+    for key, weight in trained.state_dict().items():
+        assert torch.allclose(mixed[key], 0.5 * weight + 0.5 * pixel.state_dict()[key], atol=1e-6), key
+    assert any(not torch.equal(mixed[k], w) for k, w in trained.state_dict().items())  # the GAN phase moved G
+    assert all(torch.equal(w, mixed[k]) for k, w in trainer.generator.state_dict().items())  # trained = loaded
+    while_training = json.loads((run_dir / "eval" / "step-00000006.json").read_text())
+    evaluated = evaluate_checkpoint(config, checkpoint, ctx, progress=False, write=False)
+    assert evaluated["psnr"] == pytest.approx(while_training["psnr"], abs=1e-4)
+    with pytest.raises(ConfigError, match="interpolation 0.8 mixes the GAN with its pixel phase, but pixel_steps is 0"):
+        load_config(None, [*ESRGAN, "train.model.pixel_steps=0", "train.model.interpolation=0.8"])
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_config(None, [*ESRGAN, "train.model.interpolation=1.5"])
 
 
 def test_upscale_a_whole_scene_keeps_its_extent_without_seams(train_data, geotiff, tmp_path):

@@ -229,6 +229,11 @@ class Recipe:
         checkpoints as the recipe state `reference_generators` (name -> weights). None by default."""
         return {}
 
+    def served(self, generator: nn.Module) -> nn.Module:
+        """The generator as evaluated, registered and served, made from the trained one (`generator`, its EMA when
+        it has one; e.g. super-resolution's network interpolation); the trained one by default."""
+        return generator
+
     def calibrate(self, generator: nn.Module) -> None:
         """Make an EMA copy of the generator ready to sample (e.g. its batch-norm statistics); nothing by default."""
 

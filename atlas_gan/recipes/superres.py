@@ -17,7 +17,8 @@ not a simulated one. Two phases, decided by the step:
   a perceptual loss that needs no pretrained weights).
 At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
 checkpoint and scored beside the GAN as the model it must improve on. The loop keeps an EMA of G, which is what is
-evaluated.
+evaluated, unless `interpolation` < 1: then the generator evaluated, registered and served is ESRGAN's network
+interpolation of that EMA with the pixel-phase G (recipe state `interpolation`, which `load_generator` applies).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from atlas_gan.preview import band_triplets
 from atlas_gan.recipes.base import Batch, Progress, Recipe, Update, frozen
 from atlas_gan.recipes.roles import BandRoles
 from atlas_gan.runtime.distributed import DistributedContext
-from atlas_gan.runtime.generator import REFERENCE_GENERATORS
+from atlas_gan.runtime.generator import INTERPOLATION, REFERENCE_GENERATORS, interpolate_generators
 from atlas_gan.runtime.signature import IMAGE
 
 PIXEL_LR_FACTOR = 2.0  # pixel phase: 2 x lr_g
@@ -102,7 +103,10 @@ class SuperResRecipe(Recipe):
 
     def state_dict(self) -> dict[str, Any]:
         kept = {"pixel": self.pixel_state} if self.pixel_state is not None else {}
-        return {"phase": self._phase, REFERENCE_GENERATORS: kept}
+        state: dict[str, Any] = {"phase": self._phase, REFERENCE_GENERATORS: kept}
+        if kept and self.options.interpolation < 1:
+            state[INTERPOLATION] = {"reference": "pixel", "alpha": self.options.interpolation}
+        return state
 
     def load_state_dict(self, shared: dict[str, Any], own: dict[str, Any] | None) -> None:
         self._phase = shared.get("phase", self._phase)
@@ -115,6 +119,13 @@ class SuperResRecipe(Recipe):
         generator = copy.deepcopy(self.G).eval()
         generator.load_state_dict(self.pixel_state)
         return {"pixel": generator.requires_grad_(False)}
+
+    def served(self, generator: nn.Module) -> nn.Module:
+        """`generator` interpolated with the pixel-phase G by `interpolation` once the GAN phase has started."""
+        references = self.reference_generators()
+        if not references or self.options.interpolation == 1:
+            return generator
+        return interpolate_generators(generator, references["pixel"], self.options.interpolation)
 
     def log_values(self) -> dict[str, float | None]:
         return {"gan_phase": float(self._phase == "gan")}

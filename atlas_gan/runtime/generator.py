@@ -16,6 +16,7 @@ from atlas_gan.runtime.signature import signature_of
 from atlas_gan.storage import Storage
 
 REFERENCE_GENERATORS = "reference_generators"  # recipe-state key of generators kept for comparison
+INTERPOLATION = "interpolation"  # recipe-state key: {"reference": name, "alpha": a}, the served G's weight mix
 META_KEYS = ("model", "signature", "spec", "bands", "input_bands", "labels", "normalization", "step", "images_seen")
 
 
@@ -53,13 +54,21 @@ def build_generator(meta: dict[str, Any]) -> nn.Module:
     return get_family(meta["model"]).generator(ModelSpec(**meta["spec"]))
 
 
-def load_generator(store: Storage, url: str, ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The (EMA) generator of a checkpoint, in eval mode on CPU, with its `generator_meta`."""
+def load_generator(
+    store: Storage, url: str, ema: bool = True, interpolated: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The (EMA) generator of a checkpoint, in eval mode on CPU, with its `generator_meta`. Where the recipe asked
+    for network interpolation (recipe state `interpolation`: super-resolution's `train.model.interpolation`) the
+    generator is the one it asked for, mixed with the kept reference; `interpolated=False`: the weights as trained."""
     state = load_checkpoint(store, url)
     name = state["generator"]["network"]
     meta = _meta_of(state)
     generator = build_generator(meta)
     generator.load_state_dict(state["ema"][name] if ema and name in state["ema"] else state["networks"][name])
+    mix = (state.get("recipe_state") or {}).get(INTERPOLATION)
+    if interpolated and mix is not None:
+        reference = _references(state, meta)[mix["reference"]]
+        return interpolate_generators(generator, reference, float(mix["alpha"])), meta
     return generator.eval(), meta
 
 
@@ -67,13 +76,7 @@ def load_reference_generators(store: Storage, url: str) -> dict[str, nn.Module]:
     """Generators a recipe kept beside its own to be scored against (recipe state `reference_generators`:
     name -> weights; super-resolution's pixel-loss model), in eval mode on CPU; {} when there are none."""
     state = load_checkpoint(store, url)
-    kept = (state.get("recipe_state") or {}).get(REFERENCE_GENERATORS) or {}
-    references = {}
-    for name, weights in kept.items():
-        generator = build_generator(_meta_of(state))
-        generator.load_state_dict(weights)
-        references[name] = generator.eval()
-    return references
+    return _references(state, _meta_of(state))
 
 
 def interpolate_generators(gan: nn.Module, reference: nn.Module, alpha: float) -> nn.Module:
@@ -89,6 +92,16 @@ def interpolate_generators(gan: nn.Module, reference: nn.Module, alpha: float) -
     mixed = copy.deepcopy(gan)
     mixed.load_state_dict({k: torch.lerp(other[k], v, alpha) if v.is_floating_point() else v for k, v in own.items()})
     return mixed.eval()
+
+
+def _references(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, nn.Module]:
+    kept = (state.get("recipe_state") or {}).get(REFERENCE_GENERATORS) or {}
+    references = {}
+    for name, weights in kept.items():
+        generator = build_generator(meta)
+        generator.load_state_dict(weights)
+        references[name] = generator.eval()
+    return references
 
 
 def _meta_of(state: dict[str, Any]) -> dict[str, Any]:

@@ -228,12 +228,12 @@ class Trainer:
     @property
     def generator(self) -> nn.Module:
         """The network the recipe calls the generator, as evaluated and registered: its EMA when it has one, made
-        ready to sample by the recipe (batch-norm statistics) once per step."""
+        ready to sample by the recipe (batch-norm statistics) once per step, as the recipe serves it."""
         name = self.recipe.generator_name
         if name not in self.emas:
-            return self.recipe.networks[name]
+            return self.recipe.served(self.recipe.networks[name])
         self._calibrate_ema()
-        return self.emas[name].model
+        return self.recipe.served(self.emas[name].model)
 
     def _calibrate_ema(self) -> None:
         """Let the recipe make the EMA generator ready to sample, unless it already did since the last update."""
