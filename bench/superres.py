@@ -125,10 +125,12 @@ def train_variant(out: Path, name: str, overrides: list[str]) -> tuple[str, floa
     return train(config)
 
 
-def interpolated_generator(store: LocalStorage, checkpoint: str, alpha: float) -> torch.nn.Module:
-    """ESRGAN's network interpolation between a GAN run's generator and its own pixel-phase generator."""
+def interpolated_generators(store: LocalStorage, checkpoint: str, alphas: list[float]) -> list[torch.nn.Module]:
+    """ESRGAN's network interpolation between a GAN run's generator (as trained) and its own pixel-phase generator,
+    at each weight of the GAN's in `alphas`."""
     gan, _ = load_generator(store, checkpoint, interpolated=False)
-    return interpolate_generators(gan, load_reference_generators(store, checkpoint)["pixel"], alpha)
+    pixel = load_reference_generators(store, checkpoint)["pixel"]
+    return [interpolate_generators(gan, pixel, alpha) for alpha in alphas]
 
 
 def alphas(text: str) -> list[float]:
@@ -273,11 +275,11 @@ def main() -> None:
         }
         checkpoints = {"ESRGAN": gan_checkpoint, **{f"variant {n}": c for n, (c, _) in variants.items()}}
         interpolated = {
-            (name, alpha): evaluator.evaluate(
-                interpolated_generator(store, checkpoint, alpha), meta, torch.device("cpu"), write=False
-            )
+            (name, alpha): evaluator.evaluate(mixed, meta, torch.device("cpu"), write=False)
             for name, checkpoint in checkpoints.items()
-            for alpha in args.interpolate
+            for alpha, mixed in zip(
+                args.interpolate, interpolated_generators(store, checkpoint, args.interpolate), strict=True
+            )
         }
         low, truth = evaluator.pairs
         columns = {
