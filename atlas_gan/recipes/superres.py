@@ -122,10 +122,9 @@ class SuperResRecipe(Recipe):
 
     def served(self, generator: nn.Module) -> nn.Module:
         """`generator` interpolated with the pixel-phase G by `interpolation` once the GAN phase has started."""
-        references = self.reference_generators()
-        if not references or self.options.interpolation == 1:
-            return generator
-        return interpolate_generators(generator, references["pixel"], self.options.interpolation)
+        if self.options.interpolation == 1 or self.pixel_state is None:
+            return generator  # no copy of G on every sample grid and evaluation when there is nothing to mix
+        return interpolate_generators(generator, self.reference_generators()["pixel"], self.options.interpolation)
 
     def log_values(self) -> dict[str, float | None]:
         return {"gan_phase": float(self._phase == "gan")}
