@@ -34,7 +34,7 @@ def batch_seeds(seed: int, step: int, rank: int, count: int) -> list[int]:
     return [key_seed(f"{step}:{rank}:{i}", seed) for i in range(count)]
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur (bands, h, w) by a Gaussian of `sigma` px (kernel +-3 sigma), reflecting at the borders."""
     if sigma < 0.05:
         return image
@@ -51,7 +51,7 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 def _blur_and_noise(image: torch.Tensor, blur: float, noise: float, rng: torch.Generator) -> torch.Tensor:
     sigma = float(torch.rand((), generator=rng)) * blur
     std = float(torch.rand((), generator=rng)) * noise
-    image = _gaussian_blur(image, sigma)
+    image = gaussian_blur(image, sigma)
     if std > 0:
         # noise in normalized units (0..1) is twice that in the training range [-1, 1]
         image = image + 2 * std * torch.randn(image.shape, generator=rng, dtype=image.dtype)

@@ -12,7 +12,8 @@ trains twice on the rest for the same number of steps: the pixel-loss model (L1 
 (the same pixel phase for half the steps, then the GAN phase resumed from its checkpoint, as each --variant's is).
 Both are scored on the held-out tiles, degraded as in training (area downsampling by --scale, plus --blur/--noise),
 beside bicubic upscaling and the GAN run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units,
-FID/KID on the first three bands.
+FID/KID on the first three bands. The truth itself blurred by Gaussians of 0.5-1.5 px is scored too, as landmarks
+of how sharp a given FID is.
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
 tiles as input | bicubic | pixel-loss | ESRGAN | each variant | truth into `<out>/superres.png`; finally upscales
 the central 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png`
@@ -44,6 +45,7 @@ from shared_data import SHARED_DATA
 from variants import parse_variant
 
 from atlas_gan.config import AtlasConfig, load_config
+from atlas_gan.degrade import gaussian_blur
 from atlas_gan.figures.canvas import new_figure, png_bytes
 from atlas_gan.ingest import ingest
 from atlas_gan.metrics.superres import SuperResEvaluator, bicubic
@@ -61,6 +63,7 @@ from atlas_gan.translate import SceneTranslator, translate_scene
 
 SHOWN_TILES = 6
 SCENE_CROP = 384  # px of a scene upscaled whole at the end
+TRUTH_BLURS = (0.5, 0.75, 1.0, 1.5)  # px: the held-out truth blurred by these Gaussians, the FID scale's landmarks
 
 
 def train(config: AtlasConfig) -> tuple[str, float]:
@@ -131,6 +134,15 @@ def interpolated_generators(store: LocalStorage, checkpoint: str, alphas: list[f
     gan, _ = load_generator(store, checkpoint, interpolated=False)
     pixel = load_reference_generators(store, checkpoint)["pixel"]
     return [interpolate_generators(gan, pixel, alpha) for alpha in alphas]
+
+
+def blurred_truth_scores(evaluator: SuperResEvaluator) -> dict[float, dict]:
+    """Scores of the held-out truth itself blurred by each Gaussian of TRUTH_BLURS: not models, but where an FID or
+    PSNR sits on a scale of sharpness (FID counts blur heavily; a generator must draw close to the truth to reach
+    the scores of its slightly blurred copy)."""
+    truth = evaluator.pairs[1]
+    flat = truth.float().flatten(0, 1)  # every band of every tile as one stack of images
+    return {sigma: evaluator.score(gaussian_blur(flat, sigma).view_as(truth)) for sigma in TRUTH_BLURS}
 
 
 def alphas(text: str) -> list[float]:
@@ -281,6 +293,7 @@ def main() -> None:
                 args.interpolate, interpolated_generators(store, checkpoint, args.interpolate), strict=True
             )
         }
+        landmarks = blurred_truth_scores(evaluator)
         low, truth = evaluator.pairs
         columns = {
             f"input (1/{args.scale})": low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2),
@@ -324,6 +337,8 @@ def main() -> None:
         print(f"variant {name} (GAN phase {variants[name][1]:.1f} min): {scored(scores)}")
     for (name, alpha), scores in interpolated.items():
         print(f"{name} interpolated, {alpha:g} x its weights + {1 - alpha:g} x its pixel phase's: {scored(scores)}")
+    for sigma, scores in landmarks.items():
+        print(f"landmark, not a model: the truth blurred by a Gaussian of {sigma:g} px: {scored(scores)}")
     title = (
         f"held-out tiles, x{args.scale}: ESRGAN {args.steps} steps ({args.steps // 2} pixel + "
         f"{args.steps - args.steps // 2} GAN) vs the pixel-loss model {args.steps} steps; "

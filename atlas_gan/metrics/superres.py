@@ -52,7 +52,7 @@ class SuperResEvaluator(TranslationEvaluator):
         return degrade(tiles[:, self.targets], self.scale, self.degradation, seeds), tiles[:, self.targets]
 
     def _baselines(self) -> dict[str, Any]:
-        return {"bicubic": self._scores(bicubic(self.pairs[0], self.scale))}
+        return {"bicubic": self.score(bicubic(self.pairs[0], self.scale))}
 
     def extra_fields(self) -> dict[str, Any]:
         degradation = "real pairs" if self.inputs != self.targets else self.degradation.model_dump()

@@ -92,7 +92,8 @@ class TranslationEvaluator:
         model = load_inception(self.weights).to(self.device)
         return image_features(model, shown, self.config.evaluate.batch_size, self.device, desc)
 
-    def _scores(self, predicted: torch.Tensor) -> dict[str, Any]:
+    def score(self, predicted: torch.Tensor) -> dict[str, Any]:
+        """Paired scores and FID/KID of `predicted` (the held-out inputs' translations, in order) against the truth."""
         scores = paired_scores(predicted, self.pairs[1], self.target_names, self.scales, self.offsets)
         if self.real_features is None:
             return {**scores, "fid": None, "kid": None}
@@ -115,9 +116,9 @@ class TranslationEvaluator:
     def _baselines(self) -> dict[str, Any]:
         _, training = read_tiles(self.urls, self.split.train_keys, self.tile_size, self.config.storage, BASELINE_TILES)
         linear = LinearBaseline(training[:, self.inputs], training[:, self.targets])
-        found = {"linear": self._scores(linear(self.pairs[0]))}
+        found = {"linear": self.score(linear(self.pairs[0]))}
         if self.inputs == self.targets:
-            found["identity"] = self._scores(self.pairs[0])
+            found["identity"] = self.score(self.pairs[0])
         return found
 
     def extra_fields(self) -> dict[str, Any]:
@@ -150,10 +151,10 @@ class TranslationEvaluator:
         predicted = self.translate(generator, device)
         if not torch.isfinite(predicted).all():
             raise ValueError(f"the generator at step {meta.get('step')} translated to non-finite values (NaN or inf)")
-        scores = self._scores(predicted)
+        scores = self.score(predicted)
         baselines = dict(self.baselines)
         for name, reference in (references or {}).items():
-            baselines[name] = self._scores(self.translate(reference, device))
+            baselines[name] = self.score(self.translate(reference, device))
         baseline = baselines[self.baseline]
         result: dict[str, Any] = {
             "kind": self.kind,
