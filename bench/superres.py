@@ -15,11 +15,12 @@ beside bicubic upscaling and the GAN run's own pixel-phase generator: PSNR/SSIM/
 FID/KID on the first three bands. The truth itself blurred by Gaussians of 0.5-1.5 px is scored too, as landmarks
 of how sharp a given FID is.
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
-tiles as input | bicubic | pixel-loss | ESRGAN | each variant | truth into `<out>/superres.png`; finally upscales
-the central 384 px of a scene beyond its native resolution (`atlas-gan upscale`'s code path) into `<out>/scene.png`
-beside bicubic. Each --variant (e.g. `lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own
-pixel-phase checkpoint with those config overrides (same D: the model spec cannot change), and is scored on the same
-tiles against the same pixel-loss model: GAN-phase settings compared at the price of their GAN phase alone.
+tiles as input | bicubic | pixel-loss | ESRGAN | each variant | the truth blurred by 1 px | truth into
+`<out>/superres.png`; finally upscales the central 384 px of a scene beyond its native resolution (`atlas-gan
+upscale`'s code path) into `<out>/scene.png` beside bicubic. Each --variant (e.g.
+`lr:train.lr_d=4e-4,train.lr_g=4e-4`) trains the GAN phase again from ESRGAN's own pixel-phase checkpoint with those
+config overrides (same D: the model spec cannot change), and is scored on the same tiles against the same pixel-loss
+model: GAN-phase settings compared at the price of their GAN phase alone.
 --interpolate scores ESRGAN and each variant again with their weights mixed with their own pixel phase's (ESRGAN's
 network interpolation), points between the GAN and the pixel-loss model at no training cost. With
 --reuse, the ESRGAN and pixel-loss runs of an earlier invocation into the same --out with the same settings are
@@ -64,6 +65,7 @@ from atlas_gan.translate import SceneTranslator, translate_scene
 SHOWN_TILES = 6
 SCENE_CROP = 384  # px of a scene upscaled whole at the end
 TRUTH_BLURS = (0.5, 0.75, 1.0, 1.5)  # px: the held-out truth blurred by these Gaussians, the FID scale's landmarks
+SHOWN_BLUR = 1.0  # px: the landmark drawn beside the truth in superres.png
 
 
 def train(config: AtlasConfig) -> tuple[str, float]:
@@ -140,9 +142,12 @@ def blurred_truth_scores(evaluator: SuperResEvaluator) -> dict[float, dict]:
     """Scores of the held-out truth itself blurred by each Gaussian of TRUTH_BLURS: not models, but where an FID or
     PSNR sits on a scale of sharpness (FID counts blur heavily; a generator must draw close to the truth to reach
     the scores of its slightly blurred copy)."""
-    truth = evaluator.pairs[1]
-    flat = truth.float().flatten(0, 1)  # every band of every tile as one stack of images
-    return {sigma: evaluator.score(gaussian_blur(flat, sigma).view_as(truth)) for sigma in TRUTH_BLURS}
+    return {sigma: evaluator.score(blurred(evaluator.pairs[1], sigma)) for sigma in TRUTH_BLURS}
+
+
+def blurred(tiles: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(n, bands, h, w) tiles, each band blurred by a Gaussian of `sigma` px."""
+    return gaussian_blur(tiles.float().flatten(0, 1), sigma).view(tiles.shape)
 
 
 def alphas(text: str) -> list[float]:
@@ -304,6 +309,7 @@ def main() -> None:
                 f"variant {name}": evaluator.translate(variant, torch.device("cpu"))
                 for name, variant in variant_generators.items()
             },
+            f"truth blurred {SHOWN_BLUR:g} px (landmark)": blurred(truth, SHOWN_BLUR),
             "truth": truth,
         }
     print(f"\n$ {command}")
