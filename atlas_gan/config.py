@@ -485,6 +485,11 @@ class SuperResOptions(_TranslationOptions):
         "vgg",
         description="D of the GAN phase: unet (Real-ESRGAN's, one logit per pixel) or vgg (the paper's, one per patch)",
     )
+    upsampler: Literal["nearest", "shuffle"] = Field(
+        "shuffle",
+        description="G's x2 stages: shuffle (a convolution to 4x the channels, then pixel shuffle) or nearest (nearest-"
+        "neighbour doubling, then a convolution: ESRGAN's, each output pixel of a block drawn by the same filters)",
+    )
     degradation: DegradationConfig = DegradationConfig()
     target_bands: BandList | None = Field(
         None, description="the bands G draws (names or 1-based indexes); null: every band of the dataset"
@@ -544,6 +549,7 @@ _FAMILY_ONLY_KEYS = {  # key -> (the family that has it, what it is)
     "scale": ("esrgan", "upscaling factor"),
     "degradation": ("esrgan", "degradation of its inputs"),
     "discriminator": ("esrgan", "choice between two discriminators"),
+    "upsampler": ("esrgan", "choice of upsampling stages in G"),
 }
 
 ModelOptions = Annotated[

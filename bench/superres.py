@@ -4,6 +4,7 @@ invocation.
     python bench/superres.py [--data ../shared/data] [--scenes landsat8-parana] [--tile 64] [--scale 4]
                              [--steps 2000] [--batch 16] [--width 32] [--blocks 3] [--blur 0] [--noise 0]
                              [--gan-weight W] [--feature-weight W] [--discriminator unet|vgg]
+                             [--upsampler nearest|shuffle]
                              [--variant NAME:KEY=VALUE[,KEY=VALUE...]]... [--interpolate A[,A...]] [--reuse]
                              [--out runs/bench-superres]
 
@@ -51,6 +52,7 @@ from atlas_gan.figures.canvas import new_figure, png_bytes
 from atlas_gan.ingest import ingest
 from atlas_gan.metrics.superres import SuperResEvaluator, bicubic
 from atlas_gan.metrics.translation import summary_lines
+from atlas_gan.models.esrgan import UPSAMPLERS
 from atlas_gan.preview import band_triplets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import checkpoint_url
@@ -78,7 +80,7 @@ def train(config: AtlasConfig) -> tuple[str, float]:
 
 
 BASELINE_ARGS = ("scenes", "tile", "scale", "steps", "batch", "width", "blocks", "blur", "noise")
-BASELINE_ARGS += ("gan_weight", "feature_weight", "discriminator")
+BASELINE_ARGS += ("gan_weight", "feature_weight", "discriminator", "upsampler")
 BASELINE_FILE = "baseline.json"  # in --out: the settings and minutes of the ESRGAN and pixel-loss runs there
 
 
@@ -150,6 +152,20 @@ def blurred(tiles: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(tiles.float().flatten(0, 1), sigma).view(tiles.shape)
 
 
+def scale_period_peak(images: torch.Tensor, low: torch.Tensor, scale: int) -> float:
+    """How strongly `images` repeat with the scale's period: the mean power of their detail over bicubic (images -
+    bicubic(low)) at the frequencies of a lattice of `scale` px, over the mean power of those frequencies' four
+    nearest neighbours. Near 1 for natural detail; far above 1 where every `scale` x `scale` block of the output
+    carries the same pattern (a generator's upsampling stages drawn apart)."""
+    residual = (images - bicubic(low, scale)).double()
+    power = torch.fft.fft2(residual).abs().square().mean((0, 1))
+    h, w = power.shape
+    lattice = [(i, j) for i in range(0, h, h // scale) for j in range(0, w, w // scale) if (i, j) != (0, 0)]
+    at = torch.stack([power[i, j] for i, j in lattice]).mean()
+    near = [power[(i + di) % h, (j + dj) % w] for i, j in lattice for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    return float(at / torch.stack(near).mean())
+
+
 def alphas(text: str) -> list[float]:
     values = [float(v) for v in text.split(",")]
     if not all(0 <= v <= 1 for v in values):
@@ -192,6 +208,9 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=None, help="default: the config's")
     parser.add_argument("--discriminator", choices=("unet", "vgg"), default=None, help="default: the config's")
     parser.add_argument(
+        "--upsampler", choices=UPSAMPLERS, default=None, help="G's x2 stages, in every run; default: the config's"
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -229,6 +248,7 @@ def main() -> None:
             f"train.model.degradation.noise={args.noise}",
             *([f"train.model.gan_weight={args.gan_weight}"] if args.gan_weight is not None else []),
             *([f"train.model.discriminator={args.discriminator}"] if args.discriminator is not None else []),
+            *([f"train.model.upsampler={args.upsampler}"] if args.upsampler is not None else []),
             *([f"train.model.feature_weight={args.feature_weight}"] if args.feature_weight is not None else []),
             f"train.steps={args.steps}",
             f"train.batch_size={args.batch}",
@@ -312,6 +332,8 @@ def main() -> None:
             f"truth blurred {SHOWN_BLUR:g} px (landmark)": blurred(truth, SHOWN_BLUR),
             "truth": truth,
         }
+        models = [name for name in columns if name not in (f"input (1/{args.scale})", "bicubic")]
+        peaks = {name: scale_period_peak(columns[name], low, args.scale) for name in models}
     print(f"\n$ {command}")
     print(
         f"ESRGAN {args.steps} steps in {gan_minutes:.1f} min, "
@@ -345,6 +367,8 @@ def main() -> None:
         print(f"{name} interpolated, {alpha:g} x its weights + {1 - alpha:g} x its pixel phase's: {scored(scores)}")
     for sigma, scores in landmarks.items():
         print(f"landmark, not a model: the truth blurred by a Gaussian of {sigma:g} px: {scored(scores)}")
+    for name, peak in peaks.items():
+        print(f"{name}: detail over bicubic at the {args.scale} px lattice's frequencies, x{peak:.2f} its neighbours")
     title = (
         f"held-out tiles, x{args.scale}: ESRGAN {args.steps} steps ({args.steps // 2} pixel + "
         f"{args.steps - args.steps // 2} GAN) vs the pixel-loss model {args.steps} steps; "

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
+from torch import nn
 from typer.testing import CliRunner
 
 from atlas_gan.cli import app
@@ -91,8 +92,19 @@ def tiles(count: int, bands: int, size: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("bands", [1, 3, 4, 12])
 @pytest.mark.parametrize("scale", [2, 4])
-def test_networks_upscale_any_band_count(bands, scale):
-    spec = ModelSpec(bands, 32, g_width=8, d_width=8, input_bands=bands, scale=scale, residual_blocks=1, growth=4)
+@pytest.mark.parametrize("upsampler", ["shuffle", "nearest"])
+def test_networks_upscale_any_band_count(bands, scale, upsampler):
+    spec = ModelSpec(
+        bands,
+        32,
+        g_width=8,
+        d_width=8,
+        input_bands=bands,
+        scale=scale,
+        residual_blocks=1,
+        growth=4,
+        upsampler=upsampler,
+    )
     generator, discriminator = RRDBGenerator(spec), VGGStyleDiscriminator(spec)
     low = torch.rand(2, bands, 32 // scale, 32 // scale) * 2 - 1
     high = generator(low)
@@ -144,6 +156,26 @@ def test_discriminator_is_chosen_by_the_spec_and_the_upsampling_starts_without_a
         blocks = out.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
         torch.testing.assert_close(blocks, blocks[..., :1].expand_as(blocks))
         features = out
+
+
+def test_upsampler_is_chosen_by_the_config_and_nearest_stages_share_one_filter_bank():
+    """`train.model.upsampler: nearest` builds ESRGAN's own stages (nearest doubling, then one convolution for every
+    output pixel); a spec saved before the option existed still builds pixel shuffle; other families refuse it."""
+    cfg = load_config(None, ["train.model.family=esrgan", "train.model.upsampler=nearest"])
+    assert cfg.train.model.upsampler == "nearest"
+    assert load_config(None, ["train.model.family=esrgan"]).train.model.upsampler == "shuffle"
+    spec = ModelSpec(3, 32, g_width=8, input_bands=3, scale=4, residual_blocks=1, growth=4, upsampler="nearest")
+    stages = RRDBGenerator(spec).upsample
+    assert len(stages) == 2 and all(isinstance(stage[0], nn.Upsample) for stage in stages)
+    assert stages[0][1].weight.shape == (8, 8, 3, 3)  # width in, width out: no per-position filters to drift apart
+    saved = {k: v for k, v in spec.__dict__.items() if k != "upsampler"}  # meta of an older checkpoint
+    assert isinstance(RRDBGenerator(ModelSpec(**saved)).upsample[0][1], nn.PixelShuffle)
+    with pytest.raises(ValueError, match="upsampler must be one of nearest, shuffle; got 'bilinear'"):
+        RRDBGenerator(ModelSpec(**{**spec.__dict__, "upsampler": "bilinear"}))
+    with pytest.raises(ConfigError, match="upsampler"):
+        load_config(None, ["train.model.family=esrgan", "train.model.upsampler=bilinear"])
+    with pytest.raises(ConfigError, match="upsampler: fastgan has no choice of upsampling stages in G"):
+        load_config(None, ["train.model.family=fastgan", "train.model.upsampler=nearest"])
 
 
 @pytest.mark.parametrize("kind", ["vgg", "unet"])

@@ -32,6 +32,7 @@ class ModelSpec:
     scale: int = 1  # super-resolution: G reads image_size / scale px and draws image_size px
     growth: int = 0  # ESRGAN's dense-block growth channels
     discriminator: str = "vgg"  # ESRGAN's D: "vgg" (the paper's) or "unet" (Real-ESRGAN's); checkpoints before it: vgg
+    upsampler: str = "shuffle"  # ESRGAN's G: "shuffle" (pixel shuffle) or "nearest" (the paper's); before it: shuffle
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:

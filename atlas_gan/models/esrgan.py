@@ -4,8 +4,11 @@ upscales by 2 or 4, and a spectrally normalized VGG-style discriminator.
 Generator: a 3x3 convolution to `g_width` features, `residual_blocks` RRDBs (three dense blocks each: five 3x3
 convolutions, each reading every earlier output of its block, adding `growth` channels, LeakyReLU 0.2; block
 outputs scaled by 0.2 before the residual sum, as in the paper, with weights initialized at 0.1x Kaiming), a trunk
-convolution with a long skip, then one (x2) or two (x4) pixel-shuffle upsampling stages (ICNR-initialized, no
-checkerboard at the start), two last convolutions.
+convolution with a long skip, then one (x2) or two (x4) upsampling stages, two last convolutions. A stage
+(`spec.upsampler`) is either a convolution to 4x the channels and pixel shuffle ("shuffle", ICNR-initialized: no
+checkerboard at the start, but each pixel of a 2x2 block keeps its own filters, which the GAN phase can push apart
+into a lattice with the scale's period), or nearest-neighbour doubling and a convolution ("nearest", the paper's and
+Real-ESRGAN's: one set of filters for every output pixel).
 The network predicts a residual over the bicubic upscaling of its input, so a fresh generator already draws the
 bicubic image and training spends its steps on detail. In eval mode the output is clamped to [-1, 1].
 
@@ -88,6 +91,22 @@ def _check_superres_spec(spec: ModelSpec) -> None:
         raise ValueError(f"super-resolution scale must be 2 or 4; got {spec.scale}")
 
 
+UPSAMPLERS = ("nearest", "shuffle")
+
+
+def _upsampling_stage(kind: str, width: int) -> nn.Sequential:
+    """One x2 stage of `width` features: pixel shuffle (ICNR-initialized) or nearest neighbour then a convolution."""
+    if kind == "shuffle":
+        stage = nn.Sequential(nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2))
+        _subpixel_init(stage[0])
+        return stage
+    if kind == "nearest":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2)
+        )
+    raise ValueError(f"ESRGAN's upsampler must be one of {', '.join(UPSAMPLERS)}; got {kind!r}")
+
+
 class RRDBGenerator(nn.Module):
     """(n, bands, h, w) in [-1, 1] -> (n, bands, h x scale, w x scale)."""
 
@@ -99,15 +118,12 @@ class RRDBGenerator(nn.Module):
         self.trunk = nn.Sequential(*(RRDB(width, spec.growth or 32) for _ in range(spec.residual_blocks or 4)))
         self.trunk_out = nn.Conv2d(width, width, 3, 1, 1)
         self.upsample = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2))
-            for _ in range(spec.scale.bit_length() - 1)
+            _upsampling_stage(spec.upsampler, width) for _ in range(spec.scale.bit_length() - 1)
         )
         self.tail = nn.Sequential(
             nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, spec.bands, 3, 1, 1)
         )
         _scaled_kaiming(self.tail[-1])  # a small first residual: the fresh generator draws (nearly) bicubic
-        for stage in self.upsample:
-            _subpixel_init(stage[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.head(images)

@@ -52,6 +52,7 @@ def model_spec(cfg: TrainConfig, roles: BandRoles, image_size: int, num_classes:
             scale=options.scale,
             growth=options.growth,
             discriminator=options.discriminator,
+            upsampler=options.upsampler,
         )
     if roles.inputs is not None:  # translations are not conditioned on labels (CycleGAN's only pick its domains)
         return ModelSpec(
