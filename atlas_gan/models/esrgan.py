@@ -95,11 +95,9 @@ UPSAMPLERS = ("nearest", "shuffle")
 
 
 def _upsampling_stage(kind: str, width: int) -> nn.Sequential:
-    """One x2 stage of `width` features: pixel shuffle (ICNR-initialized) or nearest neighbour then a convolution."""
-    if kind == "shuffle":
-        stage = nn.Sequential(nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2))
-        _subpixel_init(stage[0])
-        return stage
+    """One x2 stage of `width` features: a convolution then pixel shuffle, or nearest neighbour then a convolution."""
+    if kind == "shuffle":  # ICNR-initialized by the generator, after its tail (the draws' order of earlier runs)
+        return nn.Sequential(nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2))
     if kind == "nearest":
         return nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2)
@@ -124,6 +122,9 @@ class RRDBGenerator(nn.Module):
             nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(width, spec.bands, 3, 1, 1)
         )
         _scaled_kaiming(self.tail[-1])  # a small first residual: the fresh generator draws (nearly) bicubic
+        if spec.upsampler == "shuffle":
+            for stage in self.upsample:
+                _subpixel_init(stage[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.head(images)
