@@ -398,7 +398,7 @@ def scene_crop(source: Path, bands: list[str], out: Path) -> Path:
     layers = []
     for path in stacked:
         with rasterio.open(path) as scene:
-            window = Window(scene.width // 2, scene.height // 2, SCENE_CROP, SCENE_CROP)
+            window = Window((scene.width - SCENE_CROP) // 2, (scene.height - SCENE_CROP) // 2, SCENE_CROP, SCENE_CROP)
             layers.append(scene.read(window=window))
             profile = {
                 **scene.profile,
@@ -407,7 +407,8 @@ def scene_crop(source: Path, bands: list[str], out: Path) -> Path:
                 "transform": scene.window_transform(window),
             }
     data = np.concatenate(layers)
-    profile.update(count=len(data), driver="GTiff", tiled=False)
+    # MINISBLACK: GDAL would write 3-4 byte bands as RGB(A), and a 4th band read as alpha shadows the nodata mask
+    profile.update(count=len(data), driver="GTiff", tiled=False, photometric="MINISBLACK")
     profile.pop("blockxsize", None), profile.pop("blockysize", None)
     with rasterio.open(out, "w", **profile) as crop:
         crop.write(data)
