@@ -462,12 +462,6 @@ class SuperResOptions(_TranslationOptions):
         description="weight of the texture loss: L1 between Gram matrices of small windows of the random perceptual "
         "network's features (EnhanceNet's); needs perceptual_network=random",
     )
-    phase_jitter: bool = Field(
-        False,
-        description="GAN phase: roll G's output and the truth by one random offset of 0-15 px (the same for both, "
-        "drawn from the seed and step) before losses, D and the perceptual network see them, so that no pattern "
-        "locked to their stride-2 grids (a lattice with the scale's period) passes unseen",
-    )
     feature_weight: float = Field(
         0.0,
         ge=0,

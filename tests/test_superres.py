@@ -37,7 +37,6 @@ from atlas_gan.perceptual import (
     vgg19_features,
 )
 from atlas_gan.recipes import Progress, Update, band_roles, build_recipe, model_spec
-from atlas_gan.recipes.superres import jitter_offsets
 from atlas_gan.runtime import distributed
 from atlas_gan.runtime.checkpoint import load_checkpoint
 from atlas_gan.runtime.generator import interpolate_generators, load_generator, load_reference_generators
@@ -391,35 +390,6 @@ def test_pixel_steps_then_gan_steps_lower_their_losses(train_data, tmp_path, mon
     reference = recipe.reference_generators()["pixel"]
     assert not reference.training and recipe.state_dict()["phase"] == "gan"
     assert progress.images_seen == 23 * 8
-
-
-def test_phase_jitter_shows_d_the_output_and_the_truth_rolled_alike(train_data, tmp_path):
-    """With phase_jitter each GAN step rolls G's output and the truth by the same offset, drawn from (seed, step),
-    so D's and the perceptual network's stride-2 grids meet G's detail at every phase; without it D sees them as
-    they are."""
-    offsets = [jitter_offsets(0, step) for step in range(200)]
-    assert offsets == [jitter_offsets(0, step) for step in range(200)]  # the same after a resume, on every rank
-    assert {dy for dy, _ in offsets} == set(range(16)) == {dx for _, dx in offsets}
-    assert offsets != [jitter_offsets(1, step) for step in range(200)]
-    manifest = read_manifest(LocalStorage(), str(train_data))
-    _, batch = read_tiles(shard_urls(manifest, str(train_data)), None, 32, None, 8)
-    for jitter in (True, False):
-        overrides = [
-            "train.model.pixel_steps=0",
-            "train.model.perceptual_network=random",
-            f"train.model.phase_jitter={jitter}",
-        ]
-        cfg = esrgan_config(train_data, tmp_path / "run", *overrides).train
-        roles = band_roles(cfg, ["1", "2", "3", "4"])
-        recipe = build_recipe(cfg, model_spec(cfg, roles, 32, 0), distributed.setup(), None, None, roles)
-        seen = []
-        recipe.D.register_forward_hook(lambda _module, inputs, _out, seen=seen: seen.append(inputs[0].detach().clone()))
-        progress = Progress(step=5)
-        losses = recipe.step(iter(lambda: {"image": batch}, None), Update(distributed.setup()), progress)
-        assert np.isfinite([float(v) for v in losses.values()]).all()
-        shift = jitter_offsets(cfg.seed, 5) if jitter else (0, 0)
-        assert shift != (0, 0) or not jitter
-        torch.testing.assert_close(seen[0], batch.roll(shift, dims=(2, 3)))  # D's first look: the truth
 
 
 # ---- training on real tiles -----------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ not a simulated one. Two phases, decided by the step:
   + `texture_weight` x the random network's texture loss (its features' Gram matrices over small windows)
   + `feature_weight` x the L1 distance between D's activations on G's output and on the truth (feature matching,
   a perceptual loss that needs no pretrained weights).
-  With `phase_jitter`, G's output and the truth are first rolled by one offset drawn from (seed, step), so D and
-  the perceptual network, whose stride-2 layers sample a fixed grid, meet G's detail at every phase.
 At the first GAN step the pixel-phase G is kept (`reference_generators()["pixel"]`): it is saved in every later
 checkpoint and scored beside the GAN as the model it must improve on. The loop keeps an EMA of G, which is what is
 evaluated, unless `interpolation` < 1: then the generator evaluated, registered and served is ESRGAN's network
@@ -46,13 +44,6 @@ from atlas_gan.runtime.generator import INTERPOLATION, REFERENCE_GENERATORS, int
 from atlas_gan.runtime.signature import IMAGE
 
 PIXEL_LR_FACTOR = 2.0  # pixel phase: 2 x lr_g
-JITTER_RANGE = 16  # px: phase_jitter's offsets, 0 .. VGG D's total stride - 1
-
-
-def jitter_offsets(seed: int, step: int) -> tuple[int, int]:
-    """phase_jitter's (rows, columns) roll for a step: the same on every rank and after a resume."""
-    drawn = key_seed(f"phase-jitter:{step}", seed)
-    return drawn % JITTER_RANGE, (drawn // JITTER_RANGE) % JITTER_RANGE
 
 
 class SuperResRecipe(Recipe):
@@ -179,9 +170,6 @@ class SuperResRecipe(Recipe):
             return {"loss_g": loss_g.detach(), "loss_l1": loss_l1.detach(), "loss_sam": loss_sam.detach()}
         with self.autocast():
             fake = self.G(low)
-            if options.phase_jitter:  # the same roll for both: every loss below compares them as before, off-grid
-                shift = jitter_offsets(self.seed, progress.step)
-                fake, real = fake.roll(shift, dims=(2, 3)), real.roll(shift, dims=(2, 3))
             real_logits, fake_logits = self.D(real).float(), self.D(fake.detach()).float()
         loss_d, _ = relativistic_average_losses(real_logits, fake_logits)
         if not update(loss_d, self.D, self.optimizers["D"]):
