@@ -14,7 +14,9 @@ trains twice on the rest for the same number of steps: the pixel-loss model (L1 
 Both are scored on the held-out tiles, degraded as in training (area downsampling by --scale, plus --blur/--noise),
 beside bicubic upscaling and the GAN run's own pixel-phase generator: PSNR/SSIM/SAM per band in normalized units,
 FID/KID on the first three bands. The truth itself blurred by Gaussians of 0.5-1.5 px is scored too, as landmarks
-of how sharp a given FID is.
+of how sharp a given FID is, and every generator's lattice check is printed: the power of its detail over bicubic
+at the frequencies of a --scale px lattice over their neighbours' (about 1 for the truth; far above where G's
+upsampling stages draw a repeating pattern).
 Prints the table, then the GAN's differences and ratios to the pixel-loss model and bicubic, and draws held-out
 tiles as input | bicubic | pixel-loss | ESRGAN | each variant | the truth blurred by 1 px | truth into
 `<out>/superres.png`; finally upscales the central 384 px of a scene beyond its native resolution (`atlas-gan
